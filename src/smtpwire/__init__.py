@@ -1,0 +1,85 @@
+"""smtpwire: a bring-your-own-I/O ESMTP server protocol library.
+
+The core is a pure state machine: feed it bytes, read events, answer the
+decisions, send what it queues.  It does no I/O and reads no clock.
+"""
+
+from ._config import ServerConfig
+from ._connection import NEED_DATA, PAUSED, Sentinel, ServerConnection, Transaction
+from ._errors import LocalProtocolError
+from ._events import (
+    CommandRejected,
+    ConnectionClosed,
+    ConnectionOpened,
+    DataRequested,
+    Decision,
+    Ehlo,
+    EndOfMessage,
+    Event,
+    Helo,
+    Help,
+    MailFrom,
+    MessageData,
+    MessageRejected,
+    Noop,
+    Quit,
+    RcptTo,
+    Rset,
+    StartTLSRequested,
+    Vrfy,
+)
+from ._extensions import (
+    STANDARD_EXTENSIONS,
+    EightBitMime,
+    EnhancedStatusCodes,
+    Extension,
+    Extensions,
+    Pipelining,
+    Size,
+    SmtpUtf8,
+    StartTLS,
+)
+from ._reply import Reply
+from ._state import State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "STANDARD_EXTENSIONS",
+    "CommandRejected",
+    "ConnectionClosed",
+    "ConnectionOpened",
+    "DataRequested",
+    "Decision",
+    "Ehlo",
+    "EightBitMime",
+    "EndOfMessage",
+    "EnhancedStatusCodes",
+    "Event",
+    "Extension",
+    "Extensions",
+    "Helo",
+    "Help",
+    "LocalProtocolError",
+    "MailFrom",
+    "MessageData",
+    "MessageRejected",
+    "Noop",
+    "Pipelining",
+    "Quit",
+    "RcptTo",
+    "Reply",
+    "Rset",
+    "Sentinel",
+    "ServerConfig",
+    "ServerConnection",
+    "Size",
+    "SmtpUtf8",
+    "StartTLS",
+    "StartTLSRequested",
+    "State",
+    "Transaction",
+    "Vrfy",
+]

@@ -1,0 +1,509 @@
+"""One SMTP server conversation: bytes in, events out, replies queued.
+
+The connection only routes: readers are chosen by state, commands by verb,
+the order rules live in ``_state``, the grammar in ``_grammar``, DATA in
+``_dotreader``.  It never blocks, reads a clock or touches a socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from . import _events as ev
+from ._config import ServerConfig
+from ._dotreader import DotReader
+from ._errors import LocalProtocolError
+from ._extensions import Extensions
+from ._grammar import GrammarError, PathArgument, parse_path_argument
+from ._receivebuffer import ReceiveBuffer
+from ._reply import Reply
+from ._state import ALLOWED_STATES, DEFAULT_SEQUENCE_ERROR, NOT_IMPLEMENTED, SEQUENCE_ERRORS, State
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "feed more bytes with receive_data()"
+    PAUSED = "answer the pending decision (or finish the TLS handshake) first"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+PAUSED = Sentinel.PAUSED
+
+NextEvent = ev.Event | Sentinel
+MessageEnd = ev.EndOfMessage | ev.MessageRejected
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile("[\x21-\x7e]+")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """The envelope so far: what MAIL and the accepted RCPTs said."""
+
+    mail_from: str
+    mail_params: ev.Parameters = field(hash=False)
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def smtputf8(self) -> bool:
+        return "SMTPUTF8" in self.mail_params
+
+
+def _reply(code: int, text: str, enhanced: tuple[int, int, int]) -> Reply:
+    return Reply(code, text, enhanced)
+
+
+LINE_TOO_LONG = _reply(500, "Line too long", (5, 5, 2))
+BAD_CHARACTERS = _reply(500, "Invalid characters in command", (5, 5, 2))
+UNRECOGNIZED = _reply(500, "Command unrecognized", (5, 5, 2))
+NOT_IMPLEMENTED_REPLY = _reply(502, "Command not implemented", (5, 5, 1))
+TLS_REQUIRED = _reply(530, "Must issue a STARTTLS command first", (5, 7, 0))
+TOO_MANY_RECIPIENTS = _reply(452, "Too many recipients", (4, 5, 3))
+MESSAGE_TOO_BIG = _reply(552, "Message size exceeds fixed maximum message size", (5, 3, 4))
+BARE_LINE_ENDING = _reply(550, "Message refused: bare CR or LF in data (RFC 5321 2.3.8)", (5, 6, 0))
+NON_ASCII_ADDRESS = _reply(553, "Non-ASCII address needs SMTPUTF8", (5, 6, 7))
+UNSUPPORTED_PARAMETER = _reply(555, "Unsupported parameter", (5, 5, 4))
+TLS_UNAVAILABLE = _reply(454, "TLS not available", (4, 7, 0))
+TLS_ACTIVE = _reply(503, "TLS already active", (5, 5, 1))
+OK = _reply(250, "OK", (2, 0, 0))
+
+
+def _syntax(usage: str) -> Reply:
+    return Reply(501, f"Syntax: {usage}", (5, 5, 4))
+
+
+class ServerConnection:
+    """The server side of one SMTP connection, h11-style.
+
+    Feed received bytes with ``receive_data`` (``b""`` when the peer closed),
+    pull events with ``next_event`` until it returns ``NEED_DATA``, answer each
+    ``Decision`` event with ``send`` or ``accept``, and write
+    ``data_to_send()`` to the peer.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, *, tls_active: bool = False) -> None:
+        self.config = config or ServerConfig()
+        self.extensions = Extensions(self.config.extensions)
+        self._tls_active = tls_active
+        self._state = State.GREETING
+        self._buffer = ReceiveBuffer()
+        self._outgoing: list[bytes] = []
+        self._pending: ev.Decision | None = None
+        self._peer_closed = False
+        self._discarding_line = False
+        self._errors = 0
+        self._helo_name: str | None = None
+        self._esmtp = False
+        self._transaction: Transaction | None = None
+        self._dot = DotReader(check_line_endings=False)
+        self._message_size = 0
+        self._message_end: MessageEnd | None = None
+
+    # -- what the application can look at ----------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    @property
+    def helo_name(self) -> str | None:
+        """The name given with HELO/EHLO in this session (forgotten after STARTTLS)."""
+        return self._helo_name
+
+    @property
+    def esmtp(self) -> bool:
+        """True when the client greeted with EHLO (extensions are in force)."""
+        return self._esmtp
+
+    @property
+    def transaction(self) -> Transaction | None:
+        return self._transaction
+
+    @property
+    def pending(self) -> ev.Decision | None:
+        """The decision event waiting for ``send`` or ``accept``, if any."""
+        return self._pending
+
+    # -- bytes in, bytes out -------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side.
+
+        Bytes arriving while a TLS handshake is due are plaintext the client
+        must not have sent (RFC 3207 4.2), so they are dropped.
+        """
+        if not data:
+            self._peer_closed = True
+        elif self._state not in (State.TLS_HANDSHAKE, State.CLOSED):
+            self._buffer.feed(data)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call."""
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def next_event(self) -> NextEvent:
+        """The next event, ``NEED_DATA`` or ``PAUSED``."""
+        if self._pending is not None:
+            return PAUSED
+        return self._READERS[self._state](self)
+
+    # -- answering decisions ---------------------------------------------
+
+    def send(self, reply: Reply) -> None:
+        """Answer the pending decision event with ``reply``."""
+        event = self._pending
+        if event is None:
+            raise LocalProtocolError("no event is waiting for a reply")
+        if not isinstance(reply, Reply):
+            raise LocalProtocolError(f"send() takes a Reply, not {type(reply).__name__}")
+        if not event.answered_by(reply.code):
+            raise LocalProtocolError(f"{reply.code} is not an answer to {type(event).__name__}")
+        self._pending = None
+        accepted = reply.code in event.accepts
+        if accepted and isinstance(event, ev.Ehlo):
+            reply = Reply(reply.code, reply.lines + self._ehlo_keywords())
+        self._queue(reply, event.enhanced_codes)
+        if reply.code == 421:
+            self._state = State.CLOSED
+        elif accepted:
+            self._ON_ACCEPT[type(event)](self, event)
+        else:
+            self._ON_DECLINE.get(type(event), ServerConnection._stay)(self, event)
+
+    def accept(self) -> None:
+        """Answer the pending decision event with its standard positive reply."""
+        if self._pending is None:
+            raise LocalProtocolError("no event is waiting for a reply")
+        self.send(self._pending.default_reply(self.config.hostname))
+
+    # -- what the adapter reports ------------------------------------------
+
+    def tls_established(self) -> None:
+        """The handshake succeeded: start over as right after the greeting (RFC 3207 4.2)."""
+        self._require_handshake()
+        self._tls_active = True
+        self._buffer.clear()
+        self._state = State.GREETED
+        self._forget_session()
+
+    def tls_failed(self) -> None:
+        """The handshake failed; nothing more can be said in plaintext or TLS."""
+        self._require_handshake()
+        self._state = State.CLOSED
+
+    def timed_out(self) -> None:
+        """The adapter's timer fired (RFC 5321 4.5.3.2): 421 and close."""
+        self._close_with(Reply(421, f"{self.config.hostname} Timeout, closing connection", (4, 4, 2)))
+
+    def shutdown(self) -> None:
+        """The server is going away: 421 and close (RFC 5321 3.8)."""
+        self._close_with(Reply(421, f"{self.config.hostname} Service shutting down", (4, 3, 2)))
+
+    # -- internals: output ---------------------------------------------------
+
+    def _queue(self, reply: Reply, enhanced_codes: bool = True) -> None:
+        self._outgoing.append(reply.to_bytes(enhanced_codes and "ENHANCEDSTATUSCODES" in self.extensions))
+
+    def _close_with(self, reply: Reply) -> None:
+        if self._state is not State.CLOSED:
+            self._pending = None
+            self._queue(reply)
+            self._state = State.CLOSED
+
+    def _require_handshake(self) -> None:
+        if self._state is not State.TLS_HANDSHAKE:
+            raise LocalProtocolError(f"no TLS handshake is due in state {self._state.name}")
+
+    def _ehlo_keywords(self) -> tuple[str, ...]:
+        lines = (extension.ehlo_line(self) for extension in self.extensions)
+        return tuple(line for line in lines if line is not None)
+
+    def _forget_session(self) -> None:
+        self._helo_name = None
+        self._esmtp = False
+        self._transaction = None
+
+    # -- internals: readers, chosen by state ---------------------------------
+
+    def _read_greeting(self) -> ev.Event:
+        self._pending = ev.ConnectionOpened()
+        return self._pending
+
+    def _read_paused(self) -> NextEvent:
+        return PAUSED
+
+    def _read_closed(self) -> ev.Event:
+        self._state = State.CLOSED
+        return ev.ConnectionClosed()
+
+    def _read_command(self) -> NextEvent:
+        limit = self.config.max_command_line + self.extensions.line_allowance
+        line = self._buffer.extract_line()
+        if self._discarding_line:
+            if line is None:
+                self._buffer.clear()
+                return self._read_closed() if self._peer_closed else NEED_DATA
+            self._discarding_line = False
+            return self._read_command()
+        if line is None:
+            if len(self._buffer) > limit:
+                self._buffer.clear()
+                self._discarding_line = True
+                return self._reject("", LINE_TOO_LONG)
+            return self._read_closed() if self._peer_closed else NEED_DATA
+        if len(line) > limit:
+            return self._reject("", LINE_TOO_LONG)
+        try:
+            text = line[: -2 if line.endswith(b"\r\n") else -1].decode()
+        except UnicodeDecodeError:
+            return self._reject("", BAD_CHARACTERS)
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        if _CONTROL.search(text):
+            return self._reject(verb, BAD_CHARACTERS)
+        return self._dispatch(verb, argument.strip(" "))
+
+    def _read_data(self) -> NextEvent:
+        if self._message_end is not None:
+            return self._finish_message()
+        raw = self._buffer.take_all()
+        if not raw:
+            return self._read_closed() if self._peer_closed else NEED_DATA
+        content, rest = self._dot.feed(raw)
+        if self._message_size <= self.config.max_message_size:  # past the limit, stop counting
+            self._message_size += len(content)
+        if rest is not None:
+            self._buffer.feed(rest)
+            self._message_end = self._end_of_message()
+        if content and self._message_size <= self.config.max_message_size:
+            return ev.MessageData(content)
+        return self._finish_message() if self._message_end is not None else NEED_DATA
+
+    def _end_of_message(self) -> MessageEnd:
+        if self._message_size > self.config.max_message_size:
+            return ev.MessageRejected(MESSAGE_TOO_BIG)
+        if self._dot.bare_line_ending:
+            return ev.MessageRejected(BARE_LINE_ENDING)
+        return ev.EndOfMessage()
+
+    def _finish_message(self) -> ev.Event:
+        event, self._message_end = self._message_end, None
+        assert event is not None
+        if isinstance(event, ev.MessageRejected):
+            self._queue(event.reply)
+            self._end_transaction(event)
+        else:
+            self._pending = event
+        return event
+
+    # -- internals: commands, chosen by verb ---------------------------------
+
+    def _dispatch(self, verb: str, argument: str) -> ev.Event:
+        handler = self._COMMANDS.get(verb)
+        if handler is None:
+            return self._reject(verb, NOT_IMPLEMENTED_REPLY if verb in NOT_IMPLEMENTED else UNRECOGNIZED)
+        if self.config.require_tls and not self._tls_active and verb in ("MAIL", "RCPT", "DATA"):
+            return self._reject(verb, TLS_REQUIRED)
+        if self._state not in ALLOWED_STATES[verb]:
+            return self._reject(verb, SEQUENCE_ERRORS.get((verb, self._state), DEFAULT_SEQUENCE_ERROR))
+        return handler(self, argument)
+
+    def _reject(self, command: str, reply: Reply) -> ev.Event:
+        self._queue(reply)
+        if reply.code >= 500:
+            self._errors += 1
+            if self._errors >= self.config.max_errors:
+                self._close_with(Reply(421, f"{self.config.hostname} Too many errors, closing connection", (4, 7, 0)))
+        return ev.CommandRejected(command, reply)
+
+    def _decide(self, event: ev.Decision) -> ev.Event:
+        self._pending = event
+        return event
+
+    def _helo(self, argument: str) -> ev.Event:
+        if not _TOKEN.fullmatch(argument):
+            return self._reject("HELO", _syntax("HELO domain"))
+        return self._decide(ev.Helo(argument))
+
+    def _ehlo(self, argument: str) -> ev.Event:
+        if not _TOKEN.fullmatch(argument):
+            return self._reject("EHLO", _syntax("EHLO domain"))
+        return self._decide(ev.Ehlo(argument))
+
+    def _mail(self, argument: str) -> ev.Event:
+        parsed = self._parse_path("MAIL", argument, "FROM:", null_ok=True)
+        if isinstance(parsed, Reply):
+            return self._reject("MAIL", parsed)
+        if not parsed.address.isascii() and "SMTPUTF8" not in parsed.params:
+            return self._reject("MAIL", NON_ASCII_ADDRESS)
+        return self._decide(ev.MailFrom(parsed.address, parsed.params))
+
+    def _rcpt(self, argument: str) -> ev.Event:
+        transaction = self._transaction
+        assert transaction is not None
+        if len(transaction.recipients) >= self.config.max_recipients:
+            return self._reject("RCPT", TOO_MANY_RECIPIENTS)
+        parsed = self._parse_path("RCPT", argument, "TO:", null_ok=False)
+        if isinstance(parsed, Reply):
+            return self._reject("RCPT", parsed)
+        if not parsed.address.isascii() and not transaction.smtputf8:
+            return self._reject("RCPT", NON_ASCII_ADDRESS)
+        return self._decide(ev.RcptTo(parsed.address, parsed.params))
+
+    def _parse_path(self, verb: str, argument: str, prefix: str, *, null_ok: bool) -> PathArgument | Reply:
+        """Parse the path and check every parameter with the extension that owns it."""
+        try:
+            parsed = parse_path_argument(argument, prefix, null_ok=null_ok, postmaster_ok=not null_ok)
+        except GrammarError as error:
+            if error.what == "address":
+                return Reply(501, "Bad address syntax", (5, 1, 7) if verb == "MAIL" else (5, 1, 3))
+            return _syntax(f"{verb} {prefix}<address> [parameters]")
+        for name, value in parsed.params.items():
+            owner = next(
+                (
+                    extension
+                    for extension in self.extensions
+                    if name in (extension.mail_parameters if verb == "MAIL" else extension.rcpt_parameters)
+                    and extension.ehlo_line(self) is not None
+                ),
+                None,
+            )
+            if owner is None or not self._esmtp:
+                return UNSUPPORTED_PARAMETER
+            refusal = owner.check_parameter(self, name, value)
+            if refusal is not None:
+                return refusal
+        return parsed
+
+    def _data(self, argument: str) -> ev.Event:
+        if argument:
+            return self._reject("DATA", _syntax("DATA"))
+        return self._decide(ev.DataRequested())
+
+    def _rset(self, argument: str) -> ev.Event:
+        if argument:
+            return self._reject("RSET", _syntax("RSET"))
+        self._transaction = None
+        self._state = State.READY if self._helo_name is not None else State.GREETED
+        self._queue(OK)
+        return ev.Rset()
+
+    def _noop(self, argument: str) -> ev.Event:
+        self._queue(OK)
+        return ev.Noop()
+
+    def _vrfy(self, argument: str) -> ev.Event:
+        if not argument:
+            return self._reject("VRFY", _syntax("VRFY string"))
+        return self._decide(ev.Vrfy(argument))
+
+    def _help(self, argument: str) -> ev.Event:
+        verbs = " ".join(sorted(self._COMMANDS))
+        self._queue(Reply(214, f"Supported commands: {verbs}", (2, 0, 0)))
+        return ev.Help(argument)
+
+    def _quit(self, argument: str) -> ev.Event:
+        if argument:
+            return self._reject("QUIT", _syntax("QUIT"))
+        self._queue(Reply(221, f"{self.config.hostname} Service closing transmission channel", (2, 0, 0)))
+        self._state = State.CLOSED
+        return ev.Quit()
+
+    def _starttls(self, argument: str) -> ev.Event:
+        if argument:
+            return self._reject("STARTTLS", _syntax("STARTTLS"))
+        if self._tls_active:
+            return self._reject("STARTTLS", TLS_ACTIVE)
+        if "STARTTLS" not in self.extensions:
+            return self._reject("STARTTLS", TLS_UNAVAILABLE)
+        self._queue(Reply(220, "Ready to start TLS", (2, 0, 0)))
+        self._buffer.clear()  # plaintext pipelined after STARTTLS is never executed
+        self._state = State.TLS_HANDSHAKE
+        return ev.StartTLSRequested()
+
+    # -- internals: what an answer does ----------------------------------------
+
+    def _greeted(self, event: ev.Decision) -> None:
+        self._state = State.GREETED
+
+    def _refused(self, event: ev.Decision) -> None:
+        self._state = State.REFUSED
+
+    def _hello(self, event: ev.Decision) -> None:
+        assert isinstance(event, (ev.Helo, ev.Ehlo))
+        self._helo_name = event.name
+        self._esmtp = isinstance(event, ev.Ehlo)
+        self._transaction = None
+        self._state = State.READY
+
+    def _mail_accepted(self, event: ev.Decision) -> None:
+        assert isinstance(event, ev.MailFrom)
+        self._transaction = Transaction(event.address, event.params)
+        self._state = State.MAIL
+
+    def _rcpt_accepted(self, event: ev.Decision) -> None:
+        assert isinstance(event, ev.RcptTo) and self._transaction is not None
+        self._transaction = replace(self._transaction, recipients=(*self._transaction.recipients, event.address))
+        self._state = State.RCPT
+
+    def _data_accepted(self, event: ev.Decision) -> None:
+        self._dot = DotReader(check_line_endings=self.config.bare_line_endings == "reject")
+        self._message_size = 0
+        self._state = State.DATA
+
+    def _end_transaction(self, event: ev.Event) -> None:
+        self._transaction = None
+        self._state = State.READY
+
+    def _stay(self, event: ev.Decision) -> None:
+        pass
+
+    _READERS: dict[State, Callable[[ServerConnection], NextEvent]] = {
+        State.GREETING: _read_greeting,
+        State.REFUSED: _read_command,
+        State.GREETED: _read_command,
+        State.READY: _read_command,
+        State.MAIL: _read_command,
+        State.RCPT: _read_command,
+        State.DATA: _read_data,
+        State.TLS_HANDSHAKE: _read_paused,
+        State.CLOSED: _read_closed,
+    }
+
+    _COMMANDS: dict[str, Callable[[ServerConnection, str], ev.Event]] = {
+        "HELO": _helo,
+        "EHLO": _ehlo,
+        "MAIL": _mail,
+        "RCPT": _rcpt,
+        "DATA": _data,
+        "RSET": _rset,
+        "NOOP": _noop,
+        "VRFY": _vrfy,
+        "HELP": _help,
+        "QUIT": _quit,
+        "STARTTLS": _starttls,
+    }
+
+    _ON_ACCEPT: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
+        ev.ConnectionOpened: _greeted,
+        ev.Helo: _hello,
+        ev.Ehlo: _hello,
+        ev.MailFrom: _mail_accepted,
+        ev.RcptTo: _rcpt_accepted,
+        ev.DataRequested: _data_accepted,
+        ev.EndOfMessage: _end_transaction,
+        ev.Vrfy: _stay,
+    }
+
+    _ON_DECLINE: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
+        ev.ConnectionOpened: _refused,
+        ev.EndOfMessage: _end_transaction,
+    }

@@ -1,0 +1,193 @@
+"""What happened on the connection, as small frozen values.
+
+``Decision`` events pause the connection until the application answers with
+``send(reply)`` or ``accept()``; the others are already answered by the core
+(or need no answer) and are reported so the application can log or react.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ._reply import Reply
+
+Parameters = Mapping[str, str | None]
+
+
+class Event:
+    """Base class of everything ``next_event()`` returns besides the sentinels."""
+
+    __slots__ = ()
+
+
+class Decision(Event):
+    """An event the application must answer before the connection goes on.
+
+    ``accepts`` lists the positive reply codes; any 4xx or 5xx reply declines.
+    ``default_reply`` is what ``accept()`` sends.
+    """
+
+    __slots__ = ()
+    accepts: ClassVar[frozenset[int]]
+    #: RFC 2034: the greeting and the HELO/EHLO answers carry no enhanced code.
+    enhanced_codes: ClassVar[bool] = True
+
+    def default_reply(self, hostname: str) -> Reply:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def answered_by(self, code: int) -> bool:
+        """Whether a reply with this code is a valid answer (RFC 5321 4.3.2)."""
+        return code in self.accepts or code >= 400
+
+
+@dataclass(frozen=True)
+class ConnectionOpened(Decision):
+    """Before the greeting: answer 220 to serve, 554 to refuse, 421 to go away."""
+
+    accepts: ClassVar[frozenset[int]] = frozenset({220})
+    enhanced_codes: ClassVar[bool] = False
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(220, f"{hostname} ESMTP smtpwire")
+
+    def answered_by(self, code: int) -> bool:
+        return code in (220, 421, 554)
+
+
+@dataclass(frozen=True)
+class Helo(Decision):
+    """HELO: the client greeted without asking for extensions."""
+
+    name: str
+    accepts: ClassVar[frozenset[int]] = frozenset({250})
+    enhanced_codes: ClassVar[bool] = False
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(250, hostname)
+
+
+@dataclass(frozen=True)
+class Ehlo(Decision):
+    """EHLO: a positive answer gets the extension keywords appended by the core."""
+
+    name: str
+    accepts: ClassVar[frozenset[int]] = frozenset({250})
+    enhanced_codes: ClassVar[bool] = False
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(250, f"{hostname} greets {self.name}")
+
+
+@dataclass(frozen=True)
+class MailFrom(Decision):
+    """MAIL FROM: ``address`` is ``""`` for the null reverse-path ``<>``.
+
+    ``params`` maps upper-cased ESMTP keywords to their values (``None`` for a
+    keyword without ``=value``), already validated by the extensions.
+    """
+
+    address: str
+    params: Parameters = field(default_factory=dict, hash=False)
+    accepts: ClassVar[frozenset[int]] = frozenset({250})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(250, "OK", (2, 1, 0))
+
+
+@dataclass(frozen=True)
+class RcptTo(Decision):
+    """RCPT TO: one recipient; source routes are already dropped."""
+
+    address: str
+    params: Parameters = field(default_factory=dict, hash=False)
+    accepts: ClassVar[frozenset[int]] = frozenset({250, 251})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(250, "OK", (2, 1, 5))
+
+
+@dataclass(frozen=True)
+class DataRequested(Decision):
+    """DATA with at least one accepted recipient: 354 starts the message."""
+
+    accepts: ClassVar[frozenset[int]] = frozenset({354})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(354, "End data with <CR><LF>.<CR><LF>")
+
+
+@dataclass(frozen=True)
+class EndOfMessage(Decision):
+    """The whole message arrived intact; answer 250 only once it is stored."""
+
+    accepts: ClassVar[frozenset[int]] = frozenset({250})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(250, "OK", (2, 0, 0))
+
+
+@dataclass(frozen=True)
+class Vrfy(Decision):
+    """VRFY: the default answer neither confirms nor denies (RFC 5321 3.5.3)."""
+
+    argument: str
+    accepts: ClassVar[frozenset[int]] = frozenset({250, 251, 252})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(252, "Cannot VRFY user, but will accept message and attempt delivery", (2, 5, 0))
+
+
+@dataclass(frozen=True)
+class MessageData(Event):
+    """A dot-unstuffed piece of the message body, in arrival order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class MessageRejected(Event):
+    """The message ended but the core refused it (too big, bare CR or LF); discard it."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class CommandRejected(Event):
+    """The core answered a command with an error (syntax, sequence, limits)."""
+
+    command: str
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Rset(Event):
+    """RSET: the transaction was aborted and answered 250."""
+
+
+@dataclass(frozen=True)
+class Noop(Event):
+    """NOOP: answered 250."""
+
+
+@dataclass(frozen=True)
+class Help(Event):
+    """HELP: answered 214."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class Quit(Event):
+    """QUIT: answered 221; the connection is closing."""
+
+
+@dataclass(frozen=True)
+class StartTLSRequested(Event):
+    """STARTTLS accepted: flush, upgrade, then call ``tls_established()`` or ``tls_failed()``."""
+
+
+@dataclass(frozen=True)
+class ConnectionClosed(Event):
+    """The conversation is over (peer hung up, QUIT, 421); flush and close."""

@@ -1,0 +1,70 @@
+"""SMTP replies as validated values, and their wire form (RFC 5321 4.2, RFC 2034)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._errors import LocalProtocolError
+
+EnhancedCode = tuple[int, int, int]
+
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets including the code
+# and CRLF; leave room for "NNN-" (4), "5.999.999 " (10) and CRLF (2).
+MAX_TEXT_OCTETS = 512 - 4 - 10 - 2
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply the server sends: ``Reply(250, "OK", (2, 1, 0))``.
+
+    ``text`` may be one line or a sequence of lines (a multi-line reply).
+    ``enhanced`` is the RFC 3463 status code; when it is ``None`` the class
+    default ``X.0.0`` is used.  3xx replies carry no enhanced code.
+    """
+
+    code: int
+    text: str | Sequence[str] = ""
+    enhanced: EnhancedCode | None = None
+
+    def __post_init__(self) -> None:
+        lines = (self.text,) if isinstance(self.text, str) else tuple(self.text)
+        object.__setattr__(self, "text", lines)
+        if not isinstance(self.code, int) or not 200 <= self.code <= 599 or self.code % 100 // 10 > 5:
+            raise LocalProtocolError(f"invalid reply code {self.code!r}")
+        if not lines:
+            raise LocalProtocolError("a reply needs at least one line")
+        for line in lines:
+            if not isinstance(line, str) or any(ord(c) < 32 or ord(c) == 127 for c in line):
+                raise LocalProtocolError(f"reply line must be text without control characters: {line!r}")
+            if len(line.encode()) > MAX_TEXT_OCTETS:
+                raise LocalProtocolError(f"reply line longer than {MAX_TEXT_OCTETS} octets")
+        if self.enhanced is not None:
+            if self.code // 100 == 3:
+                raise LocalProtocolError("3xx replies carry no enhanced status code")
+            klass, subject, detail = self.enhanced
+            if klass != self.code // 100 or not (0 <= subject <= 999 and 0 <= detail <= 999):
+                raise LocalProtocolError(f"enhanced code {self.enhanced} does not fit reply {self.code}")
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The text lines of the reply."""
+        assert isinstance(self.text, tuple)
+        return self.text
+
+    @property
+    def is_positive(self) -> bool:
+        """True for 2xx and 3xx replies."""
+        return self.code < 400
+
+    def to_bytes(self, enhanced_codes: bool = True) -> bytes:
+        """Serialise, adding the enhanced status code when the session offers them."""
+        prefix = ""
+        if enhanced_codes and self.code // 100 != 3:
+            klass, subject, detail = self.enhanced or (self.code // 100, 0, 0)
+            prefix = f"{klass}.{subject}.{detail} "
+        last = len(self.lines) - 1
+        return "".join(
+            f"{self.code}{' ' if i == last else '-'}{prefix}{line}".rstrip(" ") + "\r\n"
+            for i, line in enumerate(self.lines)
+        ).encode()
