@@ -24,7 +24,9 @@ class Driver:
         tls_active: bool = False,
         greet: bool = True,
     ) -> None:
-        self.conn = smtpwire.ServerConnection(config or smtpwire.ServerConfig(hostname="mx.test"), tls_active=tls_active)
+        self.conn = smtpwire.ServerConnection(
+            config or smtpwire.ServerConfig(hostname="mx.test"), tls_active=tls_active
+        )
         self.answer = answer or (lambda event: None)
         self.events: list[smtpwire.Event] = []
         if greet:

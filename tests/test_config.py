@@ -28,5 +28,11 @@ def test_defaults_are_bounded() -> None:
     assert config.max_message_size == 32 * 1024 * 1024
     assert config.max_recipients == 100
     assert config.bare_line_endings == "reject"
-    assert [e.keyword for e in config.extensions] == ["PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+    assert [e.keyword for e in config.extensions] == [
+        "PIPELINING",
+        "SIZE",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+    ]
     assert smtpwire.StartTLS().keyword == "STARTTLS"

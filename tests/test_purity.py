@@ -5,7 +5,19 @@ import pathlib
 
 import pytest
 
-FORBIDDEN = {"socket", "ssl", "select", "selectors", "asyncio", "anyio", "trio", "threading", "time", "os", "subprocess"}
+FORBIDDEN = {
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "asyncio",
+    "anyio",
+    "trio",
+    "threading",
+    "time",
+    "os",
+    "subprocess",
+}
 CORE = pathlib.Path(__file__).resolve().parents[1] / "src" / "smtpwire"
 
 

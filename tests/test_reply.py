@@ -40,7 +40,9 @@ def test_invalid_codes(code: object) -> None:
         Reply(code, "x")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("text", [[], ["a\r\nb"], ["tab\tnot allowed"], ["nul\x00"], ["del\x7f"], ["x" * 497], [b"bytes"]])
+@pytest.mark.parametrize(
+    "text", [[], ["a\r\nb"], ["tab\tnot allowed"], ["nul\x00"], ["del\x7f"], ["x" * 497], [b"bytes"]]
+)
 def test_invalid_text(text: object) -> None:
     with pytest.raises(LocalProtocolError):
         Reply(250, text)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ import pytest
 
 import smtpwire
 from smtpwire import Reply, ServerConfig, State
-from tests.driver import STARTTLS_CONFIG, Driver
+from tests.driver import Driver
 
 
 def test_greeting_is_the_applications_decision() -> None:
@@ -18,9 +18,9 @@ def test_greeting_is_the_applications_decision() -> None:
 
 
 def test_greeting_554_serves_only_quit() -> None:
-    d = Driver(greet=False, answer=lambda e: Reply(554, "no service here"))
+    d = Driver(greet=False, answer=lambda e: Reply(554, "no service here", (5, 7, 1)))
     d.pump()
-    assert d.conn.data_to_send() == b"554 no service here\r\n"
+    assert d.conn.data_to_send() == b"554 5.7.1 no service here\r\n"
     assert d.conn.state is State.REFUSED
     assert d.say("EHLO x", "MAIL FROM:<a@b>", "QUIT") == (
         "503 5.5.1 Bad sequence of commands\r\n503 5.5.1 Bad sequence of commands\r\n"
@@ -31,13 +31,19 @@ def test_greeting_554_serves_only_quit() -> None:
 def test_greeting_421_closes() -> None:
     d = Driver(greet=False, answer=lambda e: Reply(421, "busy", (4, 7, 0)))
     d.pump()
-    assert d.conn.data_to_send() == b"421 busy\r\n"  # the greeting carries no enhanced code
+    assert d.conn.data_to_send() == b"421 4.7.0 busy\r\n"  # a refusal carries its enhanced code
     assert isinstance(d.conn.next_event(), smtpwire.ConnectionClosed)
+
+
+def test_the_greeting_itself_carries_no_enhanced_code() -> None:
+    d = Driver(greet=False, answer=lambda e: Reply(220, "welcome", (2, 0, 0)))
+    d.pump()
+    assert d.conn.data_to_send() == b"220 welcome\r\n"  # RFC 2034: not in the greeting
 
 
 def test_ehlo_lists_extensions_without_enhanced_codes() -> None:
     assert Driver().say("EHLO client.test") == (
-        "250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n"
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n"
         "250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
     )
 
@@ -148,8 +154,13 @@ def test_rset_noop_help_vrfy_quit() -> None:
         "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
         "221 2.0.0 mx.test Service closing transmission channel\r\n"
     )
-    assert d.events[:5] == [smtpwire.Rset(), smtpwire.Noop(), smtpwire.Help("mail"), smtpwire.Vrfy("postmaster"),
-                            smtpwire.Quit()]
+    assert d.events[:5] == [
+        smtpwire.Rset(),
+        smtpwire.Noop(),
+        smtpwire.Help("mail"),
+        smtpwire.Vrfy("postmaster"),
+        smtpwire.Quit(),
+    ]
     assert isinstance(d.events[-1], smtpwire.ConnectionClosed)
     assert d.conn.state is State.CLOSED
 
@@ -280,11 +291,14 @@ def test_rcpt_paths(path: str) -> None:
     assert d.codes("EHLO x", "MAIL FROM:<>", f"RCPT TO:{path}") == [250, 250, 250]
 
 
-@pytest.mark.parametrize(("argument", "reply"), [
-    ("TO:<>", "501 5.1.3 Bad address syntax"),
-    ("TO:<a@b", "501 5.1.3 Bad address syntax"),
-    ("FROM:<a@b>", "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"),
-])
+@pytest.mark.parametrize(
+    ("argument", "reply"),
+    [
+        ("TO:<>", "501 5.1.3 Bad address syntax"),
+        ("TO:<a@b", "501 5.1.3 Bad address syntax"),
+        ("FROM:<a@b>", "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"),
+    ],
+)
 def test_bad_rcpt(argument: str, reply: str) -> None:
     d = Driver()
     d.say("EHLO x", "MAIL FROM:<>")
@@ -339,7 +353,9 @@ def test_no_rcpt_parameters_are_built_in() -> None:
 
 def test_smtputf8_addresses_need_the_parameter() -> None:
     d = Driver()
-    assert d.say("EHLO x", "MAIL FROM:<jös@exämple.de>") .splitlines()[-1] == "553 5.6.7 Non-ASCII address needs SMTPUTF8"
+    assert (
+        d.say("EHLO x", "MAIL FROM:<jös@exämple.de>").splitlines()[-1] == "553 5.6.7 Non-ASCII address needs SMTPUTF8"
+    )
     assert d.codes("MAIL FROM:<a@b>", "RCPT TO:<ü@b>") == [250, 553]
     assert d.codes("RSET", "MAIL FROM:<jös@exämple.de> SMTPUTF8", "RCPT TO:<ü@b>") == [250, 250, 250]
     assert d.conn.transaction is not None and d.conn.transaction.recipients == ("ü@b",)
@@ -347,9 +363,7 @@ def test_smtputf8_addresses_need_the_parameter() -> None:
 
 def test_invalid_utf8_and_control_characters_in_commands() -> None:
     d = Driver()
-    assert d.feed(b"EHLO \xff\xfe\r\nNOOP\x00\r\nNOOP a\rb\r\n") == (
-        b"500 5.5.2 Invalid characters in command\r\n" * 3
-    )
+    assert d.feed(b"EHLO \xff\xfe\r\nNOOP\x00\r\nNOOP a\rb\r\n") == (b"500 5.5.2 Invalid characters in command\r\n" * 3)
 
 
 def test_bare_lf_ends_a_command_line() -> None:
@@ -359,7 +373,11 @@ def test_bare_lf_ends_a_command_line() -> None:
 def test_recipient_limit() -> None:
     d = Driver(ServerConfig(max_recipients=2))
     assert d.codes("EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<1@b>", "RCPT TO:<2@b>", "RCPT TO:<3@b>") == [
-        250, 250, 250, 250, 452,
+        250,
+        250,
+        250,
+        250,
+        452,
     ]
     assert d.say("RCPT TO:<4@b>") == "452 4.5.3 Too many recipients\r\n"
 
@@ -416,9 +434,10 @@ def test_4xx_rejections_are_not_errors() -> None:
 
 def test_require_tls() -> None:
     d = Driver(ServerConfig(require_tls=True))
-    assert d.say("EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<a@b>", "DATA").splitlines()[-3:] == [
-        "530 5.7.0 Must issue a STARTTLS command first"
-    ] * 3
+    assert (
+        d.say("EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<a@b>", "DATA").splitlines()[-3:]
+        == ["530 5.7.0 Must issue a STARTTLS command first"] * 3
+    )
     assert Driver(ServerConfig(require_tls=True), tls_active=True).codes("EHLO x", "MAIL FROM:<a@b>") == [250, 250]
 
 
@@ -455,12 +474,18 @@ def test_send_without_pending_decision() -> None:
         d.conn.accept()
 
 
-@pytest.mark.parametrize(("commands", "code"), [
-    ([], 250), ([], 354), ([], 450),
-    (["EHLO x"], 220), (["EHLO x"], 354),
-    (["EHLO x", "MAIL FROM:<a@b>"], 251),
-    (["EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "DATA"], 250),
-])
+@pytest.mark.parametrize(
+    ("commands", "code"),
+    [
+        ([], 250),
+        ([], 354),
+        ([], 450),
+        (["EHLO x"], 220),
+        (["EHLO x"], 354),
+        (["EHLO x", "MAIL FROM:<a@b>"], 251),
+        (["EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "DATA"], 250),
+    ],
+)
 def test_reply_must_fit_the_decision(commands: list[str], code: int) -> None:
     d = Driver(greet=False)
     d.conn.next_event()
@@ -486,3 +511,19 @@ def test_421_answer_closes() -> None:
     d = Driver(answer=lambda e: Reply(421, "shutting down", (4, 3, 2)) if isinstance(e, smtpwire.MailFrom) else None)
     assert d.say("EHLO x", "MAIL FROM:<a@b>", "NOOP").splitlines()[-1] == "421 4.3.2 shutting down"
     assert isinstance(d.events[-1], smtpwire.ConnectionClosed)
+
+
+@pytest.mark.parametrize("verb", ["HELO", "EHLO"])
+def test_hello_name_is_at_most_255_octets(verb: str) -> None:
+    d = Driver(ServerConfig(hostname="h" * 255))
+    assert d.say(f"{verb} {'a' * 256}").startswith("501 5.5.4")
+    assert d.codes(f"{verb} {'a' * 255}") == [250]
+
+
+def test_verbs_and_prefixes_are_ascii_only() -> None:
+    d = Driver()
+    d.say("EHLO x")
+    assert d.say("\ufb06ARTTLS", "MAIL \ufb00ROM:<a@b>", "MAIL FROM:<a@b>", "RCPT \u0131O:<c@d>") == (
+        "500 5.5.2 Command unrecognized\r\n501 5.5.4 Syntax: MAIL FROM:<address> [parameters]\r\n"
+        "250 2.1.0 OK\r\n501 5.5.4 Syntax: RCPT TO:<address> [parameters]\r\n"
+    )

@@ -35,7 +35,7 @@ NextEvent = ev.Event | Sentinel
 MessageEnd = ev.EndOfMessage | ev.MessageRejected
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
-_TOKEN = re.compile("[\x21-\x7e]+")
+_DOMAIN_TOKEN = re.compile("[\x21-\x7e]{1,255}")  # RFC 5321 4.5.3.1.2: a domain is at most 255 octets
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class ServerConnection:
         accepted = reply.code in event.accepts
         if accepted and isinstance(event, ev.Ehlo):
             reply = Reply(reply.code, reply.lines + self._ehlo_keywords())
-        self._queue(reply, event.enhanced_codes)
+        self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
             self._state = State.CLOSED
         elif accepted:
@@ -266,6 +266,8 @@ class ServerConnection:
         except UnicodeDecodeError:
             return self._reject("", BAD_CHARACTERS)
         verb, _, argument = text.partition(" ")
+        if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
+            return self._reject("", UNRECOGNIZED)
         verb = verb.upper()
         if _CONTROL.search(text):
             return self._reject(verb, BAD_CHARACTERS)
@@ -329,12 +331,12 @@ class ServerConnection:
         return event
 
     def _helo(self, argument: str) -> ev.Event:
-        if not _TOKEN.fullmatch(argument):
+        if not _DOMAIN_TOKEN.fullmatch(argument):
             return self._reject("HELO", _syntax("HELO domain"))
         return self._decide(ev.Helo(argument))
 
     def _ehlo(self, argument: str) -> ev.Event:
-        if not _TOKEN.fullmatch(argument):
+        if not _DOMAIN_TOKEN.fullmatch(argument):
             return self._reject("EHLO", _syntax("EHLO domain"))
         return self._decide(ev.Ehlo(argument))
 

@@ -41,19 +41,29 @@ class Decision(Event):
         """Whether a reply with this code is a valid answer (RFC 5321 4.3.2)."""
         return code in self.accepts or code >= 400
 
+    def carries_enhanced_code(self, code: int) -> bool:
+        """Whether the reply with this code gets an RFC 3463 code (when the server offers them)."""
+        return self.enhanced_codes
+
 
 @dataclass(frozen=True)
 class ConnectionOpened(Decision):
-    """Before the greeting: answer 220 to serve, 554 to refuse, 421 to go away."""
+    """Before the greeting: answer 220 to serve, 554 to refuse, 421 to go away.
+
+    RFC 2034 leaves the greeting without an enhanced code; a refusal carries
+    one anyway (``421 4.7.0``), as it is the only reply that client will get.
+    """
 
     accepts: ClassVar[frozenset[int]] = frozenset({220})
-    enhanced_codes: ClassVar[bool] = False
 
     def default_reply(self, hostname: str) -> Reply:
         return Reply(220, f"{hostname} ESMTP smtpwire")
 
     def answered_by(self, code: int) -> bool:
         return code in (220, 421, 554)
+
+    def carries_enhanced_code(self, code: int) -> bool:
+        return code != 220
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class Ehlo(Decision):
     enhanced_codes: ClassVar[bool] = False
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, f"{hostname} greets {self.name}")
+        return Reply(250, hostname)  # echoing the client's name could overflow the line
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ def valid_address_literal(literal: str) -> bool:
 
 def parse_path_argument(argument: str, prefix: str, *, null_ok: bool, postmaster_ok: bool) -> PathArgument:
     """Parse ``FROM:<...> params`` (``prefix="FROM:"``) or ``TO:<...> params``."""
-    if argument[: len(prefix)].upper() != prefix:
+    head = argument[: len(prefix)]
+    if not head.isascii() or head.upper() != prefix:
         raise GrammarError("syntax")
     position = len(prefix)
     while argument[position : position + 1] == " ":  # "FROM: <a@b>" is common; tolerate it

@@ -1,0 +1,826 @@
+"""Coverage-guided fuzz target for ``smtpwire.ServerConnection`` (atheris / libFuzzer).
+
+Fuzz (new inputs go to the first directory, ``fuzz/corpus`` is only read)::
+
+    python fuzz/fuzz_connection.py -atheris_runs=20000 -max_len=4096 "$(mktemp -d)" fuzz/corpus
+
+Rewrite the named seeds of the corpus after changing the input format::
+
+    python fuzz/fuzz_connection.py --write-seeds fuzz/corpus
+
+``TestOneInput`` decodes the raw input itself (no ``FuzzedDataProvider``), so
+it also runs in plain Python without atheris: ``tests/test_fuzz_corpus.py``
+replays the corpus through it.
+
+Input format (a byte past the end of the input reads as 0)::
+
+    input  := flags extra op*
+    flags  := bit 0 StartTLS registered, 1 require_tls, 2 small limits,
+              3 bare_line_endings="accept", 4 tls_active from the start,
+              5 auto-accept every decision while draining,
+              6-7 extension set (standard, none, no ENHANCEDSTATUSCODES, reversed)
+    extra  := bits 0-1 hostname, bits 2-3 max_command_line
+    op     := one byte, taken modulo 16:
+      0-3  FEED     n:u8 data[n]              receive_data(data)
+      4    FEED     n:u16be data[n]
+      5    REPEAT   reps:u8 m:u8 pattern[m%32+1]   receive_data(pattern * (reps+1) * 8)
+      6    EOF                                receive_data(b"")
+      7-8  ACCEPT                             accept()
+      9    REPLY    code:u8 text:u8 enh:u8    send() a valid reply for the pending decision
+      10   INVALID  kind:u8 sel:u8            a deliberately wrong call: must raise LocalProtocolError
+      11   TLS      ok:u8                     tls_established() (ok odd) or tls_failed()
+      12   TIMEOUT                            timed_out()
+      13   SHUTDOWN                           shutdown()
+      14   EXT      i:u8                      add or remove EXTENSIONS[i % len]
+      15   CANNED   i:u8                      receive_data(CANNED[i % len])
+
+After every operation the events are drained (bounded) and these invariants
+are asserted:
+
+- only ``LocalProtocolError`` is raised, exactly for the deliberately invalid
+  calls (ACCEPT/REPLY with nothing pending, INVALID, TLS outside a handshake),
+  and a call that raised changed nothing and queued nothing;
+- every output line matches ``[2-5]\\d\\d[ -]`` (or is a bare code: an empty
+  text is RFC 5321's ``Reply-code CRLF``), ends with CRLF, holds no other
+  CR or LF and is at most 512 octets; a multi-line reply keeps one code;
+  nothing is sent once the connection is closed;
+- replies and events stay proportional to the input (no amplification, no
+  loop that makes events without consuming bytes);
+- while waiting for data the receive buffer holds at most one command line
+  (or at most 4 held bytes in DATA);
+- every message matches a reference dot-unstuffer: its content, its size
+  verdict and its bare CR/LF verdict;
+- the state machine moves as RFC 5321 / RFC 3207 say after each answer, no
+  MAIL/RCPT/DATA decision is ever asked for without TLS under require_tls,
+  and plaintext sent before the TLS handshake is never executed after it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+try:
+    import atheris
+except ImportError:  # replaying the corpus needs no atheris
+    atheris = None
+
+if atheris is not None and __name__ == "__main__":
+    with atheris.instrument_imports(include=["smtpwire"]):
+        import smtpwire
+else:
+    import smtpwire
+
+from smtpwire import LocalProtocolError, Reply, State
+
+MAX_OPS = 400
+#: RFC 5321 4.2: Reply-code [ SP textstring ] CRLF, or Reply-code "-" [ textstring ] CRLF.
+REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])[^\r\n]*)?\r\n")
+
+COMMAND_STATES = frozenset({State.REFUSED, State.GREETED, State.READY, State.MAIL, State.RCPT})
+#: The verb of the line each command event comes from.
+VERBS = {
+    smtpwire.Helo: b"HELO",
+    smtpwire.Ehlo: b"EHLO",
+    smtpwire.MailFrom: b"MAIL",
+    smtpwire.RcptTo: b"RCPT",
+    smtpwire.DataRequested: b"DATA",
+    smtpwire.Rset: b"RSET",
+    smtpwire.Noop: b"NOOP",
+    smtpwire.Vrfy: b"VRFY",
+    smtpwire.Help: b"HELP",
+    smtpwire.Quit: b"QUIT",
+    smtpwire.StartTLSRequested: b"STARTTLS",
+}
+
+# -- configuration -------------------------------------------------------------
+
+STARTTLS, REQUIRE_TLS, SMALL, BARE_ACCEPT, TLS_ACTIVE, AUTO = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+HOSTNAMES = ("mx.test", "localhost", "h" * 255, "[192.0.2.1]")
+COMMAND_LINES = (512, 513, 1000, 4096)
+
+
+def extension_sets() -> tuple[tuple[smtpwire.Extension, ...], ...]:
+    standard = smtpwire.STANDARD_EXTENSIONS
+    return (
+        standard,
+        (),
+        tuple(e for e in standard if e.keyword != "ENHANCEDSTATUSCODES"),
+        tuple(reversed(standard)),
+    )
+
+
+def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
+    extensions = extension_sets()[flags >> 6]
+    if flags & STARTTLS:
+        extensions = (*extensions, smtpwire.StartTLS())
+    small = bool(flags & SMALL)
+    return smtpwire.ServerConfig(
+        hostname=HOSTNAMES[extra & 3],
+        extensions=extensions,
+        max_message_size=64 if small else 32 * 1024 * 1024,
+        max_recipients=2 if small else 100,
+        max_errors=3 if small else 20,
+        max_command_line=COMMAND_LINES[(extra >> 2) & 3],
+        require_tls=bool(flags & REQUIRE_TLS),
+        bare_line_endings="accept" if flags & BARE_ACCEPT else "reject",
+    )
+
+
+#: What the EXT operation adds or removes.
+EXTENSIONS = (
+    smtpwire.StartTLS(),
+    smtpwire.Size(),
+    smtpwire.EightBitMime(),
+    smtpwire.SmtpUtf8(),
+    smtpwire.EnhancedStatusCodes(),
+    smtpwire.Pipelining(),
+)
+
+#: Whole commands and message pieces, so that short inputs reach deep states.
+CANNED = (
+    b"EHLO client.example\r\n",
+    b"HELO client.example\r\n",
+    b"MAIL FROM:<alice@example.org>\r\n",
+    b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\n",
+    "MAIL FROM:<jörg@bücher.example> SMTPUTF8\r\n".encode(),
+    b"RCPT TO:<bob@example.net>\r\n",
+    b"RCPT TO:<@relay.example,@b.example:bob@example.net>\r\n",
+    b"RCPT TO:<Postmaster>\r\n",
+    b"RCPT TO:<x@[IPv6:2001:db8::1]>\r\n",
+    "RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>\r\n".encode(),
+    b"DATA\r\n",
+    b"Subject: hi\r\n\r\nbody\r\n",
+    b"..stuffed line\r\n",
+    b".\r\n",
+    b"\r\n.\r\n",
+    b"\n.\n",
+    b"\r.\r",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"RSET\r\n",
+    b"NOOP\r\n",
+    b"VRFY bob\r\n",
+    b"HELP\r\n",
+    b"QUIT\r\n",
+    b"STARTTLS\r\n",
+    b"EXPN staff\r\n",
+    b"BDAT 10 LAST\r\n",
+    b"MAIL FROM:<a@b> SIZE=99999999999\r\n",
+    b"\r\n",
+    b"\n",
+    b"\x00\xff\xfe\r\n",
+    b"MAIL FROM:<a@b> SMTPUTF8=yes FOO=bar\r\n",
+)
+
+# -- the reply model (RFC 5321 4.3.2), written independently of the core ------
+
+POSITIVE = {
+    smtpwire.ConnectionOpened: (220,),
+    smtpwire.Helo: (250,),
+    smtpwire.Ehlo: (250,),
+    smtpwire.MailFrom: (250,),
+    smtpwire.RcptTo: (250, 251),
+    smtpwire.DataRequested: (354,),
+    smtpwire.EndOfMessage: (250,),
+    smtpwire.Vrfy: (250, 251, 252),
+}
+#: Every well-formed 4xx and 5xx code (the second digit is 0-5).
+DECLINES = tuple(c for c in range(400, 600) if c % 100 // 10 <= 5)
+#: Codes tried by INVALID kind 0; the model says which do not fit the event.
+CANDIDATE_CODES = (220, 221, 250, 251, 252, 354, 450, 550)
+
+
+def valid_codes(event: smtpwire.Decision) -> tuple[int, ...]:
+    if isinstance(event, smtpwire.ConnectionOpened):
+        return (220, 421, 554)
+    return POSITIVE[type(event)] + DECLINES
+
+
+TEXTS: tuple[str | tuple[str, ...], ...] = (
+    "OK",
+    "",
+    ("first", "second", "third"),
+    "x" * 496,
+    "ünïcødé ✓ 郵便",
+    "trailing spaces   ",
+    ("y" * 496, "z" * 496),
+    "Requested action taken",
+)
+
+#: Reply constructions that must raise LocalProtocolError.
+BAD_REPLIES: tuple[tuple[object, ...], ...] = (
+    (199, "x"),
+    (600, "x"),
+    (265, "second digit over 5"),
+    (250, "injected\r\n250 OK"),
+    (250, "nul\x00"),
+    (250, "tab\tinside"),
+    (250, "x" * 497),
+    (250, "é" * 249),
+    (250, ()),
+    (354, "go", (3, 0, 0)),
+    (250, "OK", (5, 0, 0)),
+    (250, "OK", (2, 1000, 0)),
+    (True, "bool code"),
+    (250, ("fine", 7)),
+)
+
+
+# -- reading the input ---------------------------------------------------------
+
+
+class ByteSource:
+    """The fuzz input read front to back; reads past the end give zeros or nothing."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.position
+
+    def byte(self) -> int:
+        if self.position >= len(self.data):
+            return 0
+        self.position += 1
+        return self.data[self.position - 1]
+
+    def u16(self) -> int:
+        return self.byte() << 8 | self.byte()
+
+    def take(self, n: int) -> bytes:
+        chunk = self.data[self.position : self.position + n]
+        self.position += len(chunk)
+        return chunk
+
+
+# -- white-box peeks, kept in one place -----------------------------------------
+
+
+def buffered(conn: smtpwire.ServerConnection) -> bytes:
+    """The bytes received but not yet consumed."""
+    return bytes(conn._buffer._data)
+
+
+def held_by_dot_reader(conn: smtpwire.ServerConnection) -> int:
+    return len(conn._dot._held)
+
+
+def next_command_line(conn: smtpwire.ServerConnection) -> bytes | None:
+    """The line the next command event will be read from, when it is complete."""
+    data = conn._buffer._data
+    start = 0
+    if conn._discarding_line:  # the rest of an over-long line goes first
+        start = data.find(b"\n") + 1
+        if not start:
+            return None
+    end = data.find(b"\n", start)
+    return bytes(data[start : end + 1]) if end >= 0 else None
+
+
+def reference_message(stream: bytes, check_line_endings: bool) -> tuple[bytes, bool] | None:
+    """RFC 5321 4.1.1.4 / 4.5.2 done the simple way: (content, bare CR/LF seen) or None if unfinished.
+
+    ``stream`` starts with the CRLF that ended the DATA command: it may start the end sequence.
+    """
+    end = stream.find(b"\r\n.\r\n")
+    if end < 0:
+        return None
+    content = stream[: end + 2].replace(b"\r\n.", b"\r\n")[2:]
+    region = stream[: end + 5]
+    pairs = region.count(b"\r\n")
+    bare = check_line_endings and (region.count(b"\r") != pairs or region.count(b"\n") != pairs)
+    return content, bare
+
+
+# -- the harness ----------------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, data: bytes) -> None:
+        self.src = ByteSource(data)
+        flags, extra = self.src.byte(), self.src.byte()
+        self.config = make_config(flags, extra)
+        self.conn = smtpwire.ServerConnection(self.config, tls_active=bool(flags & TLS_ACTIVE))
+        self.auto = bool(flags & AUTO)
+        self.fed = 0  # bytes the core took in
+        self.line_feeds = 0
+        self.ops = 0
+        self.events = 0
+        self.replies = 0
+        self.eof = False
+        self.message: list[bytes] = []
+        self.raw: bytearray | None = None  # the DATA stream as the reader sees it, for the reference
+        self.raw_scanned = 0  # how far the raw stream is known to hold no end of data
+        self.seen: list[str] = []  # event names, for the tests
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> Harness:
+        self.settle()
+        for _ in range(MAX_OPS):
+            if not self.src.remaining():
+                break
+            self.ops += 1
+            was_closed = self.conn.state is State.CLOSED
+            self.step(self.src.byte() % 16)
+            self.settle(was_closed)
+        return self
+
+    def step(self, op: int) -> None:
+        if op <= 3:
+            self.feed(self.src.take(self.src.byte()))
+        elif op == 4:
+            self.feed(self.src.take(self.src.u16()))
+        elif op == 5:
+            reps = (self.src.byte() + 1) * 8
+            self.feed(self.src.take(self.src.byte() % 32 + 1) * reps)
+        elif op == 6:
+            self.conn.receive_data(b"")
+            self.eof = True
+        elif op in (7, 8):
+            self.answer(None)
+        elif op == 9:
+            self.reply_op()
+        elif op == 10:
+            self.invalid_op()
+        elif op == 11:
+            self.tls_op(self.src.byte() & 1 == 1)
+        elif op in (12, 13):
+            self.close_op(op == 12)
+        elif op == 14:
+            self.toggle_extension(EXTENSIONS[self.src.byte() % len(EXTENSIONS)])
+        else:
+            self.feed(CANNED[self.src.byte() % len(CANNED)])
+
+    # -- operations -------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        state = self.conn.state
+        self.conn.receive_data(chunk)
+        if state in (State.TLS_HANDSHAKE, State.CLOSED):
+            return  # dropped by the core
+        self.fed += len(chunk)
+        self.line_feeds += chunk.count(b"\n")
+        if self.raw is not None:
+            self.raw += chunk
+
+    def answer(self, reply: Reply | None) -> None:
+        """accept() (reply None) or send(reply); a valid call unless nothing is pending."""
+        conn = self.conn
+        event = conn.pending
+        if event is None:
+            self.expect_error(conn.accept if reply is None else lambda: conn.send(reply))
+            return
+        before = conn.state
+        try:
+            if reply is None:
+                code = event.default_reply(self.config.hostname).code
+                conn.accept()
+            else:
+                code = reply.code
+                conn.send(reply)
+        except LocalProtocolError as error:
+            what = "accept()" if reply is None else f"send({reply!r})"
+            raise AssertionError(f"valid answer {what} to {event!r} raised {error!r}"[:600]) from error
+        replies = self.take_output()
+        assert [c for c, _ in replies] == [code], (event, code, replies)
+        if reply is not None and not isinstance(event, smtpwire.Ehlo):
+            assert replies[0][1] == len(reply.lines), (reply, replies)
+        self.check_transition(event, code, before)
+
+    def check_transition(self, event: smtpwire.Decision, code: int, before: State) -> None:
+        conn = self.conn
+        state = conn.state
+        assert conn.pending is None
+        if code == 421:
+            assert state is State.CLOSED
+        elif isinstance(event, smtpwire.ConnectionOpened):
+            assert state is (State.GREETED if code == 220 else State.REFUSED)
+        elif isinstance(event, smtpwire.EndOfMessage):
+            assert state is State.READY and conn.transaction is None
+        elif code >= 400 or isinstance(event, smtpwire.Vrfy):
+            assert state is before, (event, code, before, state)
+        elif isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
+            assert state is State.READY and conn.helo_name == event.name
+            assert conn.esmtp is isinstance(event, smtpwire.Ehlo) and conn.transaction is None
+        elif isinstance(event, smtpwire.MailFrom):
+            assert state is State.MAIL and conn.transaction is not None
+            assert conn.transaction.mail_from == event.address and conn.transaction.recipients == ()
+        elif isinstance(event, smtpwire.RcptTo):
+            assert state is State.RCPT and conn.transaction is not None
+            assert conn.transaction.recipients[-1] == event.address
+            assert len(conn.transaction.recipients) <= self.config.max_recipients
+        else:
+            assert isinstance(event, smtpwire.DataRequested) and state is State.DATA
+            self.raw = bytearray(b"\r\n" + buffered(conn))  # DATA's CRLF may start the end
+            self.raw_scanned = 0
+            self.message = []
+
+    def reply_op(self) -> None:
+        code_selector, text_selector, enhanced_selector = self.src.byte(), self.src.byte(), self.src.byte()
+        event = self.conn.pending
+        if event is None:
+            self.answer(Reply(250, "OK"))  # nothing to answer: must raise
+            return
+        codes = valid_codes(event)
+        code = codes[code_selector % len(codes)]
+        enhanced = None
+        if enhanced_selector and code // 100 != 3:
+            enhanced = (code // 100, enhanced_selector * 37 % 1000, enhanced_selector * 101 % 1000)
+        self.answer(Reply(code, TEXTS[text_selector % len(TEXTS)], enhanced))
+
+    def invalid_op(self) -> None:
+        kind, selector = self.src.byte() % 5, self.src.byte()
+        conn = self.conn
+        event = conn.pending
+        if kind == 1:
+            arguments = BAD_REPLIES[selector % len(BAD_REPLIES)]
+            self.expect_error(lambda: Reply(*arguments))  # type: ignore[arg-type]
+        elif kind == 2:
+            self.expect_error(lambda: conn.send("250 OK"))  # type: ignore[arg-type]
+        elif kind == 3 and event is None:
+            self.expect_error(conn.accept)
+        elif kind == 4 and conn.state is not State.TLS_HANDSHAKE:
+            self.expect_error(conn.tls_established if selector & 1 else conn.tls_failed)
+        elif event is None:
+            self.expect_error(lambda: conn.send(Reply(250, "OK")))
+        else:
+            codes = [c for c in CANDIDATE_CODES if c not in valid_codes(event)]
+            reply = Reply(codes[selector % len(codes)], "does not fit")
+            self.expect_error(lambda: conn.send(reply))
+
+    def expect_error(self, call: object) -> None:
+        conn = self.conn
+        before = (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name)
+        try:
+            call()  # type: ignore[operator]
+        except LocalProtocolError:
+            pass
+        else:
+            raise AssertionError(f"invalid call {call!r} did not raise LocalProtocolError")
+        assert (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name) == before
+        assert self.take_output() == []
+
+    def tls_op(self, ok: bool) -> None:
+        conn = self.conn
+        if conn.state is not State.TLS_HANDSHAKE:
+            self.expect_error(conn.tls_established if ok else conn.tls_failed)
+            return
+        if ok:
+            conn.tls_established()
+            assert conn.state is State.GREETED and conn.tls_active
+            assert conn.helo_name is None and not conn.esmtp and conn.transaction is None
+            # RFC 3207 4.2: nothing sent in plaintext before the handshake survives it.
+            assert buffered(conn) == b""
+        else:
+            conn.tls_failed()
+            assert conn.state is State.CLOSED
+        assert self.take_output() == []
+
+    def close_op(self, timeout: bool) -> None:
+        conn = self.conn
+        was_closed = conn.state is State.CLOSED
+        conn.timed_out() if timeout else conn.shutdown()
+        assert conn.state is State.CLOSED and conn.pending is None
+        replies = self.take_output()
+        assert replies == ([] if was_closed else [(421, 1)]), replies
+        self.raw = None
+
+    def toggle_extension(self, extension: smtpwire.Extension) -> None:
+        if extension.keyword in self.conn.extensions:
+            self.conn.extensions.remove(extension.keyword)
+        else:
+            self.conn.extensions.add(extension)
+        assert self.take_output() == []
+
+    # -- draining and checking --------------------------------------------------
+
+    def settle(self, was_closed: bool = False) -> None:
+        conn = self.conn
+        while True:
+            self.events += 1
+            assert self.events <= self.fed + 3 * self.ops + 8, "events without input: a loop?"
+            line = next_command_line(conn) if conn.state in COMMAND_STATES and conn.pending is None else None
+            event = conn.next_event()
+            if type(event) in VERBS:
+                self.check_command(event, line)
+            if event is smtpwire.NEED_DATA:
+                self.check_idle()
+                break
+            if event is smtpwire.PAUSED:
+                assert conn.pending is not None or conn.state is State.TLS_HANDSHAKE
+                break
+            assert isinstance(event, smtpwire.Event), event
+            self.seen.append(type(event).__name__)
+            self.observe(event)
+            if isinstance(event, smtpwire.ConnectionClosed):
+                assert conn.state is State.CLOSED
+                self.raw = None
+                break
+            if self.auto and isinstance(event, smtpwire.Decision):
+                self.take_output_checked(was_closed)
+                self.ops += 1
+                self.answer(None)
+        self.take_output_checked(was_closed)
+
+    def check_command(self, event: object, line: bytes | None) -> None:
+        """RFC 5321 2.4: verbs are ASCII, case-insensitive; the event names the verb of its line."""
+        assert line is not None, f"{event!r} without a command line"
+        verb, _, argument = line.rstrip(b"\r\n").partition(b" ")
+        assert verb.upper() == VERBS[type(event)], f"{event!r} read from {line[:80]!r}"
+        argument = argument.lstrip(b" ")
+        if isinstance(event, smtpwire.MailFrom):
+            assert argument[:5].upper() == b"FROM:", line[:80]
+        elif isinstance(event, smtpwire.RcptTo):
+            assert argument[:3].upper() == b"TO:", line[:80]
+        elif isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
+            assert argument.rstrip(b" ") == event.name.encode(), line[:80]
+        limit = self.config.max_command_line + self.conn.extensions.line_allowance
+        assert len(line) <= limit, (len(line), limit)
+
+    def check_idle(self) -> None:
+        """Waiting for bytes: the core keeps at most one partial line (or a few DATA bytes)."""
+        conn = self.conn
+        waiting = len(conn._buffer)
+        if conn.state is State.DATA:
+            assert waiting == 0 and held_by_dot_reader(conn) <= 4
+            if self.raw is not None:  # liveness: the core did not miss the end of data
+                missed = self.raw.find(b"\r\n.\r\n", max(0, self.raw_scanned - 4)) >= 0
+                assert not missed, "the message ended but the core waits for more data"
+                self.raw_scanned = len(self.raw)
+        else:
+            limit = self.config.max_command_line + conn.extensions.line_allowance
+            assert waiting <= limit, (waiting, limit)
+            assert conn.state in COMMAND_STATES
+
+    def observe(self, event: smtpwire.Event) -> None:
+        conn = self.conn
+        if isinstance(event, smtpwire.Decision):
+            assert conn.pending is event
+            if isinstance(event, (smtpwire.MailFrom, smtpwire.RcptTo, smtpwire.DataRequested)):
+                assert conn.tls_active or not self.config.require_tls, f"{event!r} without TLS"
+            if isinstance(event, smtpwire.MailFrom):
+                assert event.address.isascii() or "SMTPUTF8" in event.params
+            if isinstance(event, smtpwire.RcptTo):
+                assert conn.transaction is not None
+                assert len(conn.transaction.recipients) < self.config.max_recipients
+                assert event.address.isascii() or conn.transaction.smtputf8
+            if isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
+                assert re.fullmatch("[\x21-\x7e]+", event.name), event
+        elif isinstance(event, smtpwire.StartTLSRequested):
+            assert conn.state is State.TLS_HANDSHAKE and not conn.tls_active
+            assert "STARTTLS" in conn.extensions
+        elif isinstance(event, smtpwire.MessageData):
+            assert conn.state is State.DATA and event.data
+            self.message.append(event.data)
+            assert sum(map(len, self.message)) <= self.config.max_message_size
+        elif isinstance(event, smtpwire.CommandRejected):
+            assert event.reply.code >= 400
+        if isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
+            self.check_message(event)
+
+    def check_message(self, event: smtpwire.EndOfMessage | smtpwire.MessageRejected) -> None:
+        assert self.raw is not None
+        reference = reference_message(bytes(self.raw), self.config.bare_line_endings == "reject")
+        assert reference is not None, "the core ended a message the reference has not seen end"
+        content, bare = reference
+        got = b"".join(self.message)
+        if len(content) > self.config.max_message_size:
+            assert isinstance(event, smtpwire.MessageRejected) and event.reply.code == 552, event
+            assert content.startswith(got)
+        else:
+            assert got == content, (got[:200], content[:200])
+            if bare:
+                assert isinstance(event, smtpwire.MessageRejected) and event.reply.code == 550, event
+            else:
+                assert isinstance(event, smtpwire.EndOfMessage), event
+        self.raw = None
+        self.message = []
+
+    def take_output_checked(self, was_closed: bool) -> None:
+        replies = self.take_output()
+        assert not (was_closed and replies), f"sent {replies} after the connection closed"
+
+    def take_output(self) -> list[tuple[int, int]]:
+        """Drain and check the output; returns (code, line count) per reply."""
+        out = self.conn.data_to_send()
+        replies: list[tuple[int, int]] = []
+        position, lines, code = 0, 0, None
+        while position < len(out):
+            match = REPLY_LINE.match(out, position)
+            assert match is not None, f"malformed output {out[position : position + 80]!r}"
+            assert match.end() - position <= 512, f"reply line of {match.end() - position} octets"
+            assert code is None or int(match[1]) == code, "multi-line reply changed code"
+            code, lines, position = int(match[1]), lines + 1, match.end()
+            if match[2] != b"-":
+                replies.append((code, lines))
+                code, lines = None, 0
+        assert code is None, "output ends inside a multi-line reply"
+        self.replies += len(replies)
+        assert self.replies <= self.line_feeds + self.fed // 512 + self.ops + 3, "reply amplification"
+        return replies
+
+
+def TestOneInput(data: bytes) -> None:
+    Harness(data).run()
+
+
+# -- seeds ------------------------------------------------------------------------
+
+
+def feed(data: bytes | str) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
+    out = bytearray()
+    for start in range(0, max(len(raw), 1), 255):
+        chunk = raw[start : start + 255]
+        out += bytes([0, len(chunk)]) + chunk
+    return bytes(out)
+
+
+def lines(*commands: str) -> bytes:
+    return feed("".join(c + "\r\n" for c in commands))
+
+
+def drip(data: bytes) -> bytes:
+    return b"".join(bytes([1, 1, b]) for b in data)
+
+
+def repeat(pattern: bytes, times_eight: int) -> bytes:
+    return bytes([5, times_eight - 1, len(pattern) - 1]) + pattern
+
+
+def canned(command: bytes) -> bytes:
+    return bytes([15, CANNED.index(command)])
+
+
+EOF, ACCEPT, TIMEOUT, SHUTDOWN = b"\x06", b"\x07", b"\x0c", b"\x0d"
+
+
+def reply(event: type[smtpwire.Decision], code: int, text: int = 0, enhanced: int = 0) -> bytes:
+    codes = (220, 421, 554) if event is smtpwire.ConnectionOpened else POSITIVE[event] + DECLINES
+    return bytes([9, codes.index(code), text, enhanced])
+
+
+def invalid(kind: int, selector: int = 0) -> bytes:
+    return bytes([10, kind, selector])
+
+
+def tls(ok: bool) -> bytes:
+    return bytes([11, int(ok)])
+
+
+def toggle(keyword: str) -> bytes:
+    return bytes([14, [e.keyword for e in EXTENSIONS].index(keyword)])
+
+
+def config(flags: int = 0, hostname: int = 0, command_line: int = 0) -> bytes:
+    return bytes([flags, hostname | command_line << 2])
+
+
+BODY = b"From: a@example.org\r\nSubject: test\r\n\r\nHello.\r\n"
+EHLO_TO_DATA = ("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+
+
+def body_seed(body: bytes, flags: int = AUTO) -> bytes:
+    """A transaction whose DATA section is exactly ``body`` (which holds its own end or not)."""
+    return config(flags) + lines(*EHLO_TO_DATA) + feed(body) + lines("MAIL FROM:<c@example.org>", "QUIT")
+
+
+SEEDS: dict[str, bytes] = {
+    "session-basic": config(AUTO) + lines(*EHLO_TO_DATA) + feed(BODY + b".\r\n") + lines("QUIT") + EOF,
+    "session-pipelined-manual": config()
+    + ACCEPT
+    + feed(b"EHLO c.example\r\nMAIL FROM:<a@example.org> BODY=8BITMIME SIZE=120\r\n")
+    + ACCEPT
+    + ACCEPT
+    + feed(b"RCPT TO:<b@example.net>\r\nRCPT TO:<nobody@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n")
+    + ACCEPT
+    + reply(smtpwire.RcptTo, 550, 0, 1)
+    + reply(smtpwire.RcptTo, 251, 2)
+    + ACCEPT
+    + feed(BODY + b".\r\nRSET\r\nNOOP\r\nQUIT\r\n")
+    + reply(smtpwire.EndOfMessage, 451, 4, 9),
+    "session-helo-params-refused": config(AUTO)
+    + lines("HELO old.example", "MAIL FROM:<a@example.org> SIZE=10", "MAIL FROM:<a@example.org>")
+    + lines("RCPT TO:<b@example.net>", "DATA now", "DATA")
+    + feed(b"x\r\n.\r\n")
+    + lines("QUIT"),
+    "greeting-refused": config()
+    + reply(smtpwire.ConnectionOpened, 554)
+    + lines("EHLO c.example", "MAIL FROM:<a@b.example>", "QUIT"),
+    "greeting-421": config() + reply(smtpwire.ConnectionOpened, 421) + lines("EHLO c.example"),
+    "starttls-injected-noop": config(STARTTLS | AUTO)
+    + lines("EHLO c.example", "STARTTLS", "NOOP")
+    + feed(b"MAIL FROM:<evil@example.org>\r\n")
+    + tls(True)
+    + lines("EHLO c.example", "STARTTLS", "MAIL FROM:<a@example.org>", "QUIT"),
+    "starttls-injected-mail-failed": config(STARTTLS | AUTO)
+    + lines("EHLO c.example", "STARTTLS", "MAIL FROM:<evil@example.org>", "RCPT TO:<x@example.org>")
+    + tls(False)
+    + lines("NOOP"),
+    "starttls-required": config(STARTTLS | REQUIRE_TLS | AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+    + lines("STARTTLS")
+    + tls(True)
+    + lines(*EHLO_TO_DATA)
+    + feed(BODY + b".\r\n")
+    + lines("STARTTLS", "QUIT"),
+    "starttls-unavailable-and-implicit": config(TLS_ACTIVE | STARTTLS | AUTO)
+    + lines("EHLO c.example", "STARTTLS", "STARTTLS now")
+    + toggle("STARTTLS")
+    + lines("EHLO c.example", "STARTTLS"),
+    "data-dot-stuffed-split": config(AUTO)
+    + lines(*EHLO_TO_DATA)
+    + drip(b".leading dot\r\n..two dots\r\n")
+    + feed(b"...\r\nlast line\r")
+    + feed(b"\n.")
+    + feed(b"\r")
+    + feed(b"\n")
+    + lines("QUIT"),
+    "data-empty-message": config(AUTO) + lines(*EHLO_TO_DATA) + feed(b".\r\n") + lines("QUIT"),
+    "smuggle-lf-dot-lf": body_seed(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<smuggled@example.org>\r\n.\r\n"),
+    "smuggle-cr-dot-cr": body_seed(b"Subject: x\r\n\r\nhi\r.\rMAIL FROM:<smuggled@example.org>\r\n.\r\n"),
+    "smuggle-lf-dot-crlf": body_seed(b"Subject: x\r\n\r\nhi\n.\r\nRCPT TO:<smuggled@example.org>\r\n.\r\n"),
+    "smuggle-crlf-dot-lf-accept": body_seed(
+        b"Subject: x\r\n\r\nhi\r\n.\nDATA\r\nbare\rcr\r\n.\r\n", AUTO | BARE_ACCEPT
+    ),
+    "data-too-big-small-limits": body_seed(b"x" * 60 + b"\r\n" + b"y" * 60 + b"\r\n.\r\n", AUTO | SMALL),
+    "data-at-limit-small-limits": body_seed(b"z" * 62 + b"\r\n.\r\n", AUTO | SMALL),
+    "small-limits-recipients-errors": config(AUTO | SMALL)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + lines("RCPT TO:<d@example.net>", "RCPT TO:bad", "FOO", "BAR", "BAZ"),
+    "line-too-long": config(AUTO)
+    + lines("EHLO c.example")
+    + feed(b"NOOP ")
+    + repeat(b"A", 80)
+    + feed(b"\r\nNOOP\r\n")
+    + repeat(b"MAIL FROM:<a@b> ", 8)
+    + lines("NOOP"),
+    "line-too-long-then-eof": config(AUTO, command_line=2) + repeat(b"x", 200) + repeat(b"y", 200) + EOF,
+    "regress-ehlo-long-name": config(AUTO) + feed(b"EHLO ") + repeat(b"n", 61) + feed(b"\r\n"),
+    "regress-non-ascii-verb": config(STARTTLS | AUTO) + lines("EHLO c.example", "\ufb06ARTTLS", "NOOP"),
+    "smtputf8-addresses": config(AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<jörg@bücher.example>", "MAIL FROM:<jörg@bücher.example> SMTPUTF8")
+    + lines("RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>", 'RCPT TO:<"quoted local"@例え.jp>', "DATA")
+    + feed("Subject: ünïcødé\r\n\r\n本文\r\n.\r\n")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<ü@example.org>"),
+    "address-literals-source-routes": config(AUTO)
+    + lines("EHLO [192.0.2.1]", "MAIL FROM:<a@[127.0.0.1]>", "RCPT TO:<b@[IPv6:2001:db8::1]>")
+    + lines("RCPT TO:<c@[300.1.1.1]>", "RCPT TO:<d@[IPv6:fe80::1%eth0]>", "RCPT TO:<e@[tag:foo]>")
+    + lines("RCPT TO:<@relay.example,@b.example:f@example.net>", "RCPT TO:<@bad:g@example.net>")
+    + lines("RCPT TO:<postmaster>", "RCPT TO:<>", "RCPT TO: <h@example.net>", "RSET", "MAIL FROM:<postmaster>"),
+    "bad-params": config(AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> SIZE=abc", "MAIL FROM:<a@example.org> SIZE=99999999999")
+    + lines("MAIL FROM:<a@example.org> BODY=9BIT", "MAIL FROM:<a@example.org> SMTPUTF8=yes")
+    + lines("MAIL FROM:<a@example.org> FOO=bar", "MAIL FROM:<a@example.org> SIZE=1 SIZE=2")
+    + lines("MAIL FROM:<a@example.org> =x", "MAIL FROM:<a@example.org>x", "MAIL FROM:a@example.org")
+    + lines("MAIL FROM:<a@example.org> SIZE=10", "RCPT TO:<b@example.net> NOTIFY=NEVER"),
+    "odd-commands": config(AUTO)
+    + lines("", "ehlo c.example", "HELP", "HELP mail", "VRFY", "VRFY bob", "EXPN staff", "TURN", "BDAT 1")
+    + feed(b"NOOP\x00\r\n\xff\xfe\r\nEHLO bare.lf\nmail from:<a@b.example>\nRSET extra\r\nQUIT now\r\n")
+    + lines("DATA extra", "QUIT"),
+    "timeout-mid-data": config(AUTO) + lines(*EHLO_TO_DATA) + feed(b"partial message\r\n") + TIMEOUT + lines("NOOP"),
+    "shutdown-pending-decision": config() + ACCEPT + lines("EHLO c.example") + SHUTDOWN + ACCEPT + EOF,
+    "eof-mid-data": config(AUTO) + lines(*EHLO_TO_DATA) + feed(b"partial\r\n.") + EOF,
+    "invalid-app-calls": config()
+    + invalid(3)
+    + invalid(0)
+    + invalid(1, 3)
+    + invalid(1, 9)
+    + invalid(2)
+    + invalid(0, 1)
+    + ACCEPT
+    + invalid(4, 1)
+    + lines("EHLO c.example")
+    + invalid(0, 3)
+    + reply(smtpwire.Ehlo, 250, 6)
+    + toggle("ENHANCEDSTATUSCODES")
+    + lines("VRFY x")
+    + reply(smtpwire.Vrfy, 553, 2, 7)
+    + tls(True),
+}
+
+
+def write_seeds(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in SEEDS.items():
+        (directory / name).write_bytes(data)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--write-seeds"]:
+        write_seeds(Path(sys.argv[2]))
+        return
+    if atheris is None:
+        sys.exit("atheris is not installed: pip install atheris")
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The core's promises that no unit test can see: strict typing and lint-clean code."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_core_is_mypy_strict_clean() -> None:
+    result = run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_lint_and_format() -> None:
+    lint = run("ruff", "check", ".")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    form = run("ruff", "format", "--check", ".")
+    assert form.returncode == 0, form.stdout + form.stderr
