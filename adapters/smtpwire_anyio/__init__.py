@@ -1,0 +1,19 @@
+"""smtpwire on anyio: an async SMTP server for asyncio and trio, with STARTTLS and implicit TLS."""
+
+from smtpwire_handler import AsyncHandler, Envelope, Reject, ServerOptions, Session, TLSInfo
+
+from ._server import Server, serve
+from ._session import SessionRunner, handle_stream
+
+__all__ = [
+    "AsyncHandler",
+    "Envelope",
+    "Reject",
+    "Server",
+    "ServerOptions",
+    "Session",
+    "SessionRunner",
+    "TLSInfo",
+    "handle_stream",
+    "serve",
+]

@@ -1,0 +1,285 @@
+"""``smtpwire serve``: a real mail server storing into a Maildir, in one command."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import click
+
+import smtpwire
+from smtpwire_handler import AsyncHandler, ServerOptions
+
+from ._devcert import write_self_signed
+from ._maildir import Maildir
+from ._server import HostPort, Server
+from ._store import MaildirHandler, SinkHandler
+
+log = logging.getLogger("smtpwire.serve")
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+
+
+def parse_host_port(value: str) -> HostPort:
+    match = _HOST_PORT.fullmatch(value.strip())
+    if match is None or not 0 <= int(match["port"]) <= 65535:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), not {value!r}")
+    return (match["v6"] or match["host"], int(match["port"]))
+
+
+class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    name = "HOST:PORT"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> HostPort:
+        if isinstance(value, tuple):  # a default, already converted
+            return (str(value[0]), int(value[1]))
+        try:
+            return parse_host_port(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a worker process needs, as plain values (picklable)."""
+
+    listen: tuple[HostPort, ...]
+    tls_listen: tuple[HostPort, ...]
+    cert: str | None
+    key: str | None
+    maildir: str | None  # None: the sink
+    hostname: str
+    require_starttls: bool
+    max_message_size: int
+    max_recipients: int
+    backend: str
+    verbose: bool
+
+
+def default_hostname() -> str:
+    name = socket.getfqdn()
+    return name if re.fullmatch(r"[A-Za-z0-9.-]{1,255}", name) else "localhost"
+
+
+def build_options(settings: Settings) -> ServerOptions:
+    context = None
+    if settings.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(settings.cert, settings.key)
+        except (OSError, ssl.SSLError) as error:
+            raise click.ClickException(f"cannot load the TLS certificate {settings.cert}: {error}") from None
+    try:
+        config = smtpwire.ServerConfig(
+            hostname=settings.hostname,
+            max_message_size=settings.max_message_size,
+            max_recipients=settings.max_recipients,
+            require_tls=settings.require_starttls,
+        )
+        return ServerOptions(config=config, tls_context=context)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def build_handler(settings: Settings) -> AsyncHandler:
+    if settings.maildir is None:
+        return SinkHandler()
+    try:
+        return MaildirHandler(Maildir(settings.maildir), settings.hostname)
+    except OSError as error:
+        raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
+
+
+async def serve_until_signalled(server: Server) -> None:
+    """Serve; SIGINT or SIGTERM shut down gracefully (a second one cancels at once)."""
+    async with anyio.create_task_group() as group:
+
+        async def shut_down() -> None:
+            await server.shutdown()
+            group.cancel_scope.cancel()
+
+        await group.start(server.serve)
+        log.info("smtpwire serving on %s", ", ".join(f"{h}:{p}" for h, p in server.addresses + server.tls_addresses))
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if group.cancel_scope.cancel_called or server.stopping:
+                    group.cancel_scope.cancel()
+                    return
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                group.start_soon(shut_down)
+
+
+def run(settings: Settings, reuse_port: bool = False) -> None:
+    """One server process."""
+    configure_logging(settings.verbose)
+    options, handler = build_options(settings), build_handler(settings)
+    server = Server(handler, options, listen=settings.listen, tls_listen=settings.tls_listen, reuse_port=reuse_port)
+    try:
+        anyio.run(serve_until_signalled, server, backend=settings.backend)
+    except OSError as error:
+        raise click.ClickException(str(error)) from None
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(OSError)
+        if matched is None:
+            raise
+        raise click.ClickException(str(matched.exceptions[0])) from None
+
+
+def run_worker(settings: Settings) -> None:
+    try:
+        run(settings, reuse_port=True)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+
+
+def run_workers(settings: Settings, workers: int) -> None:
+    """Several processes on the same ports (SO_REUSEPORT); signals are passed on to them."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=run_worker, args=(settings,), name=f"smtpwire-{n}") for n in range(workers)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for process in processes:
+        process.join()
+    if any(process.exitcode for process in processes):
+        sys.exit(1)
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@click.group()
+@click.version_option(smtpwire.__version__, prog_name="smtpwire")
+def main() -> None:
+    """smtpwire: an ESMTP server with STARTTLS done right."""
+
+
+@main.command()
+@click.option(
+    "--listen",
+    "listen",
+    type=HostPortType(),
+    multiple=True,
+    help="Plain SMTP listener (STARTTLS offered when a certificate is given). Repeatable. Default 127.0.0.1:8025.",
+)
+@click.option(
+    "--tls-listen",
+    "tls_listen",
+    type=HostPortType(),
+    multiple=True,
+    help="Implicit-TLS listener (RFC 8314, like port 465). Repeatable.",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate chain, PEM.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key, PEM (default: in --tls-cert).")
+@click.option("--self-signed", is_flag=True, help="Generate a throwaway self-signed certificate. For development only.")
+@click.option(
+    "--maildir",
+    type=click.Path(file_okay=False),
+    default="maildir",
+    show_default=True,
+    help="Store messages in this Maildir (created if missing).",
+)
+@click.option("--sink", is_flag=True, help="Accept and discard every message (for testing clients and benchmarks).")
+@click.option(
+    "--hostname", metavar="NAME", help="Name in the greeting, EHLO and Received headers. Default: this machine's name."
+)
+@click.option("--require-starttls", is_flag=True, help="Refuse MAIL, RCPT and DATA until STARTTLS (530 5.7.0).")
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest message in bytes (advertised with SIZE).",
+)
+@click.option(
+    "--max-recipients", type=click.IntRange(min=1), default=100, show_default=True, help="Recipients per message."
+)
+@click.option(
+    "--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True, help="Event loop."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes sharing the ports (SO_REUSEPORT).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session.")
+def serve(
+    listen: tuple[HostPort, ...],
+    tls_listen: tuple[HostPort, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    self_signed: bool,
+    maildir: str,
+    sink: bool,
+    hostname: str | None,
+    require_starttls: bool,
+    max_message_size: int,
+    max_recipients: int,
+    backend: str,
+    workers: int,
+    verbose: bool,
+) -> None:
+    """Run a mail server that stores every message it accepts into a Maildir.
+
+    \b
+    Examples:
+      smtpwire serve                                   # 127.0.0.1:8025 into ./maildir
+      smtpwire serve --self-signed --tls-listen 127.0.0.1:8465
+      smtpwire serve --listen 0.0.0.0:25 --listen [::]:25 \\
+          --tls-cert cert.pem --tls-key key.pem --require-starttls --workers 4
+    """
+    if tls_cert and self_signed:
+        raise click.UsageError("give either --tls-cert or --self-signed, not both")
+    if tls_key and not tls_cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    hostname = hostname or default_hostname()
+    with tempfile.TemporaryDirectory(prefix="smtpwire-devcert-") as scratch:
+        if self_signed:
+            tls_cert, tls_key = map(str, write_self_signed(Path(scratch), hostname))
+            click.secho(
+                "WARNING: using a self-signed certificate made just now. It is for development only:"
+                " clients cannot verify it.",
+                fg="yellow",
+                err=True,
+            )
+        if (tls_listen or require_starttls) and not tls_cert:
+            raise click.UsageError("--tls-listen and --require-starttls need --tls-cert (or --self-signed)")
+        settings = Settings(
+            listen=listen or (() if tls_listen else (("127.0.0.1", 8025),)),
+            tls_listen=tls_listen,
+            cert=tls_cert,
+            key=tls_key,
+            maildir=None if sink else maildir,
+            hostname=hostname,
+            require_starttls=require_starttls,
+            max_message_size=max_message_size,
+            max_recipients=max_recipients,
+            backend=backend,
+            verbose=verbose,
+        )
+        build_options(settings)  # fail here, once, on a bad certificate or setting
+        if workers > 1:
+            run_workers(settings, workers)
+        else:
+            run(settings)

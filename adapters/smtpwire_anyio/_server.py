@@ -1,0 +1,156 @@
+"""Listeners, the session limit and graceful shutdown around ``SessionRunner``."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.stapled import MultiListener
+
+from smtpwire_handler import AsyncHandler, ServerOptions, too_many_sessions
+
+from ._session import GONE, SessionRunner, log, wrap_tls
+
+HostPort = tuple[str, int]
+
+
+class Server:
+    """An SMTP server on one or more TCP listeners, plain (STARTTLS) and implicit TLS.
+
+    ``await server.serve()`` runs until ``await server.shutdown()``; start it
+    with ``await task_group.start(server.serve)`` to know the bound addresses.
+    """
+
+    def __init__(
+        self,
+        handler: AsyncHandler | None = None,
+        options: ServerOptions | None = None,
+        *,
+        listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+        tls_listen: Sequence[HostPort] = (),
+        reuse_port: bool = False,
+    ) -> None:
+        self.handler = handler or AsyncHandler()
+        self.options = options or ServerOptions()
+        if tls_listen and self.options.tls_context is None:
+            raise ValueError("implicit TLS listeners need a TLS certificate (options.tls_context)")
+        if not listen and not tls_listen:
+            raise ValueError("a server needs at least one listener")
+        self.listen = list(listen)
+        self.tls_listen = list(tls_listen)
+        self.reuse_port = reuse_port
+        self.addresses: list[HostPort] = []
+        self.tls_addresses: list[HostPort] = []
+        self._sessions: set[SessionRunner] = set()
+        self._stopping = False
+        self._accepting: anyio.CancelScope | None = None
+        self._all_closed = anyio.Event()
+        self._stopped = anyio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    async def serve(self, *, task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED) -> None:
+        listeners = [(await self._listen(host, port), False) for host, port in self.listen]
+        listeners += [(await self._listen(host, port), True) for host, port in self.tls_listen]
+        for listener, implicit_tls in listeners:
+            for sub in listener.listeners:
+                address = sub.extra(SocketAttribute.local_address)
+                assert isinstance(address, tuple)  # a TCP listener
+                (self.tls_addresses if implicit_tls else self.addresses).append((address[0], address[1]))
+        log.info("serving SMTP on %s, implicit TLS on %s", self.addresses, self.tls_addresses)
+        async with anyio.create_task_group() as sessions:
+            with anyio.CancelScope() as self._accepting:
+                async with anyio.create_task_group() as accepting:
+                    for listener, implicit_tls in listeners:
+                        accepting.start_soon(self._accept, listener, implicit_tls, sessions)
+                    task_status.started(self)
+            for listener, _ in listeners:
+                await listener.aclose()
+            await self._stopped.wait()
+            sessions.cancel_scope.cancel()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; idle sessions get 421 4.3.2 now, the others when their transaction ends.
+
+        After ``grace`` seconds (default ``options.shutdown_grace``) every
+        remaining session is told 421 4.3.2 and closed.
+        """
+        self._stopping = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for runner in list(self._sessions):
+            runner.stop()
+        if self._sessions:
+            with anyio.move_on_after(self.options.shutdown_grace if grace is None else grace):
+                await self._all_closed.wait()
+        for runner in list(self._sessions):
+            runner.stop(force=True)
+        if self._sessions:
+            with anyio.move_on_after(5):
+                await self._all_closed.wait()
+        self._stopped.set()
+
+    async def _listen(self, host: str, port: int) -> MultiListener[SocketStream]:
+        try:
+            return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=self.reuse_port)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
+
+    async def _accept(self, listener: anyio.abc.Listener[SocketStream], implicit_tls: bool, group: TaskGroup) -> None:
+        async def serve_one(stream: SocketStream) -> None:
+            await self._session(stream, implicit_tls)
+
+        await listener.serve(serve_one, group)
+
+    async def _session(self, stream: SocketStream, implicit_tls: bool) -> None:
+        if self._stopping:
+            await stream.aclose()
+            return
+        if len(self._sessions) >= self.options.max_sessions:
+            await self._refuse(stream, implicit_tls)
+            return
+        runner = SessionRunner(stream, self.handler, self.options, implicit_tls=implicit_tls)
+        self._sessions.add(runner)
+        self._all_closed = anyio.Event() if len(self._sessions) == 1 else self._all_closed
+        try:
+            await runner.run()
+        except Exception:
+            log.exception("session %s: unexpected error", runner.session.id)
+        finally:
+            self._sessions.discard(runner)
+            if not self._sessions:
+                self._all_closed.set()
+
+    async def _refuse(self, stream: SocketStream, implicit_tls: bool) -> None:
+        """Over the session limit: 421 4.7.0 (after the handshake on a TLS listener), then close."""
+        log.warning("refusing a connection: %d sessions already", len(self._sessions))
+        refusal = self.options.new_connection(implicit_tls=implicit_tls)
+        too_many_sessions(refusal)
+        with anyio.move_on_after(self.options.tls_handshake_timeout):
+            try:
+                channel = await wrap_tls(stream, self.options) if implicit_tls else stream
+                await channel.send(refusal.data_to_send())
+            except (ssl.SSLError, *GONE):
+                pass
+        with anyio.move_on_after(1, shield=True):
+            await stream.aclose()
+
+
+async def serve(
+    handler: AsyncHandler | None = None,
+    options: ServerOptions | None = None,
+    *,
+    listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+    tls_listen: Sequence[HostPort] = (),
+    task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled: ``anyio.run(serve, MyHandler(), options)``."""
+    await Server(handler, options, listen=listen, tls_listen=tls_listen).serve(task_status=task_status)

@@ -1,0 +1,127 @@
+"""The application's side: hooks mirroring the Net::Server::Mail callbacks.
+
+A hook that answers a command returns a ``Reply`` (or ``None`` for the
+standard positive answer) or raises ``Reject(reply)``.  Any other exception
+is a bug in the application: it is logged and the client gets 451 4.3.0 (421
+for the greeting), and the session goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from smtpwire import Reply
+
+from ._session import Envelope, Session
+
+Params = Mapping[str, str | None]
+
+
+class Reject(Exception):
+    """Raise from any hook to answer with ``reply`` (from ``data_chunk``: the end of data)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply.code} {' '.join(reply.lines)}")
+        self.reply = reply
+
+
+class Handler:
+    """Plain hooks for the blocking and MemoryBIO adapters; every default accepts."""
+
+    def connect(self, session: Session) -> Reply | None:
+        """Before the greeting: return 554 to refuse the client politely."""
+
+    def helo(self, session: Session, name: str) -> Reply | None:
+        """HELO ``name``."""
+
+    def ehlo(self, session: Session, name: str) -> Reply | None:
+        """EHLO ``name``; the core appends the extension keywords to a 250."""
+
+    def mail_from(self, session: Session, address: str, params: Params) -> Reply | None:
+        """MAIL FROM; ``address`` is ``""`` for the null reverse-path."""
+
+    def rcpt_to(self, session: Session, address: str, params: Params) -> Reply | None:
+        """RCPT TO, one recipient."""
+
+    def data_start(self, session: Session) -> Reply | None:
+        """DATA: return a 4xx/5xx to refuse the message before it is sent."""
+
+    def data_chunk(self, session: Session, data: bytes) -> None:
+        """A dot-unstuffed piece of the message; the default keeps it in the envelope."""
+        assert session.envelope is not None
+        session.envelope.content += data
+
+    def message(self, session: Session, envelope: Envelope) -> Reply | None:
+        """The message ended intact: store it, then return (the 250 goes out after)."""
+
+    def message_aborted(self, session: Session, reply: Reply | None) -> None:
+        """A message that started will not be delivered (refused with ``reply``, or the peer left)."""
+
+    def vrfy(self, session: Session, argument: str) -> Reply | None:
+        """VRFY; the default 252 neither confirms nor denies."""
+
+    def rset(self, session: Session) -> None:
+        """RSET (already answered 250)."""
+
+    def quit(self, session: Session) -> None:
+        """QUIT (already answered 221)."""
+
+    def tls_started(self, session: Session) -> None:
+        """TLS is up and the session was reset; e.g. register AUTH on ``session.extensions``."""
+
+    def error(self, session: Session, command: str, reply: Reply) -> None:
+        """The core refused a command (syntax, sequence, limits) with ``reply``."""
+
+    def disconnect(self, session: Session) -> None:
+        """The connection is gone; called once per session."""
+
+
+class AsyncHandler:
+    """The same hooks as ``Handler``, as coroutines, for the anyio adapter."""
+
+    async def connect(self, session: Session) -> Reply | None:
+        """Before the greeting."""
+
+    async def helo(self, session: Session, name: str) -> Reply | None:
+        """HELO ``name``."""
+
+    async def ehlo(self, session: Session, name: str) -> Reply | None:
+        """EHLO ``name``."""
+
+    async def mail_from(self, session: Session, address: str, params: Params) -> Reply | None:
+        """MAIL FROM."""
+
+    async def rcpt_to(self, session: Session, address: str, params: Params) -> Reply | None:
+        """RCPT TO."""
+
+    async def data_start(self, session: Session) -> Reply | None:
+        """DATA."""
+
+    async def data_chunk(self, session: Session, data: bytes) -> None:
+        """A piece of the message; the default keeps it in the envelope."""
+        assert session.envelope is not None
+        session.envelope.content += data
+
+    async def message(self, session: Session, envelope: Envelope) -> Reply | None:
+        """The message ended intact."""
+
+    async def message_aborted(self, session: Session, reply: Reply | None) -> None:
+        """A started message will not be delivered."""
+
+    async def vrfy(self, session: Session, argument: str) -> Reply | None:
+        """VRFY."""
+
+    async def rset(self, session: Session) -> None:
+        """RSET."""
+
+    async def quit(self, session: Session) -> None:
+        """QUIT."""
+
+    async def tls_started(self, session: Session) -> None:
+        """TLS is up and the session was reset."""
+
+    async def error(self, session: Session, command: str, reply: Reply) -> None:
+        """The core refused a command."""
+
+    async def disconnect(self, session: Session) -> None:
+        """The connection is gone."""

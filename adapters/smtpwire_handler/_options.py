@@ -1,0 +1,54 @@
+"""Per-server settings every adapter shares: the core's config, TLS, timeouts and limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from dataclasses import dataclass
+
+import smtpwire
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a server runs; checked once, at construction, with clear messages.
+
+    Timeouts follow RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for
+    a block of message data.  With ``tls_context`` set, STARTTLS is offered
+    on plain listeners and implicit-TLS listeners (RFC 8314) are possible.
+    """
+
+    config: smtpwire.ServerConfig = dataclasses.field(default_factory=smtpwire.ServerConfig)
+    tls_context: ssl.SSLContext | None = None
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    tls_handshake_timeout: float = 30.0
+    max_sessions: int = 1000
+    shutdown_grace: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, smtpwire.ServerConfig):
+            raise ValueError(f"config must be a smtpwire.ServerConfig, not {type(self.config).__name__}")
+        if self.tls_context is not None and not isinstance(self.tls_context, ssl.SSLContext):
+            raise ValueError(f"tls_context must be an ssl.SSLContext, not {type(self.tls_context).__name__}")
+        for name in ("command_timeout", "data_timeout", "tls_handshake_timeout", "shutdown_grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
+                raise ValueError(f"{name} must be a number of seconds above 0 and below 86400, not {value!r}")
+        if isinstance(self.max_sessions, bool) or not isinstance(self.max_sessions, int) or self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be an integer of at least 1, not {self.max_sessions!r}")
+        if self.tls_context is None and "STARTTLS" in {e.keyword for e in self.config.extensions}:
+            raise ValueError("the StartTLS extension needs a tls_context: the handshake would always fail")
+        if self.config.require_tls and self.tls_context is None:
+            raise ValueError("require_tls needs a tls_context: clients could never start TLS")
+
+    def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
+        """A core connection for a new client; STARTTLS is registered when a TLS context is set."""
+        config = self.config
+        if self.tls_context is not None and "STARTTLS" not in {e.keyword for e in config.extensions}:
+            config = dataclasses.replace(config, extensions=(*config.extensions, smtpwire.StartTLS()))
+        return smtpwire.ServerConnection(config, tls_active=implicit_tls)
+
+    def read_timeout(self, conn: smtpwire.ServerConnection) -> float:
+        """How long to wait for the client's next bytes in the connection's state."""
+        return self.data_timeout if conn.state is smtpwire.State.DATA else self.command_timeout

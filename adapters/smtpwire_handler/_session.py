@@ -1,0 +1,101 @@
+"""What an application knows about one SMTP session, handed to every hook."""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import smtpwire
+
+#: An IP address and port as the socket module gives them, or a Unix socket path.
+Address = tuple[Any, ...] | str
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """The negotiated TLS facts, for trace headers, logs and policy."""
+
+    version: str | None
+    cipher: str | None
+    bits: int | None
+    #: The client's certificate as ``SSLSocket.getpeercert()`` decodes it, when one was verified.
+    peer_certificate: Mapping[str, Any] | None = None
+    #: The client's certificate in DER form, when it sent one (verified or not).
+    peer_certificate_der: bytes | None = None
+
+
+@dataclass
+class Envelope:
+    """One mail transaction as the server accepted it so far.
+
+    ``content`` is filled by the default ``data_chunk`` hook; a streaming
+    handler overrides that hook and leaves it empty.
+    """
+
+    mail_from: str
+    mail_params: Mapping[str, str | None]
+    rcpt_tos: list[str] = field(default_factory=list)
+    rcpt_params: list[Mapping[str, str | None]] = field(default_factory=list)
+    content: bytearray = field(default_factory=bytearray)
+
+
+class Session:
+    """One connection: peer, TLS, greeting and the current envelope.
+
+    ``extensions`` is the live registry of the connection, so a hook (for
+    example ``tls_started``) can add or remove what EHLO offers.  ``state`` is
+    a free dict for the application's own per-session data.
+    """
+
+    def __init__(
+        self,
+        conn: smtpwire.ServerConnection,
+        peer: Address | None = None,
+        local: Address | None = None,
+        tls: TLSInfo | None = None,
+    ) -> None:
+        self.id = secrets.token_hex(6)
+        self.conn = conn
+        self.peer = peer
+        self.local = local
+        self.tls = tls
+        #: True when TLS started before the greeting (RFC 8314 implicit TLS).
+        self.implicit_tls = False
+        self.envelope: Envelope | None = None
+        self.state: dict[str, Any] = {}
+
+    @property
+    def helo_name(self) -> str | None:
+        return self.conn.helo_name
+
+    @property
+    def esmtp(self) -> bool:
+        return self.conn.esmtp
+
+    @property
+    def extensions(self) -> smtpwire.Extensions:
+        return self.conn.extensions
+
+    @property
+    def peer_host(self) -> str:
+        if isinstance(self.peer, tuple):
+            return str(self.peer[0])
+        return self.peer or "unknown"
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} peer={self.peer!r} helo={self.helo_name!r} tls={self.tls is not None}>"
+
+
+def tls_info(tls: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+    """The facts of an established TLS connection, from the stdlib's TLS object."""
+    cipher = tls.cipher()
+    return TLSInfo(
+        version=tls.version(),
+        cipher=cipher[0] if cipher else None,
+        bits=cipher[2] if cipher else None,
+        peer_certificate=tls.getpeercert() or None,
+        peer_certificate_der=tls.getpeercert(binary_form=True),
+    )

@@ -1,0 +1,22 @@
+"""smtpwire over ssl.MemoryBIO: SMTP with STARTTLS and implicit TLS as a bytes-in, bytes-out object.
+
+For any event loop that hands you bytes (asyncio.Protocol, selectors,
+Twisted): ``SMTPSession`` takes what the transport received and returns what
+to write.  ``asyncio_example`` shows a whole server on asyncio's Protocol API.
+"""
+
+from smtpwire_handler import Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+
+from ._refuse import too_many
+from ._session import SMTPSession
+
+__all__ = [
+    "Envelope",
+    "Handler",
+    "Reject",
+    "SMTPSession",
+    "ServerOptions",
+    "Session",
+    "TLSInfo",
+    "too_many",
+]
