@@ -100,6 +100,22 @@ def test_smtplib_implicit_tls(server: Running, recorder: Recorder) -> None:
     assert recorder.messages[0].tls is not None
 
 
+def test_client_certificate_reaches_the_handler(kind: str, recorder: Recorder) -> None:
+    context = certs.server_context()
+    context.verify_mode = ssl.CERT_OPTIONAL
+    certs.authority().configure_trust(context)
+    client_context = certs.client_context()
+    certs.authority().issue_cert("client@example.org").configure_cert(client_context)
+    with running(kind, recorder, ServerOptions(tls_context=context)) as server:
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            client.starttls(context=client_context)
+            client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        assert delivered(recorder) == MESSAGE
+    tls = recorder.messages[0].tls
+    assert tls is not None and tls.peer_certificate is not None and tls.peer_certificate_der
+    assert tls.peer_certificate["subjectAltName"] == (("email", "client@example.org"),)
+
+
 def test_aiosmtplib_starttls(server: Running, recorder: Recorder) -> None:
     async def send() -> None:
         client = aiosmtplib.SMTP(
