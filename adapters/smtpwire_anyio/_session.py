@@ -41,20 +41,11 @@ class SessionRunner:
             local=stream.extra(SocketAttribute.local_address, None),
         )
         self.driver = SessionDriver(self.session, log)
-        self._stopping = False
-        self._forced = False
         self._read_scope: anyio.CancelScope | None = None
-
-    @property
-    def idle(self) -> bool:
-        """Between transactions: a graceful shutdown may close it now."""
-        return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
 
     def stop(self, *, force: bool = False) -> None:
         """Close at the next moment the session is idle (or at once with ``force``)."""
-        self._stopping = True
-        self._forced = self._forced or force
-        if self._read_scope is not None and (force or self.idle):
+        if self.driver.request_stop(force=force) and self._read_scope is not None:
             self._read_scope.cancel()
 
     async def run(self) -> None:
@@ -89,7 +80,7 @@ class SessionRunner:
 
     async def _receive(self) -> bool:
         """Feed the core the next bytes; False when the stream is gone."""
-        if self._stopping and (self._forced or self.idle):
+        if self.driver.should_stop:
             self.conn.shutdown()
             return True
         timeout = self.options.read_timeout(self.conn)

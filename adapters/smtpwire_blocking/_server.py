@@ -35,10 +35,7 @@ class Server:
     ) -> None:
         self.handler = handler or Handler()
         self.options = options or ServerOptions()
-        if tls_listen and self.options.tls_context is None:
-            raise ValueError("implicit TLS listeners need a TLS certificate (options.tls_context)")
-        if not listen and not tls_listen:
-            raise ValueError("a server needs at least one listener")
+        self.options.check_listeners(listen, tls_listen)
         self.listen = list(listen)
         self.tls_listen = list(tls_listen)
         self.addresses: list[HostPort] = []

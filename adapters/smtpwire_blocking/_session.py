@@ -42,21 +42,14 @@ class BlockingSession:
         peer, local = _addresses(sock)
         self.session = Session(self.conn, peer=peer, local=local)
         self.driver = SessionDriver(self.session, log)
-        self._stopping = False
-        self._forced = False
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_write.setblocking(False)
 
-    @property
-    def idle(self) -> bool:
-        """Between transactions: a graceful shutdown may close it now."""
-        return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
-
     def stop(self, *, force: bool = False) -> None:
-        self._stopping = True
-        self._forced = self._forced or force
-        with contextlib.suppress(OSError):  # already woken, or the session already ended
-            self._wake_write.send(b"!")
+        """Close at the next moment the session is idle (or at once with ``force``); any thread may call it."""
+        if self.driver.request_stop(force=force):
+            with contextlib.suppress(OSError):  # already woken, or the session already ended
+                self._wake_write.send(b"!")
 
     def run(self) -> None:
         log.info("session %s: connection from %s", self.session.id, self.session.peer)
@@ -114,7 +107,7 @@ class BlockingSession:
     def _recv(self, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         while True:
-            if self._stopping and (self._forced or self.idle):
+            if self.driver.should_stop:
                 raise Stopped
             if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
                 break  # decrypted bytes are already waiting

@@ -49,6 +49,22 @@ class SessionDriver:
         self.log = log
         self._in_message = False
         self._refusal: Reply | None = None  # set when data_chunk failed: it decides the end of data
+        self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions (none open, not inside DATA): a graceful shutdown may close it now."""
+        return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
+
+    def request_stop(self, *, force: bool = False) -> bool:
+        """A graceful shutdown asks the session to close with 421 4.3.2; True when it should be woken now."""
+        self._stop = "now" if force else self._stop or "when idle"
+        return self.should_stop
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the adapter should answer 421 4.3.2 (``conn.shutdown()``) instead of reading on."""
+        return self._stop == "now" or (self._stop is not None and self.idle)
 
     # -- which hook ----------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import smtpwire
@@ -41,6 +42,13 @@ class ServerOptions:
             raise ValueError("the StartTLS extension needs a tls_context: the handshake would always fail")
         if self.config.require_tls and self.tls_context is None:
             raise ValueError("require_tls needs a tls_context: clients could never start TLS")
+
+    def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
+        """A server needs a listener, and implicit TLS needs a certificate."""
+        if tls_listen and self.tls_context is None:
+            raise ValueError("implicit TLS listeners need a TLS certificate (options.tls_context)")
+        if not listen and not tls_listen:
+            raise ValueError("a server needs at least one listener")
 
     def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
         """A core connection for a new client; STARTTLS is registered when a TLS context is set."""

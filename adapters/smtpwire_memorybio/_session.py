@@ -63,7 +63,7 @@ class SMTPSession:
     @property
     def idle(self) -> bool:
         """No transaction open and not inside DATA: a graceful shutdown may close it now."""
-        return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
+        return self.driver.idle
 
     # -- what the event loop calls ---------------------------------------------
 

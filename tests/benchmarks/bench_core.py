@@ -204,22 +204,12 @@ def main() -> None:
     print(f"Python {sys.version.split()[0]} on {platform.machine()}, {args.repeats} repeats, medians")
     print("| workload | smtpwire core | aiosmtpd | ratio |")
     print("|---|---|---|---|")
-    print(
-        row(
-            f"pipelined commands ({4 * rounds:,})",
-            median_of(args.repeats, commands_smtpwire, rounds),
-            median_of(args.repeats, commands_aiosmtpd, rounds),
-            "commands/s",
-        )
+    speed = (
+        (f"pipelined commands ({4 * rounds:,})", commands_smtpwire, commands_aiosmtpd, rounds, "commands/s"),
+        (f"DATA, one {size // MiB} MiB message", data_smtpwire, data_aiosmtpd, size, "MiB/s"),
     )
-    print(
-        row(
-            f"DATA, one {size // MiB} MiB message",
-            median_of(args.repeats, data_smtpwire, size),
-            median_of(args.repeats, data_aiosmtpd, size),
-            "MiB/s",
-        )
-    )
+    for name, ours, theirs, argument, unit in speed:
+        print(row(name, median_of(args.repeats, ours, argument), median_of(args.repeats, theirs, argument), unit))
     for memory_size in memory_sizes:
         print(
             row(
