@@ -1,4 +1,10 @@
-"""smtpwire on blocking sockets: one thread per session, STARTTLS with ``SSLContext.wrap_socket``."""
+"""smtpwire on blocking sockets: one thread per session, STARTTLS with ``SSLContext.wrap_socket``.
+
+``Server(handler, options, listen=[...], tls_listen=[...])`` serves plain
+listeners (offering STARTTLS when ``options.tls_context`` is set) and
+implicit-TLS listeners (RFC 8314); the hooks are the plain ``def`` methods
+of ``Handler``.  ``BlockingSession`` serves one socket you accepted yourself.
+"""
 
 from smtpwire_handler import Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
 

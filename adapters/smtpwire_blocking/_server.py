@@ -1,171 +1,232 @@
-"""Listeners, one thread per session, the session limit and graceful shutdown."""
+"""The server: listeners, one thread per session, the session limit and graceful shutdown."""
 
 from __future__ import annotations
 
-import select
+import inspect
 import socket
 import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from smtpwire_handler import Handler, ServerOptions, too_many_sessions
+from smtpwire_handler import AsyncHandler, Handler, ServerOptions
 
-from ._session import BlockingSession, log
+from ._listener import HostPort, Listener
+from ._log import log
+from ._refuse import Refuser
+from ._session import BlockingSession
+from ._wakeup import Wakeup
 
-HostPort = tuple[str, int]
-_REFUSAL_TIMEOUT = 1.0
+_SERVE_FOREVER_TICK = 0.5  # how often serve_forever() looks up, so Ctrl-C works on every platform
 
 
 class Server:
-    """A threaded SMTP server on plain (STARTTLS) and implicit-TLS listeners.
+    """A threaded SMTP server on plain listeners (STARTTLS when a TLS context is set) and implicit-TLS ones.
 
-    ``with Server(handler, options, listen=[...]) as server:`` starts it and
-    shuts it down gracefully at the end of the block; ``serve_forever()``
-    blocks until ``shutdown()`` is called from another thread or Ctrl-C.
+    ``start()`` binds and starts accepting in the background; ``with
+    Server(...) as server:`` starts it (unless already started) and shuts it
+    down gracefully when the block ends; ``serve_forever()`` blocks until
+    ``shutdown()`` from another thread or Ctrl-C.
     """
 
     def __init__(
         self,
-        handler: Handler | None = None,
+        handler: Handler,
         options: ServerOptions | None = None,
         *,
         listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
         tls_listen: Sequence[HostPort] = (),
     ) -> None:
-        self.handler = handler or Handler()
+        _check_handler(handler)
+        if options is not None and not isinstance(options, ServerOptions):
+            raise ValueError(f"options must be a smtpwire_blocking.ServerOptions, not {type(options).__name__}")
+        self.handler = handler
         self.options = options or ServerOptions()
         self.options.check_listeners(listen, tls_listen)
-        self.listen = list(listen)
-        self.tls_listen = list(tls_listen)
-        self.addresses: list[HostPort] = []
-        self.tls_addresses: list[HostPort] = []
-        self._listeners: dict[socket.socket, bool] = {}  # socket -> implicit TLS
+        self._wanted = [(*_check_address("listen", a), False) for a in listen]
+        self._wanted += [(*_check_address("tls_listen", a), True) for a in tls_listen]
+        self._listeners: list[Listener] = []
         self._sessions: dict[BlockingSession, threading.Thread] = {}
         self._lock = threading.Condition()
-        self._stopping = False
+        self._stopping = Wakeup()  # set once, never cleared: every accept thread sees it
+        self._refuser = Refuser(self.options)
+        self._started = False
+        self._shutting_down = False
         self._stopped = threading.Event()
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._acceptor: threading.Thread | None = None
+
+    # -- what it looks like from outside -------------------------------------------
+
+    @property
+    def addresses(self) -> list[HostPort]:
+        """The bound (host, port) of each plain listener, once started (port 0 became a real one)."""
+        return [listener.address for listener in self._listeners if not listener.implicit_tls]
+
+    @property
+    def tls_addresses(self) -> list[HostPort]:
+        """The bound (host, port) of each implicit-TLS listener, once started."""
+        return [listener.address for listener in self._listeners if listener.implicit_tls]
 
     @property
     def sessions(self) -> int:
+        """How many sessions are running now."""
         with self._lock:
             return len(self._sessions)
 
+    # -- life cycle --------------------------------------------------------------------
+
     def start(self) -> Server:
-        """Bind every listener and start accepting in a background thread."""
-        for addresses, implicit_tls in ((self.listen, False), (self.tls_listen, True)):
-            for host, port in addresses:
-                listener = _bind(host, port)
-                self._listeners[listener] = implicit_tls
-                bound = listener.getsockname()
-                (self.tls_addresses if implicit_tls else self.addresses).append((bound[0], bound[1]))
+        """Bind every listener, then accept on each in its own thread; returns the server."""
+        with self._lock:
+            if self._started or self._shutting_down:
+                raise RuntimeError("a server starts once: this one was already started or shut down")
+            self._started = True
+        try:
+            for host, port, implicit_tls in self._wanted:
+                listener = Listener(
+                    host, port, implicit_tls=implicit_tls, on_accept=self._accepted, stopping=self._stopping
+                )
+                self._listeners.append(listener)
+        except BaseException:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners.clear()
+            self._stopping.close()
+            self._stopped.set()
+            raise
+        for listener in self._listeners:
+            listener.start()
         log.info("serving SMTP on %s, implicit TLS on %s", self.addresses, self.tls_addresses)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="smtpwire-accept", daemon=True)
-        self._acceptor.start()
         return self
 
     def serve_forever(self) -> None:
-        if self._acceptor is None:
+        """Start unless started, then block until ``shutdown()`` ends, or shut down gracefully on Ctrl-C."""
+        if not self._started:
             self.start()
         try:
-            self._stopped.wait()
+            while not self._stopped.wait(_SERVE_FOREVER_TICK):
+                pass
         except KeyboardInterrupt:
+            log.info("interrupted: shutting down")
             self.shutdown()
 
     def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting; idle sessions get 421 4.3.2 now, the others when their transaction ends.
+        """Stop accepting and close every session with 421 4.3.2; returns once every session thread ended.
 
-        After ``grace`` seconds (default ``options.shutdown_grace``) every
-        remaining session gets 421 4.3.2.  Returns once every session ended.
+        Idle sessions (no transaction open, not inside DATA) are told at once.
+        A session inside a transaction may finish it for ``grace`` seconds
+        (default ``options.shutdown_grace``) and is told when it ends; after
+        that every remaining session is told, even in the middle of DATA.
+        Safe to call from any thread and more than once (later calls wait).
         """
-        if self._stopping:
-            return
-        self._stopping = True
-        self._wake_write.send(b"!")
-        if self._acceptor is not None:
-            self._acceptor.join()
-        for listener in self._listeners:
-            listener.close()
-        deadline = time.monotonic() + (self.options.shutdown_grace if grace is None else grace)
         with self._lock:
-            for session in self._sessions:
-                session.stop()
-            self._lock.wait_for(lambda: not self._sessions, max(deadline - time.monotonic(), 0))
-            for session in self._sessions:
-                session.stop(force=True)
-            threads = list(self._sessions.values())
-        end = time.monotonic() + self.options.command_timeout  # a hook may still be running
-        for thread in threads:
-            thread.join(timeout=max(end - time.monotonic(), 0))
-        self._wake_read.close()
-        self._wake_write.close()
-        self._stopped.set()
+            if threading.current_thread() in self._sessions.values():
+                raise RuntimeError("shutdown() from a hook would wait for its own session: call it from another thread")
+            first = not self._shutting_down
+            self._shutting_down = True
+        if not first:
+            self._stopped.wait()
+            return
+        try:
+            if self._started:
+                self._stop_accepting()
+                self._stop_sessions(self.options.shutdown_grace if grace is None else grace)
+        finally:
+            self._stopping.close()
+            self._stopped.set()
+            log.info("server stopped")
 
     def __enter__(self) -> Server:
-        return self.start() if self._acceptor is None else self
+        return self if self._started else self.start()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.shutdown()
 
-    def _accept_loop(self) -> None:
-        while True:
-            readable, _, _ = select.select([*self._listeners, self._wake_read], [], [])
-            if self._stopping:
-                return
-            for listener in readable:
-                if listener is self._wake_read:
-                    continue
-                try:
-                    sock, _ = listener.accept()
-                except OSError as error:  # e.g. the peer reset before accept, or out of descriptors
-                    log.warning("accept failed: %r", error)
-                    continue
-                self._start_session(sock, self._listeners[listener])
+    # -- accepting (in the accept threads) -------------------------------------------
 
-    def _start_session(self, sock: socket.socket, implicit_tls: bool) -> None:
+    def _accepted(self, sock: socket.socket, implicit_tls: bool) -> None:
         with self._lock:
-            if len(self._sessions) >= self.options.max_sessions:
-                full = True
-            else:
-                full = False
+            full = len(self._sessions) >= self.options.max_sessions
+            if not full:
                 session = BlockingSession(sock, self.handler, self.options, implicit_tls=implicit_tls)
-                thread = threading.Thread(target=self._run, args=(session,), daemon=True, name="smtpwire-session")
+                thread = threading.Thread(
+                    target=self._run, args=(session,), name=f"smtpwire-session-{session.session.id}", daemon=True
+                )
                 self._sessions[session] = thread
         if full:
-            log.warning("refusing a connection: %d sessions already", self.options.max_sessions)
-            threading.Thread(target=self._refuse, args=(sock, implicit_tls), daemon=True).start()
-        else:
+            self._refuser.refuse(sock, implicit_tls)
+            return
+        try:
             thread.start()
+        except BaseException:  # no thread to be had: undo, and let the listener log it
+            self._forget(session)
+            session.discard()
+            raise
 
     def _run(self, session: BlockingSession) -> None:
         try:
             session.run()
         finally:
-            with self._lock:
-                del self._sessions[session]
-                self._lock.notify_all()
+            self._forget(session)
 
-    def _refuse(self, sock: socket.socket, implicit_tls: bool) -> None:
-        """Over the session limit: 421 4.7.0 (after the handshake on a TLS listener), then close."""
-        refusal = self.options.new_connection(implicit_tls=implicit_tls)
-        too_many_sessions(refusal)
-        try:
-            sock.settimeout(self.options.tls_handshake_timeout if implicit_tls else _REFUSAL_TIMEOUT)
-            if implicit_tls:
-                assert self.options.tls_context is not None
-                sock = self.options.tls_context.wrap_socket(sock, server_side=True)
-            sock.sendall(refusal.data_to_send())
-        except OSError:
-            pass  # the client left or could not speak TLS; it was going to be refused anyway
-        finally:
-            sock.close()
+    def _forget(self, session: BlockingSession) -> None:
+        with self._lock:
+            self._sessions.pop(session, None)
+            self._lock.notify_all()
+
+    # -- shutting down ------------------------------------------------------------------
+
+    def _stop_accepting(self) -> None:
+        self._stopping.set()
+        self._refuser.stop()
+        for listener in self._listeners:
+            listener.join()
+            listener.close()
+        log.info("no longer accepting; %d sessions open", self.sessions)
+
+    def _stop_sessions(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        with self._lock:
+            threads = dict(self._sessions)  # complete: nothing is accepted any more
+        for session in threads:
+            session.stop()  # idle ones say 421 now, the others once their transaction ends
+        if not self._wait_for_sessions(deadline - time.monotonic()):
+            left = self._running()
+            log.info("shutdown grace over: closing %d sessions inside a transaction", len(left))
+            for session in left:
+                session.stop(force=True)
+            # Reads are interrupted at once and writes end within the command timeout; hooks are the application's.
+            if not self._wait_for_sessions(self.options.command_timeout + 1):
+                log.warning("shutdown: %d sessions still busy in a hook; leaving them", self.sessions)
+                return
+        for thread in threads.values():
+            thread.join()  # each has left its session already; this waits for the thread itself to end
+
+    def _wait_for_sessions(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._sessions, max(timeout, 0))
+
+    def _running(self) -> list[BlockingSession]:
+        with self._lock:
+            return list(self._sessions)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=1024, dualstack_ipv6=False)
-    except OSError as error:
-        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
+def _check_handler(handler: object) -> None:
+    if isinstance(handler, AsyncHandler) or any(
+        inspect.iscoroutinefunction(getattr(type(handler), name, None)) for name in vars(Handler) if name[0] != "_"
+    ):
+        raise ValueError("the blocking adapter calls plain hooks: use a Handler with def hooks, not async def")
+    if not isinstance(handler, Handler):
+        raise ValueError(f"handler must be a smtpwire_blocking.Handler, not {type(handler).__name__}")
+
+
+def _check_address(what: str, address: object) -> HostPort:
+    if (
+        not isinstance(address, tuple | list)
+        or len(address) != 2
+        or not isinstance(address[0], str)
+        or isinstance(address[1], bool)
+        or not isinstance(address[1], int)
+        or not 0 <= address[1] <= 65535
+    ):
+        raise ValueError(f"{what} takes (host, port) pairs with a port from 0 to 65535, not {address!r}")
+    return address[0], address[1]

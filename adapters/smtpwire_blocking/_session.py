@@ -1,10 +1,7 @@
-"""One SMTP session on a blocking socket, in its own thread."""
+"""One SMTP session on a blocking socket, run by one thread from greeting to close."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import select
 import socket
 import ssl
 import time
@@ -12,23 +9,26 @@ import time
 import smtpwire
 from smtpwire_handler import Address, Handler, ServerOptions, Session, SessionDriver, run_hook, tls_info
 
-log = logging.getLogger("smtpwire.blocking")
-transcript = logging.getLogger("smtpwire.transcript")
+from ._log import log, transcript
+from ._tls import HandshakeFailed, handshake
+from ._wait import readable
+from ._wakeup import Wakeup
 
-_GONE = (ConnectionError, ssl.SSLError, OSError)
+_READ_SIZE = 65536
 
 
-class Stopped(Exception):
-    """``stop()`` interrupted the wait for the client."""
+class _Stopped(Exception):
+    """A graceful shutdown asked the session to close while it waited for the client."""
 
 
 class BlockingSession:
-    """Runs one connection until it closes; ``stop()`` (from any thread) asks it to say 421 4.3.2.
+    """Runs one accepted connection until it closes: call ``run()`` in the thread that owns it.
 
-    The session reads only when the core needs bytes, so after STARTTLS no
-    byte of the client's handshake is read as plaintext.  Waiting for the
-    client is a ``select`` on the socket and a wake-up pipe, so ``stop()``
-    interrupts it without polling.
+    The session reads only when the core asks for bytes, so after STARTTLS no
+    byte of the client's handshake is ever read as plaintext.  Waiting for the
+    client is a ``poll`` on the socket and a wake-up socket pair, bounded by
+    the command or data timeout; ``stop()`` (from any thread) interrupts it.
+    Writes are ``sendall`` bounded by the command timeout.
     """
 
     def __init__(
@@ -40,31 +40,32 @@ class BlockingSession:
         self.implicit_tls = implicit_tls
         self.conn = options.new_connection(implicit_tls=implicit_tls)
         peer, local = _addresses(sock)
-        self.session = Session(self.conn, peer=peer, local=local)
+        self.session = Session(self.conn, peer, local, None)
         self.driver = SessionDriver(self.session, log)
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_write.setblocking(False)
+        self._wakeup = Wakeup()
 
     def stop(self, *, force: bool = False) -> None:
-        """Close at the next moment the session is idle (or at once with ``force``); any thread may call it."""
+        """Say 421 4.3.2 and close as soon as no transaction is open (with ``force``: now); thread-safe."""
         if self.driver.request_stop(force=force):
-            with contextlib.suppress(OSError):  # already woken, or the session already ended
-                self._wake_write.send(b"!")
+            self._wakeup.set()
 
     def run(self) -> None:
+        """Serve the connection; never raises (an error is logged once and ends this session only)."""
         log.info("session %s: connection from %s", self.session.id, self.session.peer)
         try:
             if not self.implicit_tls or self._start_tls():
                 self._converse()
         except Exception:
-            log.exception("session %s: unexpected error", self.session.id)
+            log.exception("session %s: unexpected error, closing the connection", self.session.id)
         finally:
-            for call in self.driver.closing_calls():
-                run_hook(self.driver, self.handler, call)
-            self.sock.close()
-            self._wake_read.close()
-            self._wake_write.close()
-            log.info("session %s: closed", self.session.id)
+            self._close()
+
+    def discard(self) -> None:
+        """Close without serving (no thread could be started for it); no hook is called."""
+        self.sock.close()
+        self._wakeup.close()
+
+    # -- the conversation ----------------------------------------------------------
 
     def _converse(self) -> None:
         conn = self.conn
@@ -74,29 +75,29 @@ class BlockingSession:
                 if not self._flush() or not self._receive():
                     return
             elif isinstance(event, smtpwire.StartTLSRequested):
-                if not self._flush() or not self._start_tls():
+                if not self._flush() or not self._start_tls():  # the 220 goes out before the handshake
                     return
             elif isinstance(event, smtpwire.ConnectionClosed):
                 self._flush()
                 return
-            elif isinstance(event, smtpwire.Sentinel):  # PAUSED: the driver answers every decision
-                raise RuntimeError("the connection waits for a decision nobody will make")
+            elif isinstance(event, smtpwire.Sentinel):  # PAUSED: run_hook answers every decision
+                raise RuntimeError(f"the core waits for a decision nobody will make: {conn.pending!r}")
             else:
                 run_hook(self.driver, self.handler, self.driver.hook_for(event))
 
     def _receive(self) -> bool:
-        """Feed the core the next bytes; False when the socket is gone."""
+        """Give the core the client's next bytes, or tell it why there are none; False: the socket is gone."""
         timeout = self.options.read_timeout(self.conn)
         try:
-            data = self._recv(timeout)
-        except Stopped:
+            data = self._read(timeout)
+        except _Stopped:
             self.conn.shutdown()
             return True
         except TimeoutError:
-            log.info("session %s: timed out after %s s", self.session.id, timeout)
+            log.info("session %s: no data for %s s, closing", self.session.id, timeout)
             self.conn.timed_out()
             return True
-        except _GONE as error:
+        except OSError as error:  # reset, or TLS broken mid-session (ssl.SSLError is an OSError)
             log.info("session %s: connection lost: %r", self.session.id, error)
             return False
         if data:
@@ -104,26 +105,30 @@ class BlockingSession:
         self.conn.receive_data(data)
         return True
 
-    def _recv(self, timeout: float) -> bytes:
+    def _read(self, timeout: float) -> bytes:
+        """One ``recv`` of what the client sent (``b""``: it closed), waiting at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        sock = self.sock
+        sock.settimeout(0.0)  # the wait is the poll below, so a partial TLS record cannot pin the thread
         while True:
             if self.driver.should_stop:
-                raise Stopped
-            if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-                break  # decrypted bytes are already waiting
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            readable, _, _ = select.select([self.sock, self._wake_read], [], [], remaining)
-            if self._wake_read in readable:
-                self._wake_read.recv(64)
-            if self.sock in readable:
-                break
-        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))  # a partial TLS record must not hang
-        return self.sock.recv(65536)
+                raise _Stopped
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):  # decrypted bytes need no wait
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                ready = readable([sock, self._wakeup.readable], remaining)
+                if self._wakeup.readable in ready:
+                    self._wakeup.clear()
+                if sock not in ready:
+                    continue
+            try:
+                return sock.recv(_READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue  # half a TLS record, or nothing after all: wait again
 
     def _flush(self) -> bool:
-        """Write what the core queued; False when the peer does not take it in time."""
+        """Send what the core queued; False when the client does not take it within the command timeout."""
         data = self.conn.data_to_send()
         if not data:
             return True
@@ -131,29 +136,42 @@ class BlockingSession:
         try:
             self.sock.settimeout(self.options.command_timeout)
             self.sock.sendall(data)
-        except _GONE as error:
-            log.info("session %s: cannot send: %r", self.session.id, error)
+        except OSError as error:  # TimeoutError included: a client that never reads
+            log.info("session %s: cannot send, closing: %r", self.session.id, error)
             return False
         return True
 
+    # -- TLS -------------------------------------------------------------------------
+
     def _start_tls(self) -> bool:
-        """Upgrade the live socket; on failure tell the core and end only this session."""
+        """Handshake on the live socket (after the 220, or before the greeting); False: close this session."""
         context = self.options.tls_context
-        assert context is not None
+        assert context is not None  # new_connection() offers STARTTLS only with a context; Server checks tls_listen
         try:
-            tls = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
-            self.sock = tls
-            tls.settimeout(self.options.tls_handshake_timeout)
-            tls.do_handshake()
-        except _GONE as error:
-            log.warning("session %s: TLS handshake with %s failed: %r", self.session.id, self.session.peer, error)
-            if not self.implicit_tls:
+            tls = handshake(self.sock, context, self.options.tls_handshake_timeout)
+        except HandshakeFailed as failure:
+            log.warning("session %s: TLS handshake with %s failed: %s", self.session.id, self.session.peer, failure)
+            if self.conn.state is smtpwire.State.TLS_HANDSHAKE:
                 self.conn.tls_failed()
             return False
+        self.sock = tls
         info = tls_info(tls)
         log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
         run_hook(self.driver, self.handler, self.driver.tls_started(info))
         return True
+
+    # -- the end ---------------------------------------------------------------------
+
+    def _close(self) -> None:
+        try:
+            for call in self.driver.closing_calls():
+                run_hook(self.driver, self.handler, call)
+        except Exception:
+            log.exception("session %s: unexpected error while closing", self.session.id)
+        finally:
+            self.sock.close()
+            self._wakeup.close()
+            log.info("session %s: closed", self.session.id)
 
 
 def _addresses(sock: socket.socket) -> tuple[Address | None, Address | None]:
