@@ -129,12 +129,10 @@ class Server:
     async def _refuse(self, stream: SocketStream, implicit_tls: bool) -> None:
         """Over the session limit: 421 4.7.0 (after the handshake on a TLS listener), then close."""
         log.warning("refusing a connection: %d sessions already", len(self._sessions))
-        refusal = self.options.new_connection(implicit_tls=implicit_tls)
-        too_many_sessions(refusal)
         with anyio.move_on_after(self.options.tls_handshake_timeout):
             try:
                 channel = await wrap_tls(stream, self.options) if implicit_tls else stream
-                await channel.send(refusal.data_to_send())
+                await channel.send(too_many_sessions(self.options))
             except (ssl.SSLError, *GONE):
                 pass
         with anyio.move_on_after(1, shield=True):

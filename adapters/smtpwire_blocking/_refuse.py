@@ -66,11 +66,9 @@ class Refuser:
             self._slots.release()
 
     def _send(self, sock: socket.socket) -> None:
-        refusal = self.options.new_connection()
-        too_many_sessions(refusal)
         try:
             sock.settimeout(_SEND_TIMEOUT)
-            sock.sendall(refusal.data_to_send())
+            sock.sendall(too_many_sessions(self.options))
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:  # the client left already; it was going to be refused anyway
             log.info("could not refuse a client: %r", error)

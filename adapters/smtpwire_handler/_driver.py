@@ -16,6 +16,7 @@ import smtpwire
 from smtpwire import Reply
 
 from ._handler import Reject
+from ._options import ServerOptions
 from ._session import Envelope, Session, TLSInfo
 
 
@@ -35,11 +36,12 @@ def _greeting_failed(hostname: str) -> Reply:
     return Reply(421, f"{hostname} Service not available, local error", (4, 3, 0))
 
 
-def too_many_sessions(conn: smtpwire.ServerConnection) -> None:
-    """Answer the greeting of a connection over the limit with 421 4.7.0 (it then closes)."""
-    event = conn.next_event()
-    assert isinstance(event, smtpwire.ConnectionOpened)
+def too_many_sessions(options: ServerOptions) -> bytes:
+    """The ``421 4.7.0`` greeting for a connection over the session limit: write it, then close."""
+    conn = options.new_connection()
+    conn.next_event()  # a new connection's first event is always ConnectionOpened
     conn.send(Reply(421, f"{conn.config.hostname} Too many connections, try again later", (4, 7, 0)))
+    return conn.data_to_send()
 
 
 class SessionDriver:

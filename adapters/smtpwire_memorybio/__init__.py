@@ -6,8 +6,8 @@ to write.  ``asyncio_example`` shows a whole server on asyncio's Protocol API.
 """
 
 from smtpwire_handler import Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import too_many_sessions as too_many
 
-from ._refuse import too_many
 from ._session import SMTPSession
 
 __all__ = [
