@@ -278,8 +278,8 @@ def serve(
             backend=backend,
             verbose=verbose,
         )
-        build_options(settings)  # fail here, once, on a bad certificate or setting
         if workers > 1:
+            build_options(settings)  # fail here, once, rather than in every worker
             run_workers(settings, workers)
         else:
             run(settings)
