@@ -802,15 +802,20 @@ class SessionModel(RuleBasedStateMachine):
 
     @rule(verb=verbs("RSET"), argument=st.sampled_from(["", "", " now"]))
     def rset(self, verb: str, argument: str) -> None:
+        if self.argumentless(verb, argument, 250):
+            self.state, self.recipients = ("ready" if self.helo else "no-helo"), 0
+
+    def argumentless(self, verb: str, argument: str, code: int) -> bool:
+        """Send a command that takes no argument: 501 with one, ``code`` without; True when it was served."""
         line = f"{verb}{argument}\r\n".encode()
         if self.passed_through(line):
-            return
+            return False
         codes = self.send(line)
         if argument:
             assert codes == self.core_error(501)
-        else:
-            assert codes == [250]
-            self.state, self.recipients = ("ready" if self.helo else "no-helo"), 0
+            return False
+        assert codes == [code]
+        return True
 
     @rule(verb=verbs("NOOP", "HELP"), argument=st.sampled_from(["", " anything"]))
     def noop_or_help(self, verb: str, argument: str) -> None:
@@ -837,14 +842,7 @@ class SessionModel(RuleBasedStateMachine):
 
     @rule(verb=verbs("QUIT"), argument=st.sampled_from(["", "", "", " now"]))
     def quit(self, verb: str, argument: str) -> None:
-        line = f"{verb}{argument}\r\n".encode()
-        if self.passed_through(line):
-            return
-        codes = self.send(line)
-        if argument:
-            assert codes == self.core_error(501)
-        else:
-            assert codes == [221]
+        if self.argumentless(verb, argument, 221):
             self.closed = True
 
     @invariant()
