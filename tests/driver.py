@@ -7,6 +7,7 @@ from collections.abc import Callable
 import smtpwire
 
 Answer = Callable[[smtpwire.Decision], "smtpwire.Reply | None"]
+Lookup = Callable[[smtpwire.CredentialsLookup], "smtpwire.ScramCredentials | str | None"]
 
 STARTTLS_CONFIG = smtpwire.ServerConfig(
     hostname="mx.test", extensions=(*smtpwire.STANDARD_EXTENSIONS, smtpwire.StartTLS())
@@ -21,6 +22,7 @@ class Driver:
         config: smtpwire.ServerConfig | None = None,
         *,
         answer: Answer | None = None,
+        lookup: Lookup | None = None,
         tls_active: bool = False,
         greet: bool = True,
     ) -> None:
@@ -28,6 +30,7 @@ class Driver:
             config or smtpwire.ServerConfig(hostname="mx.test"), tls_active=tls_active
         )
         self.answer = answer or (lambda event: None)
+        self.lookup = lookup or (lambda event: None)
         self.events: list[smtpwire.Event] = []
         if greet:
             self.pump()
@@ -43,7 +46,9 @@ class Driver:
                 break
             assert isinstance(event, smtpwire.Event)
             new.append(event)
-            if isinstance(event, smtpwire.Decision):
+            if isinstance(event, smtpwire.CredentialsLookup):
+                self.conn.supply(self.lookup(event))
+            elif isinstance(event, smtpwire.Decision):
                 reply = self.answer(event)
                 if reply is None:
                     self.conn.accept()

@@ -4,13 +4,17 @@ The core is a pure state machine: feed it bytes, read events, answer the
 decisions, send what it queues.  It does no I/O and reads no clock.
 """
 
+from ._auth import KNOWN_MECHANISMS, Auth
 from ._config import ServerConfig
 from ._connection import NEED_DATA, PAUSED, Sentinel, ServerConnection, Transaction
 from ._errors import LocalProtocolError
 from ._events import (
+    AuthCredentials,
+    Authenticated,
     CommandRejected,
     ConnectionClosed,
     ConnectionOpened,
+    CredentialsLookup,
     DataRequested,
     Decision,
     Ehlo,
@@ -40,17 +44,23 @@ from ._extensions import (
     StartTLS,
 )
 from ._reply import Reply
+from ._sasl import ScramCredentials, saslprep, scram_credentials
 from ._state import State
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KNOWN_MECHANISMS",
     "NEED_DATA",
     "PAUSED",
     "STANDARD_EXTENSIONS",
+    "Auth",
+    "AuthCredentials",
+    "Authenticated",
     "CommandRejected",
     "ConnectionClosed",
     "ConnectionOpened",
+    "CredentialsLookup",
     "DataRequested",
     "Decision",
     "Ehlo",
@@ -72,6 +82,7 @@ __all__ = [
     "RcptTo",
     "Reply",
     "Rset",
+    "ScramCredentials",
     "Sentinel",
     "ServerConfig",
     "ServerConnection",
@@ -82,4 +93,6 @@ __all__ = [
     "State",
     "Transaction",
     "Vrfy",
+    "saslprep",
+    "scram_credentials",
 ]

@@ -15,6 +15,10 @@ _POLICIES = ("reject", "accept")
 class ServerConfig:
     """Limits and policies of a server; every limit is bounded by default.
 
+    ``require_auth`` answers MAIL with 530 5.7.0 until the client has
+    authenticated (register the ``Auth`` extension too); after
+    ``max_auth_failures`` failed AUTH attempts the session ends with 421.
+
     ``bare_line_endings``: ``"reject"`` (default) refuses a message that holds
     a CR or LF not part of CRLF, after its real end; ``"accept"`` passes such
     bytes through.  Either way only CRLF.CRLF ends a message.
@@ -27,6 +31,8 @@ class ServerConfig:
     max_errors: int = 20
     max_command_line: int = 512
     require_tls: bool = False
+    require_auth: bool = False
+    max_auth_failures: int = 3
     bare_line_endings: str = "reject"
 
     def __post_init__(self) -> None:
@@ -36,6 +42,7 @@ class ServerConfig:
             ("max_message_size", 1),
             ("max_recipients", 1),
             ("max_errors", 1),
+            ("max_auth_failures", 1),
             ("max_command_line", 512),
         ):
             value = getattr(self, name)

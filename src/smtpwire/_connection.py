@@ -12,7 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from . import _auth
 from . import _events as ev
+from ._auth import Auth
 from ._config import ServerConfig
 from ._dotreader import DotReader
 from ._errors import LocalProtocolError
@@ -20,6 +22,7 @@ from ._extensions import Extensions
 from ._grammar import GrammarError, PathArgument, parse_path_argument
 from ._receivebuffer import ReceiveBuffer
 from ._reply import Reply
+from ._sasl import Challenge, CheckPassword, Failure, LookupPassword, LookupScram, Mechanism, ScramCredentials, Step
 from ._state import ALLOWED_STATES, DEFAULT_SEQUENCE_ERROR, NOT_IMPLEMENTED, SEQUENCE_ERRORS, State
 
 
@@ -34,6 +37,7 @@ PAUSED = Sentinel.PAUSED
 NextEvent = ev.Event | Sentinel
 MessageEnd = ev.EndOfMessage | ev.MessageRejected
 
+_EXTENSION_VERBS = frozenset({"STARTTLS", "AUTH"})
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _DOMAIN_TOKEN = re.compile("[\x21-\x7e]{1,255}")  # RFC 5321 4.5.3.1.2: a domain is at most 255 octets
 
@@ -100,6 +104,10 @@ class ServerConnection:
         self._dot = DotReader(check_line_endings=False)
         self._message_size = 0
         self._message_end: MessageEnd | None = None
+        self._report: ev.Event | None = None  # an outcome of an answer, for the next next_event()
+        self._mechanism: Mechanism | None = None
+        self._authenticated: ev.Authenticated | None = None
+        self._auth_failures = 0
 
     # -- what the application can look at ----------------------------------
 
@@ -120,6 +128,11 @@ class ServerConnection:
     def esmtp(self) -> bool:
         """True when the client greeted with EHLO (extensions are in force)."""
         return self._esmtp
+
+    @property
+    def authenticated(self) -> ev.Authenticated | None:
+        """Who the client authenticated as with AUTH (forgotten after STARTTLS)."""
+        return self._authenticated
 
     @property
     def transaction(self) -> Transaction | None:
@@ -151,6 +164,9 @@ class ServerConnection:
 
     def next_event(self) -> NextEvent:
         """The next event, ``NEED_DATA`` or ``PAUSED``."""
+        if self._report is not None:
+            report, self._report = self._report, None
+            return report
         if self._pending is not None:
             return PAUSED
         return self._READERS[self._state](self)
@@ -184,6 +200,18 @@ class ServerConnection:
             raise LocalProtocolError("no event is waiting for a reply")
         self.send(self._pending.default_reply(self.config.hostname))
 
+    def supply(self, secret: ScramCredentials | str | None) -> None:
+        """Answer the pending ``CredentialsLookup``: the stored secret, or ``None`` for no such user.
+
+        What it leads to (``Authenticated`` or a refusal) is the next event.
+        """
+        event, mechanism = self._pending, self._mechanism
+        if not isinstance(event, ev.CredentialsLookup) or mechanism is None:
+            raise LocalProtocolError("no CredentialsLookup is waiting for supply()")
+        step = mechanism.found(secret)  # raises on a secret of the wrong type, changing nothing
+        self._pending = None
+        self._report = self._sasl_step(step)
+
     # -- what the adapter reports ------------------------------------------
 
     def tls_established(self) -> None:
@@ -193,6 +221,7 @@ class ServerConnection:
         self._buffer.clear()
         self._state = State.GREETED
         self._forget_session()
+        self._authenticated = None
 
     def tls_failed(self) -> None:
         """The handshake failed; nothing more can be said in plaintext or TLS."""
@@ -244,25 +273,33 @@ class ServerConnection:
         self._state = State.CLOSED
         return ev.ConnectionClosed()
 
-    def _read_command(self) -> NextEvent:
-        limit = self.config.max_command_line + self.extensions.line_allowance
+    def _take_line(self, limit: int) -> bytes | NextEvent | None:
+        """The next line without its ending, ``None`` if longer than ``limit``, or what to return instead."""
         line = self._buffer.extract_line()
         if self._discarding_line:
             if line is None:
                 self._buffer.clear()
                 return self._read_closed() if self._peer_closed else NEED_DATA
             self._discarding_line = False
-            return self._read_command()
+            return self._take_line(limit)
         if line is None:
             if len(self._buffer) > limit:
                 self._buffer.clear()
-                self._discarding_line = True
-                return self._reject("", LINE_TOO_LONG)
+                self._discarding_line = True  # drop the rest of it as it arrives
+                return None
             return self._read_closed() if self._peer_closed else NEED_DATA
         if len(line) > limit:
+            return None
+        return line[: -2 if line.endswith(b"\r\n") else -1]
+
+    def _read_command(self) -> NextEvent:
+        line = self._take_line(self.config.max_command_line + self.extensions.line_allowance)
+        if line is None:
             return self._reject("", LINE_TOO_LONG)
+        if not isinstance(line, bytes):
+            return line
         try:
-            text = line[: -2 if line.endswith(b"\r\n") else -1].decode()
+            text = line.decode()
         except UnicodeDecodeError:
             return self._reject("", BAD_CHARACTERS)
         verb, _, argument = text.partition(" ")
@@ -272,6 +309,19 @@ class ServerConnection:
         if _CONTROL.search(text):
             return self._reject(verb, BAD_CHARACTERS)
         return self._dispatch(verb, argument.strip(" "))
+
+    def _read_response(self) -> NextEvent:
+        """A client line inside the AUTH exchange (RFC 4954 4)."""
+        line = self._take_line(_auth.MAX_RESPONSE_LINE)
+        if line is None:
+            return self._auth_failed(_auth.RESPONSE_TOO_LONG)
+        if not isinstance(line, bytes):
+            return line
+        data = _auth.decode_response(line)
+        if isinstance(data, Failure):
+            return self._auth_failed(_auth.FAILURE_REPLIES[data.kind])
+        assert self._mechanism is not None
+        return self._sasl_step(self._mechanism.respond(data)) or self.next_event()
 
     def _read_data(self) -> NextEvent:
         if self._message_end is not None:
@@ -308,7 +358,7 @@ class ServerConnection:
 
     # -- internals: commands, chosen by verb ---------------------------------
 
-    def _dispatch(self, verb: str, argument: str) -> ev.Event:
+    def _dispatch(self, verb: str, argument: str) -> NextEvent:
         handler = self._COMMANDS.get(verb)
         if handler is None:
             return self._reject(verb, NOT_IMPLEMENTED_REPLY if verb in NOT_IMPLEMENTED else UNRECOGNIZED)
@@ -341,12 +391,17 @@ class ServerConnection:
         return self._decide(ev.Ehlo(argument))
 
     def _mail(self, argument: str) -> ev.Event:
+        if self.config.require_auth and self._authenticated is None:
+            return self._reject("MAIL", _auth.AUTH_REQUIRED)
         parsed = self._parse_path("MAIL", argument, "FROM:", null_ok=True)
         if isinstance(parsed, Reply):
             return self._reject("MAIL", parsed)
         if not parsed.address.isascii() and "SMTPUTF8" not in parsed.params:
             return self._reject("MAIL", NON_ASCII_ADDRESS)
-        return self._decide(ev.MailFrom(parsed.address, parsed.params))
+        params = parsed.params
+        if "AUTH" in params and self._authenticated is None:
+            params = {**params, "AUTH": "<>"}  # RFC 4954 5: an unauthenticated client asserts nobody
+        return self._decide(ev.MailFrom(parsed.address, params))
 
     def _rcpt(self, argument: str) -> ev.Event:
         transaction = self._transaction
@@ -408,9 +463,16 @@ class ServerConnection:
         return self._decide(ev.Vrfy(argument))
 
     def _help(self, argument: str) -> ev.Event:
-        verbs = " ".join(sorted(self._COMMANDS))
+        verbs = " ".join(sorted(verb for verb in self._COMMANDS if self._offers(verb)))
         self._queue(Reply(214, f"Supported commands: {verbs}", (2, 0, 0)))
         return ev.Help(argument)
+
+    def _offers(self, verb: str) -> bool:
+        """Whether HELP lists ``verb``: an extension's verb only while EHLO offers it."""
+        if verb not in _EXTENSION_VERBS:
+            return True
+        extension = self.extensions.get(verb)
+        return extension is not None and extension.ehlo_line(self) is not None
 
     def _quit(self, argument: str) -> ev.Event:
         if argument:
@@ -430,6 +492,64 @@ class ServerConnection:
         self._buffer.clear()  # plaintext pipelined after STARTTLS is never executed
         self._state = State.TLS_HANDSHAKE
         return ev.StartTLSRequested()
+
+    def _auth(self, argument: str) -> NextEvent:
+        auth = self.extensions.get("AUTH")
+        if not isinstance(auth, Auth):
+            return self._reject("AUTH", NOT_IMPLEMENTED_REPLY)
+        if not self._esmtp:
+            return self._reject("AUTH", _auth.SEND_EHLO_FIRST)
+        if self._authenticated is not None:
+            return self._reject("AUTH", _auth.ALREADY_AUTHENTICATED)
+        if not auth.offered(self):
+            return self._reject("AUTH", _auth.ENCRYPTION_REQUIRED)
+        name, _, initial = argument.partition(" ")
+        if not name or " " in initial:
+            return self._reject("AUTH", _auth.AUTH_SYNTAX)
+        mechanism = auth.mechanism(name)
+        if mechanism is None:
+            return self._reject("AUTH", _auth.UNKNOWN_MECHANISM)
+        response = _auth.decode_response(initial.encode(), initial=True) if initial else None
+        if isinstance(response, Failure):
+            return self._auth_failed(_auth.FAILURE_REPLIES[response.kind])
+        self._mechanism = mechanism
+        return self._sasl_step(mechanism.start(response)) or self.next_event()
+
+    def _sasl_step(self, step: Step) -> ev.Event | None:
+        """Carry out what the mechanism asks for; ``None`` after a challenge (read the answer next)."""
+        mechanism = self._mechanism
+        assert mechanism is not None
+        if isinstance(step, Challenge):
+            self._outgoing.append(_auth.challenge_line(step.data))
+            self._state = State.AUTH
+            return None
+        if isinstance(step, CheckPassword):
+            return self._decide(ev.AuthCredentials(mechanism.name, step.authzid, step.username, step.password))
+        if isinstance(step, LookupScram):
+            return self._decide(ev.CredentialsLookup(mechanism.name, step.authzid, step.username))
+        if isinstance(step, LookupPassword):
+            return self._decide(ev.CredentialsLookup(mechanism.name, "", step.username))
+        if isinstance(step, Failure):
+            return self._auth_failed(_auth.FAILURE_REPLIES[step.kind])
+        self._queue(_auth.AUTHENTICATED)
+        self._authenticated = ev.Authenticated(mechanism.name, step.authzid, step.username)
+        self._auth_over()
+        return self._authenticated
+
+    def _auth_failed(self, reply: Reply) -> ev.Event:
+        self._queue(reply)
+        self._count_auth_failure()
+        return ev.CommandRejected("AUTH", reply)
+
+    def _count_auth_failure(self) -> None:
+        self._auth_over()
+        self._auth_failures += 1
+        if self._auth_failures >= self.config.max_auth_failures:
+            self._close_with(_auth.too_many_failures(self.config.hostname))
+
+    def _auth_over(self) -> None:
+        self._mechanism = None
+        self._state = State.READY
 
     # -- internals: what an answer does ----------------------------------------
 
@@ -461,6 +581,16 @@ class ServerConnection:
         self._message_size = 0
         self._state = State.DATA
 
+    def _credentials_accepted(self, event: ev.Decision) -> None:
+        assert isinstance(event, ev.AuthCredentials) and self._mechanism is not None
+        self._mechanism.verified(True)
+        self._authenticated = ev.Authenticated(event.mechanism, event.authzid, event.username)
+        self._report = self._authenticated
+        self._auth_over()
+
+    def _auth_declined(self, event: ev.Decision) -> None:
+        self._count_auth_failure()
+
     def _end_transaction(self, event: ev.Event) -> None:
         self._transaction = None
         self._state = State.READY
@@ -476,11 +606,12 @@ class ServerConnection:
         State.MAIL: _read_command,
         State.RCPT: _read_command,
         State.DATA: _read_data,
+        State.AUTH: _read_response,
         State.TLS_HANDSHAKE: _read_paused,
         State.CLOSED: _read_closed,
     }
 
-    _COMMANDS: dict[str, Callable[[ServerConnection, str], ev.Event]] = {
+    _COMMANDS: dict[str, Callable[[ServerConnection, str], NextEvent]] = {
         "HELO": _helo,
         "EHLO": _ehlo,
         "MAIL": _mail,
@@ -492,6 +623,7 @@ class ServerConnection:
         "HELP": _help,
         "QUIT": _quit,
         "STARTTLS": _starttls,
+        "AUTH": _auth,
     }
 
     _ON_ACCEPT: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
@@ -503,9 +635,12 @@ class ServerConnection:
         ev.DataRequested: _data_accepted,
         ev.EndOfMessage: _end_transaction,
         ev.Vrfy: _stay,
+        ev.AuthCredentials: _credentials_accepted,
     }
 
     _ON_DECLINE: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
         ev.ConnectionOpened: _refused,
         ev.EndOfMessage: _end_transaction,
+        ev.AuthCredentials: _auth_declined,
+        ev.CredentialsLookup: _auth_declined,
     }

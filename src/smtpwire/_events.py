@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ._errors import LocalProtocolError
 from ._reply import Reply
 
 Parameters = Mapping[str, str | None]
@@ -147,6 +148,53 @@ class Vrfy(Decision):
 
     def default_reply(self, hostname: str) -> Reply:
         return Reply(252, "Cannot VRFY user, but will accept message and attempt delivery", (2, 5, 0))
+
+
+@dataclass(frozen=True)
+class AuthCredentials(Decision):
+    """AUTH PLAIN or LOGIN: check the password, and that ``username`` may act as ``authzid``.
+
+    ``authzid`` is ``""`` when the client asked for no other identity.  235
+    authenticates; 535 5.7.8 refuses (a failed attempt); 454 4.7.0 says the
+    check itself failed.  The password is left out of the repr.
+    """
+
+    mechanism: str
+    authzid: str
+    username: str
+    password: str = field(repr=False)
+    accepts: ClassVar[frozenset[int]] = frozenset({235})
+
+    def default_reply(self, hostname: str) -> Reply:
+        return Reply(235, "Authentication successful", (2, 7, 0))
+
+
+@dataclass(frozen=True)
+class CredentialsLookup(Decision):
+    """SCRAM-SHA-256 (or CRAM-MD5) needs the stored secret: answer with ``supply()``.
+
+    Supply the user's ``ScramCredentials`` (for CRAM-MD5: the password), or
+    ``None`` when there is no such user or ``username`` may not act as
+    ``authzid``: the attempt then fails without telling the client which.
+    ``send()`` with a 4xx/5xx reply (454 4.7.0) ends the attempt instead.
+    """
+
+    mechanism: str
+    authzid: str
+    username: str
+    accepts: ClassVar[frozenset[int]] = frozenset()
+
+    def default_reply(self, hostname: str) -> Reply:
+        raise LocalProtocolError("a CredentialsLookup is answered with supply(), not accept()")
+
+
+@dataclass(frozen=True)
+class Authenticated(Event):
+    """The client authenticated (235 sent): until STARTTLS or the end it acts as ``username``."""
+
+    mechanism: str
+    authzid: str
+    username: str
 
 
 @dataclass(frozen=True)

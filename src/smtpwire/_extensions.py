@@ -129,6 +129,10 @@ class Extensions:
         """Stop offering an extension; unknown keywords are ignored."""
         self._by_keyword.pop(keyword.upper(), None)
 
+    def get(self, keyword: str) -> Extension | None:
+        """The extension registered under ``keyword``, if any."""
+        return self._by_keyword.get(keyword.upper())
+
     def __contains__(self, keyword: object) -> bool:
         return isinstance(keyword, str) and keyword.upper() in self._by_keyword
 

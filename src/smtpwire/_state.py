@@ -15,6 +15,7 @@ class State(enum.Enum):
     MAIL = "MAIL accepted"
     RCPT = "at least one RCPT accepted"
     DATA = "reading the message"
+    AUTH = "reading the client's SASL responses"
     TLS_HANDSHAKE = "STARTTLS accepted; waiting for the adapter's handshake"
     CLOSED = "closed"
 
@@ -34,6 +35,7 @@ ALLOWED_STATES: dict[str, frozenset[State]] = {
     "RCPT": frozenset({State.MAIL, State.RCPT}),
     "DATA": frozenset({State.RCPT}),
     "STARTTLS": frozenset({State.READY}),
+    "AUTH": frozenset({State.READY}),
 }
 
 _BAD_SEQUENCE = (5, 5, 1)
@@ -51,6 +53,9 @@ SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
     ("STARTTLS", State.GREETED): Reply(503, "Send EHLO first", _BAD_SEQUENCE),
     ("STARTTLS", State.MAIL): Reply(503, "Transaction in progress", _BAD_SEQUENCE),
     ("STARTTLS", State.RCPT): Reply(503, "Transaction in progress", _BAD_SEQUENCE),
+    ("AUTH", State.GREETED): Reply(503, "Send EHLO first", _BAD_SEQUENCE),
+    ("AUTH", State.MAIL): Reply(503, "AUTH is not allowed during a mail transaction", _BAD_SEQUENCE),
+    ("AUTH", State.RCPT): Reply(503, "AUTH is not allowed during a mail transaction", _BAD_SEQUENCE),
 }
 DEFAULT_SEQUENCE_ERROR = Reply(503, "Bad sequence of commands", _BAD_SEQUENCE)
 
