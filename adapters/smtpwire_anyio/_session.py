@@ -103,7 +103,7 @@ class SessionRunner:
         if data is None:  # stop() cancelled the wait: the next call says 421
             return True
         if data:
-            transcript.debug("session %s <<< %r", self.session.id, data[:1024])
+            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(data))
         self.conn.receive_data(data)
         return True
 

@@ -101,7 +101,7 @@ class BlockingSession:
             log.info("session %s: connection lost: %r", self.session.id, error)
             return False
         if data:
-            transcript.debug("session %s <<< %r", self.session.id, data[:1024])
+            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(data))
         self.conn.receive_data(data)
         return True
 

@@ -30,6 +30,10 @@ class HookCall:
 
 
 LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
+#: RFC 4954 6: what a broken or unavailable credential check answers.
+AUTH_UNAVAILABLE = Reply(454, "Temporary authentication failure", (4, 7, 0))
+BAD_CREDENTIALS = Reply(535, "Authentication credentials invalid", (5, 7, 8))
+_AUTH_EVENTS = (smtpwire.AuthCredentials, smtpwire.CredentialsLookup)
 
 
 def _greeting_failed(hostname: str) -> Reply:
@@ -52,6 +56,8 @@ class SessionDriver:
         self._in_message = False
         self._refusal: Reply | None = None  # set when data_chunk failed: it decides the end of data
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
+        self._withholding = False  # the transcript is inside a received AUTH line
+        self._received_tail = b""
 
     @property
     def idle(self) -> bool:
@@ -86,6 +92,10 @@ class SessionDriver:
             return self._aborted(event.reply)
         if isinstance(event, smtpwire.CommandRejected):
             return HookCall("error", (session, event.command, event.reply), event)
+        if isinstance(event, smtpwire.AuthCredentials):
+            return HookCall("authenticate", (session, event), event)
+        if isinstance(event, smtpwire.CredentialsLookup):
+            return HookCall("credentials", (session, event), event)
         hook = _HOOKS.get(type(event))
         if hook is None:
             return None
@@ -106,6 +116,18 @@ class SessionDriver:
         self._sync_envelope()
         return HookCall("tls_started", (self.session,))
 
+    def shown(self, received: bytes) -> str:
+        """How the transcript shows received bytes: anything near an AUTH exchange is withheld.
+
+        A chunk is withheld while the core reads SASL responses, when it (with
+        the end of the chunk before) holds "AUTH", and until such a line ends.
+        """
+        window = (self._received_tail + received).upper()
+        withhold = self._withholding or self.conn.state is smtpwire.State.AUTH or b"AUTH" in window
+        self._received_tail = received[-4:]
+        self._withholding = withhold and not received.endswith(b"\n")
+        return f"[{len(received)} bytes of an AUTH exchange withheld]" if withhold else repr(received[:1024])
+
     def closing_calls(self) -> list[HookCall]:
         """What to call when the connection ends, whatever the reason."""
         calls = [self._aborted(None)] if self._in_message else []
@@ -117,6 +139,11 @@ class SessionDriver:
         event = call.event
         if not isinstance(event, smtpwire.Decision):
             return
+        if isinstance(event, smtpwire.CredentialsLookup) and not isinstance(result, Reply):
+            self._supply(event, result)
+            return
+        if isinstance(event, smtpwire.AuthCredentials) and isinstance(result, bool | None):
+            result = None if result is True else BAD_CREDENTIALS  # a forgotten return lets nobody in
         if result is not None and not isinstance(result, Reply):
             self.log.error("session %s: hook %s returned %r, not a Reply", self.session.id, call.name, result)
             result = self._fallback(event)
@@ -152,6 +179,15 @@ class SessionDriver:
         self._in_message = self.conn.state is smtpwire.State.DATA
         self._sync_envelope()
 
+    def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
+        try:
+            self.conn.supply(secret)  # type: ignore[arg-type]
+        except smtpwire.LocalProtocolError:
+            self.log.error(
+                "session %s: hook credentials returned a %s for %s", self.session.id, type(secret).__name__, event
+            )
+            self.conn.send(AUTH_UNAVAILABLE)
+
     def _aborted(self, reply: Reply | None) -> HookCall:
         self._in_message = False
         self._refusal = None
@@ -160,6 +196,8 @@ class SessionDriver:
     def _fallback(self, event: smtpwire.Event | None) -> Reply:
         if isinstance(event, smtpwire.ConnectionOpened):
             return _greeting_failed(self.conn.config.hostname)
+        if isinstance(event, _AUTH_EVENTS):
+            return AUTH_UNAVAILABLE
         return LOCAL_ERROR
 
     def _sync_envelope(self) -> None:

@@ -1,7 +1,8 @@
 """The application's side: hooks mirroring the Net::Server::Mail callbacks.
 
 A hook that answers a command returns a ``Reply`` (or ``None`` for the
-standard positive answer) or raises ``Reject(reply)``.  Any other exception
+standard positive answer) or raises ``Reject(reply)``; ``authenticate`` and
+``credentials`` are the exceptions, as the safe default there is "no".  Any other exception
 is a bug in the application: it is logged and the client gets 451 4.3.0 (421
 for the greeting), and the session goes on.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from smtpwire import Reply
+from smtpwire import AuthCredentials, CredentialsLookup, Reply, ScramCredentials
 
 from ._session import Envelope, Session
 
@@ -66,8 +67,24 @@ class Handler:
     def quit(self, session: Session) -> None:
         """QUIT (already answered 221)."""
 
+    def authenticate(self, session: Session, credentials: AuthCredentials) -> bool | Reply | None:
+        """AUTH PLAIN/LOGIN: True accepts (235), False or None refuses (535 5.7.8); the default refuses.
+
+        Check ``credentials.password`` for ``credentials.username``, and that
+        the user may act as ``credentials.authzid`` when it is not empty.
+        """
+        return False
+
+    def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | None:
+        """AUTH SCRAM-SHA-256: the user's stored ``ScramCredentials`` (CRAM-MD5: the password).
+
+        ``None`` (the default) for no such user, or when ``lookup.username``
+        may not act as ``lookup.authzid``: the attempt then fails with 535.
+        """
+        return None
+
     def tls_started(self, session: Session) -> None:
-        """TLS is up and the session was reset; e.g. register AUTH on ``session.extensions``."""
+        """TLS is up and the session was reset (and AUTH, by default, becomes available)."""
 
     def error(self, session: Session, command: str, reply: Reply) -> None:
         """The core refused a command (syntax, sequence, limits) with ``reply``."""
@@ -116,6 +133,14 @@ class AsyncHandler:
 
     async def quit(self, session: Session) -> None:
         """QUIT."""
+
+    async def authenticate(self, session: Session, credentials: AuthCredentials) -> bool | Reply | None:
+        """AUTH PLAIN/LOGIN: True accepts, False or None refuses; the default refuses."""
+        return False
+
+    async def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | None:
+        """AUTH SCRAM-SHA-256 (CRAM-MD5): the stored secret, ``None`` for no such user."""
+        return None
 
     async def tls_started(self, session: Session) -> None:
         """TLS is up and the session was reset."""

@@ -76,6 +76,11 @@ class Session:
         return self.conn.esmtp
 
     @property
+    def authenticated(self) -> smtpwire.Authenticated | None:
+        """Who the client authenticated as (mechanism, authzid, username), if it did."""
+        return self.conn.authenticated
+
+    @property
     def extensions(self) -> smtpwire.Extensions:
         return self.conn.extensions
 
@@ -86,7 +91,9 @@ class Session:
         return self.peer or "unknown"
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} peer={self.peer!r} helo={self.helo_name!r} tls={self.tls is not None}>"
+        user = self.authenticated.username if self.authenticated else None
+        tls = self.tls is not None
+        return f"<Session {self.id} peer={self.peer!r} helo={self.helo_name!r} tls={tls} user={user!r}>"
 
 
 def tls_info(tls: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:

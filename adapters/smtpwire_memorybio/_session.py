@@ -118,7 +118,7 @@ class SMTPSession:
 
     def _from_peer(self, plaintext: bytes) -> None:
         if plaintext:
-            transcript.debug("session %s <<< %r", self.session.id, plaintext[:1024])
+            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(plaintext))
         self.conn.receive_data(plaintext)
         self._converse()
 
@@ -231,7 +231,7 @@ class SMTPSession:
             self._close()
             return
         if plaintext:
-            transcript.debug("session %s <<< %r", self.session.id, plaintext[:1024])
+            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(plaintext))
             self.conn.receive_data(plaintext)
         if tls.peer_closed:
             self.conn.receive_data(b"")
