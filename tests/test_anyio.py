@@ -136,6 +136,13 @@ def test_bad_settings_are_explained() -> None:
         ServerOptions(max_sessions=0)
     with pytest.raises(ValueError, match="require_tls needs a tls_context"):
         ServerOptions(config=smtpwire.ServerConfig(require_tls=True))
+    auth = (*smtpwire.STANDARD_EXTENSIONS, smtpwire.Auth())
+    with pytest.raises(ValueError, match="the Auth extension is offered only over TLS and needs a tls_context"):
+        ServerOptions(config=smtpwire.ServerConfig(extensions=auth))
+    with pytest.raises(ValueError, match="require_auth needs the Auth extension"):
+        ServerOptions(config=smtpwire.ServerConfig(require_auth=True))
+    in_clear = smtpwire.ServerConfig(extensions=(smtpwire.Auth(require_tls=False),), require_auth=True)
+    assert ServerOptions(config=in_clear).config is in_clear
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:

@@ -42,6 +42,14 @@ class ServerOptions:
             raise ValueError("the StartTLS extension needs a tls_context: the handshake would always fail")
         if self.config.require_tls and self.tls_context is None:
             raise ValueError("require_tls needs a tls_context: clients could never start TLS")
+        auth = next((e for e in self.config.extensions if isinstance(e, smtpwire.Auth)), None)
+        if auth is not None and auth.require_tls and self.tls_context is None:
+            raise ValueError(
+                "the Auth extension is offered only over TLS and needs a tls_context"
+                " (Auth(require_tls=False) allows AUTH in clear)"
+            )
+        if self.config.require_auth and auth is None:
+            raise ValueError("require_auth needs the Auth extension in config.extensions: nobody could send mail")
 
     def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
         """A server needs a listener, and implicit TLS needs a certificate."""
