@@ -489,3 +489,15 @@ def test_random_sasl_input_never_raises(
     assert (235 in codes) == (d.conn.authenticated is not None) or d.conn.state is State.CLOSED
     if d.conn.authenticated is not None:
         assert events_of(d, smtpwire.Authenticated) == [d.conn.authenticated]
+
+
+def test_unknown_scram_users_get_the_configured_iteration_count() -> None:
+    stored = {"tim": smtpwire.scram_credentials("tanstaaf", iterations=10_000)}
+    d = Driver(config(Auth(scram_iterations=10_000)), lookup=lambda e: stored.get(e.username), tls_active=True)
+    d.say("EHLO client.test")
+    for user in ("tim", "nobody"):
+        out = d.say("AUTH SCRAM-SHA-256 " + b64(f"n,,n={user},r=abc"))
+        assert base64.b64decode(out[4:]).endswith(b",i=10000")
+        d.say("*")
+    with pytest.raises(ValueError, match="iterations must be an integer from 4096"):
+        Auth(scram_iterations=1000)

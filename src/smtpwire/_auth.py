@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._extensions import Extension
 from ._reply import Reply
-from ._sasl import MECHANISMS, Failure, FailureKind, Mechanism, sasl_mechanism
+from ._sasl import MECHANISMS, MIN_ITERATIONS, Failure, FailureKind, Mechanism, sasl_mechanism
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._connection import ServerConnection
@@ -55,6 +55,8 @@ class Auth(Extension):
     network in clear.  CRAM-MD5 needs plaintext passwords on the server and
     is offered only when named.  ``nonce`` makes the server's SCRAM nonce and
     CRAM-MD5 challenge (default: 18 random bytes per attempt).
+    ``scram_iterations`` is the count an unknown SCRAM user is answered with:
+    make it the count your stored credentials use, so users cannot be told apart.
     """
 
     keyword = "AUTH"
@@ -67,6 +69,7 @@ class Auth(Extension):
         *,
         require_tls: bool = True,
         nonce: Callable[[], str] | None = None,
+        scram_iterations: int = MIN_ITERATIONS,
     ) -> None:
         requested = tuple(mechanisms)
         names = tuple(name.upper() for name in requested if isinstance(name, str) and name.isascii())
@@ -75,6 +78,8 @@ class Auth(Extension):
         self.mechanisms = names
         self.require_tls = require_tls
         self._nonce = nonce
+        sasl_mechanism("PLAIN", scram_iterations=scram_iterations)  # checks the count now, not per attempt
+        self.scram_iterations = scram_iterations
 
     def offered(self, conn: ServerConnection) -> bool:
         """Whether AUTH may be used right now (``require_tls`` is met)."""
@@ -92,7 +97,8 @@ class Auth(Extension):
         """A fresh mechanism for the client's choice (any case), or ``None`` if it is not offered."""
         if not name.isascii() or name.upper() not in self.mechanisms:
             return None
-        return sasl_mechanism(name, nonce=None if self._nonce is None else self._nonce(), allow_cram_md5=True)
+        nonce = None if self._nonce is None else self._nonce()
+        return sasl_mechanism(name, nonce=nonce, allow_cram_md5=True, scram_iterations=self.scram_iterations)
 
     def __repr__(self) -> str:
         return f"<Auth {' '.join(self.mechanisms)} require_tls={self.require_tls}>"

@@ -137,9 +137,7 @@ class ScramCredentials:
     def __post_init__(self) -> None:
         if not isinstance(self.salt, bytes) or not 0 < len(self.salt) <= MAX_SALT:
             raise ValueError(f"salt must be 1 to {MAX_SALT} bytes")
-        iterations = self.iterations
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or not 0 < iterations <= MAX_ITERATIONS:
-            raise ValueError(f"iterations must be an integer from 1 to {MAX_ITERATIONS}")
+        _check_iterations(self.iterations, 1)
         if not all(isinstance(key, bytes) and len(key) == 32 for key in (self.stored_key, self.server_key)):
             raise ValueError("stored_key and server_key must be 32 bytes (SHA-256)")
 
@@ -158,8 +156,7 @@ def scram_credentials(
     password: str, *, salt: bytes | None = None, iterations: int = MIN_ITERATIONS
 ) -> ScramCredentials:
     """Derive the SCRAM-SHA-256 keys to store for a password (``ValueError`` if unusable)."""
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < MIN_ITERATIONS:
-        raise ValueError(f"iterations must be an integer of at least {MIN_ITERATIONS} (RFC 7677)")
+    _check_iterations(iterations, MIN_ITERATIONS)
     prepared = saslprep(password)  # RFC 5802 2.2 Normalize(): a stored string
     if not prepared:
         raise ValueError("the password is empty after SASLprep")
@@ -168,6 +165,11 @@ def scram_credentials(
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     server_key = hmac.digest(salted, b"Server Key", "sha256")
     return ScramCredentials(salt, iterations, hashlib.sha256(client_key).digest(), server_key)
+
+
+def _check_iterations(iterations: object, minimum: int) -> None:
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or not minimum <= iterations <= MAX_ITERATIONS:
+        raise ValueError(f"iterations must be an integer from {minimum} to {MAX_ITERATIONS} (RFC 7677: 4096 or more)")
 
 
 def saslprep(text: str, *, allow_unassigned: bool = False) -> str:
@@ -339,14 +341,17 @@ class ScramSha256(Mechanism):
     """RFC 5802 and RFC 7677, without channel binding (no -PLUS variant is offered).
 
     The user name goes through SASLprep as a query string (RFC 5802 5.1).
-    An unknown user is answered like a known one and fails only on the proof.
+    An unknown user is answered like a known one (a stable fake salt and
+    ``unknown_iterations``, which should be what the store uses) and fails
+    only on the proof.
     """
 
     name = "SCRAM-SHA-256"
 
-    def __init__(self, nonce: str) -> None:
+    def __init__(self, nonce: str, unknown_iterations: int = MIN_ITERATIONS) -> None:
         super().__init__()
         self._server_nonce = nonce
+        self._unknown_iterations = unknown_iterations
         self._phase = "client-first"
         self._gs2_header = ""
         self._authzid = ""
@@ -408,7 +413,8 @@ class ScramSha256(Mechanism):
         if credentials is None:
             self._unknown = True
             salt = hmac.digest(_UNKNOWN_USER_KEY, self._username.encode(), "sha256")[:16]
-            credentials = ScramCredentials(salt, MIN_ITERATIONS, secrets.token_bytes(32), secrets.token_bytes(32))
+            fake_key = secrets.token_bytes(32)
+            credentials = ScramCredentials(salt, self._unknown_iterations, fake_key, fake_key)
         self._credentials = credentials
         salt_b64 = base64.b64encode(credentials.salt).decode()
         self._server_first = f"r={self._nonce},s={salt_b64},i={credentials.iterations}"
@@ -508,16 +514,24 @@ class CramMd5(Mechanism):
         return self._advance(Success("", self._username) if ok else Failure("credentials"))
 
 
-def sasl_mechanism(name: str, *, nonce: str | None = None, allow_cram_md5: bool = False) -> Mechanism | None:
+def sasl_mechanism(
+    name: str,
+    *,
+    nonce: str | None = None,
+    allow_cram_md5: bool = False,
+    scram_iterations: int = MIN_ITERATIONS,
+) -> Mechanism | None:
     """A fresh mechanism for the name the client asked for (any case); ``None`` if not offered.
 
     ``nonce`` is the server's share of the SCRAM nonce and the CRAM-MD5
     challenge (``<nonce@smtpwire>``); by default 18 random bytes, URL-safe.
     CRAM-MD5 needs stored plaintext passwords, so only ``allow_cram_md5``
-    creates it.
+    creates it.  ``scram_iterations`` is what an unknown SCRAM user is
+    answered with: the count the store uses, so users cannot be told apart.
     """
     if nonce is not None and not (_is_nonce(nonce) and len(nonce) <= MAX_SERVER_NONCE):
         raise ValueError(f"nonce must be 1 to {MAX_SERVER_NONCE} printable ASCII characters without commas")
+    _check_iterations(scram_iterations, MIN_ITERATIONS)
     key = name.upper() if name.isascii() else ""  # no "login" from a dotless i
     if key == "PLAIN":
         return Plain()
@@ -525,7 +539,7 @@ def sasl_mechanism(name: str, *, nonce: str | None = None, allow_cram_md5: bool 
         return Login()
     server_nonce = secrets.token_urlsafe(18) if nonce is None else nonce
     if key == "SCRAM-SHA-256":
-        return ScramSha256(server_nonce)
+        return ScramSha256(server_nonce, scram_iterations)
     if key == "CRAM-MD5" and allow_cram_md5:
         return CramMd5(f"<{server_nonce}@smtpwire>".encode())
     return None
