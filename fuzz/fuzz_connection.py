@@ -19,20 +19,30 @@ Input format (a byte past the end of the input reads as 0)::
               3 bare_line_endings="accept", 4 tls_active from the start,
               5 auto-accept every decision while draining,
               6-7 extension set (standard, none, no ENHANCEDSTATUSCODES, reversed)
-    extra  := bits 0-1 hostname, bits 2-3 max_command_line
+    extra  := bits 0-1 hostname, bits 2-3 max_command_line,
+              4 AUTH registered (all KNOWN_MECHANISMS, require_tls=False),
+              5 require_auth, 6 that AUTH is instead Auth() with require_tls=True,
+              7 max_auth_failures=1 (else 2 with small limits, else 3)
     op     := one byte, taken modulo 16:
       0-3  FEED     n:u8 data[n]              receive_data(data)
       4    FEED     n:u16be data[n]
       5    REPEAT   reps:u8 m:u8 pattern[m%32+1]   receive_data(pattern * (reps+1) * 8)
       6    EOF                                receive_data(b"")
-      7-8  ACCEPT                             accept()
+      7-8  ACCEPT                             accept(); supply() the user table's secret
+                                              (or None) for a CredentialsLookup
       9    REPLY    code:u8 text:u8 enh:u8    send() a valid reply for the pending decision
       10   INVALID  kind:u8 sel:u8            a deliberately wrong call: must raise LocalProtocolError
+                                              (kind % 5; kind 3 also covers accept() on a
+                                              CredentialsLookup and wrong or unexpected supply())
       11   TLS      ok:u8                     tls_established() (ok odd) or tls_failed()
       12   TIMEOUT                            timed_out()
       13   SHUTDOWN                           shutdown()
       14   EXT      i:u8                      add or remove EXTENSIONS[i % len]
       15   CANNED   i:u8                      receive_data(CANNED[i % len])
+
+The AUTH extension uses RFC 7677's server nonce, so the canned SCRAM-SHA-256
+lines replay RFC 7677's example exchange, which succeeds against the user
+table ("user"/"pencil" with the RFC's salt; CRAM-MD5: "tim"/"tanstaaftanstaaf").
 
 After every operation the events are drained (bounded) and these invariants
 are asserted:
@@ -46,23 +56,38 @@ are asserted:
   nothing is sent once the connection is closed;
 - replies and events stay proportional to the input (no amplification, no
   loop that makes events without consuming bytes);
-- while waiting for data the receive buffer holds at most one command line
-  (or at most 4 held bytes in DATA);
+- while waiting for data the receive buffer holds at most one partial
+  command line, no complete one (or at most 4 held bytes in DATA);
 - every message matches a reference dot-unstuffer: its content, its size
   verdict and its bare CR/LF verdict;
 - the state machine moves as RFC 5321 / RFC 3207 say after each answer, no
   MAIL/RCPT/DATA decision is ever asked for without TLS under require_tls,
-  and plaintext sent before the TLS handshake is never executed after it.
+  and plaintext sent before the TLS handshake is never executed after it;
+- AUTH (RFC 4954): while waiting in the exchange the buffer holds at most one
+  response line (12290 octets); AuthCredentials and CredentialsLookup appear
+  only in READY (initial response) or AUTH, while not authenticated; accepting
+  AuthCredentials answers 235 and the next event is the matching
+  ``Authenticated``; supply() answers exactly 334 (state AUTH), 235 (the
+  next event is ``Authenticated``), or 535 [+ 421] (the next event is that
+  refusal); every ``Authenticated`` equals ``conn.authenticated`` and what the
+  application approved last (no success without the application's yes);
+  failed attempts (501/535/500 exchange failures and declines) leave the
+  state READY until the max_auth_failures-th, which is followed by 421 and
+  CLOSED; a MailFrom carries AUTH= only while AUTH is offered, and ``<>``
+  unless authenticated; under require_auth no MailFrom decision comes before
+  AUTH succeeded; a TLS handshake forgets the authentication.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import re
 import sys
 from pathlib import Path
 
 try:
-    import atheris
+    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 except ImportError:  # replaying the corpus needs no atheris
     atheris = None
 
@@ -75,6 +100,8 @@ else:
 from smtpwire import LocalProtocolError, Reply, State
 
 MAX_OPS = 400
+#: RFC 4954 4: a client response line holds up to 12288 octets, plus CRLF.
+MAX_RESPONSE_LINE = 12288 + 2
 #: RFC 5321 4.2: Reply-code [ SP textstring ] CRLF, or Reply-code "-" [ textstring ] CRLF.
 REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])[^\r\n]*)?\r\n")
 
@@ -97,8 +124,29 @@ VERBS = {
 # -- configuration -------------------------------------------------------------
 
 STARTTLS, REQUIRE_TLS, SMALL, BARE_ACCEPT, TLS_ACTIVE, AUTO = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+#: Bits 4-7 of the extra byte.
+AUTH_ON, REQUIRE_AUTH, AUTH_NEEDS_TLS, ONE_AUTH_FAILURE = 0x10, 0x20, 0x40, 0x80
 HOSTNAMES = ("mx.test", "localhost", "h" * 255, "[192.0.2.1]")
 COMMAND_LINES = (512, 513, 1000, 4096)
+
+#: RFC 7677 5's nonces: with this server nonce its example SCRAM-SHA-256 exchange succeeds.
+SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
+
+
+def server_nonce() -> str:
+    return SERVER_NONCE
+
+
+#: AUTH with every mechanism, also in plaintext, and the default one that waits for TLS.
+AUTH_OPEN = smtpwire.Auth(smtpwire.KNOWN_MECHANISMS, require_tls=False, nonce=server_nonce)
+AUTH_TLS = smtpwire.Auth(nonce=server_nonce)
+
+#: The application's user store: SCRAM keys of RFC 7677's user, CRAM-MD5 plaintext passwords.
+SCRAM_USERS = {"user": smtpwire.scram_credentials("pencil", salt=base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))}
+CRAM_USERS = {"tim": "tanstaaftanstaaf"}
+#: Secrets of every type, for the wrong-type supply() calls.
+ANY_SECRETS: tuple[object, ...] = (None, "pencil", SCRAM_USERS["user"], b"pencil", 42)
 
 
 def extension_sets() -> tuple[tuple[smtpwire.Extension, ...], ...]:
@@ -115,6 +163,8 @@ def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
     extensions = extension_sets()[flags >> 6]
     if flags & STARTTLS:
         extensions = (*extensions, smtpwire.StartTLS())
+    if extra & AUTH_ON:
+        extensions = (*extensions, AUTH_TLS if extra & AUTH_NEEDS_TLS else AUTH_OPEN)
     small = bool(flags & SMALL)
     return smtpwire.ServerConfig(
         hostname=HOSTNAMES[extra & 3],
@@ -125,6 +175,8 @@ def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
         max_command_line=COMMAND_LINES[(extra >> 2) & 3],
         require_tls=bool(flags & REQUIRE_TLS),
         bare_line_endings="accept" if flags & BARE_ACCEPT else "reject",
+        require_auth=bool(extra & REQUIRE_AUTH),
+        max_auth_failures=1 if extra & ONE_AUTH_FAILURE else 2 if small else 3,
     )
 
 
@@ -136,7 +188,21 @@ EXTENSIONS = (
     smtpwire.SmtpUtf8(),
     smtpwire.EnhancedStatusCodes(),
     smtpwire.Pipelining(),
+    AUTH_OPEN,
+    AUTH_TLS,
 )
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+#: RFC 7677 5: client-first and client-final messages (the proof is for "pencil").
+SCRAM_CLIENT_FIRST = f"n,,n=user,r={CLIENT_NONCE}"
+SCRAM_CLIENT_FINAL = f"c=biws,r={CLIENT_NONCE}{SERVER_NONCE},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+#: RFC 2195: the challenge is ``<nonce@smtpwire>`` (sasl_mechanism()), the answer "user hex(HMAC-MD5)".
+CRAM_DIGEST = hmac.new(b"tanstaaftanstaaf", f"<{SERVER_NONCE}@smtpwire>".encode(), "md5").hexdigest()
+CRAM_RESPONSE = f"tim {CRAM_DIGEST}"
 
 #: Whole commands and message pieces, so that short inputs reach deep states.
 CANNED = (
@@ -172,6 +238,27 @@ CANNED = (
     b"\n",
     b"\x00\xff\xfe\r\n",
     b"MAIL FROM:<a@b> SMTPUTF8=yes FOO=bar\r\n",
+    # AUTH (RFC 4954) commands and SASL response lines
+    b"AUTH PLAIN " + b64("\0tim\0tanstaaf") + b"\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH LOGIN\r\n",
+    b64("tim") + b"\r\n",
+    b64("tanstaaf") + b"\r\n",
+    b"*\r\n",
+    b"AUTH CRAM-MD5\r\n",
+    b64(CRAM_RESPONSE) + b"\r\n",
+    b"AUTH SCRAM-SHA-256 " + b64(SCRAM_CLIENT_FIRST) + b"\r\n",
+    b64(SCRAM_CLIENT_FINAL) + b"\r\n",
+    b"MAIL FROM:<a@b> AUTH=<>\r\n",
+    b"MAIL FROM:<a@b> AUTH=tim+2Bx@b\r\n",
+    b"AUTH SCRAM-SHA-256\r\n",
+    b64(SCRAM_CLIENT_FIRST) + b"\r\n",
+    b64("\0tim\0tanstaaf") + b"\r\n",
+    b"AUTH LOGIN " + b64("tim") + b"\r\n",
+    b"AUTH PLAIN =\r\n",
+    b"AUTH PLAIN not*base64\r\n",
+    b"AUTH X-UNKNOWN\r\n",
+    b"AUTH PLAIN " + b64("user\0user\0pencil") + b"\r\n",
 )
 
 # -- the reply model (RFC 5321 4.3.2), written independently of the core ------
@@ -185,7 +272,13 @@ POSITIVE = {
     smtpwire.DataRequested: (354,),
     smtpwire.EndOfMessage: (250,),
     smtpwire.Vrfy: (250, 251, 252),
+    smtpwire.AuthCredentials: (235,),
+    smtpwire.CredentialsLookup: (),  # answered with supply(), or declined
 }
+AUTH_DECISIONS = (smtpwire.AuthCredentials, smtpwire.CredentialsLookup)
+#: RFC 4954 failed exchanges (code, enhanced): malformed or bad base64, bad credentials, "*", line too long.
+#: Refusals before an exchange starts (502, 503, 504, 538, 501 5.5.4 syntax, 500 5.5.2) are no attempt.
+AUTH_FAILURES = frozenset({(501, (5, 5, 2)), (535, (5, 7, 8)), (501, (5, 7, 0)), (500, (5, 5, 6))})
 #: Every well-formed 4xx and 5xx code (the second digit is 0-5).
 DECLINES = tuple(c for c in range(400, 600) if c % 100 // 10 <= 5)
 #: Codes tried by INVALID kind 0; the model says which do not fit the event.
@@ -226,6 +319,29 @@ BAD_REPLIES: tuple[tuple[object, ...], ...] = (
     (True, "bool code"),
     (250, ("fine", 7)),
 )
+
+
+# -- the application's side ------------------------------------------------------
+
+
+def snapshot(conn: smtpwire.ServerConnection) -> tuple[object, ...]:
+    """What a call that raised must leave unchanged."""
+    return (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name, conn.authenticated)
+
+
+def secret_for(event: smtpwire.CredentialsLookup) -> smtpwire.ScramCredentials | str | None:
+    """The user table's answer; None also when the user may not act as the authzid."""
+    if event.authzid not in ("", event.username):
+        return None
+    if event.mechanism == "SCRAM-SHA-256":
+        return SCRAM_USERS.get(event.username)
+    return CRAM_USERS.get(event.username)
+
+
+def fits(event: smtpwire.CredentialsLookup, secret: object) -> bool:
+    """Whether supply(secret) is a valid answer to this lookup."""
+    wanted = smtpwire.ScramCredentials if event.mechanism == "SCRAM-SHA-256" else str
+    return secret is None or isinstance(secret, wanted)
 
 
 # -- reading the input ---------------------------------------------------------
@@ -315,6 +431,9 @@ class Harness:
         self.raw: bytearray | None = None  # the DATA stream as the reader sees it, for the reference
         self.raw_scanned = 0  # how far the raw stream is known to hold no end of data
         self.seen: list[str] = []  # event names, for the tests
+        self.auth_failures = 0  # failed AUTH attempts, counted from the events and the declines
+        self.approved: smtpwire.Authenticated | None = None  # what the application said yes to last
+        self.report: smtpwire.Authenticated | int | None = None  # the next event: this, or AUTH refused with this code
 
     # -- the run --------------------------------------------------------------
 
@@ -376,6 +495,9 @@ class Harness:
         if event is None:
             self.expect_error(conn.accept if reply is None else lambda: conn.send(reply))
             return
+        if reply is None and isinstance(event, smtpwire.CredentialsLookup):
+            self.supply(event)
+            return
         before = conn.state
         try:
             if reply is None:
@@ -388,7 +510,12 @@ class Harness:
             what = "accept()" if reply is None else f"send({reply!r})"
             raise AssertionError(f"valid answer {what} to {event!r} raised {error!r}"[:600]) from error
         replies = self.take_output()
-        assert [c for c, _ in replies] == [code], (event, code, replies)
+        expected = [code]
+        if isinstance(event, AUTH_DECISIONS) and code >= 400 and code != 421:  # a declined attempt
+            self.auth_failures += 1
+            if self.auth_failures >= self.config.max_auth_failures:
+                expected.append(421)
+        assert [c for c, _ in replies] == expected, (event, code, replies)
         if reply is not None and not isinstance(event, smtpwire.Ehlo):
             assert replies[0][1] == len(reply.lines), (reply, replies)
         self.check_transition(event, code, before)
@@ -401,6 +528,16 @@ class Harness:
             assert state is State.CLOSED
         elif isinstance(event, smtpwire.ConnectionOpened):
             assert state is (State.GREETED if code == 220 else State.REFUSED)
+        elif isinstance(event, AUTH_DECISIONS):
+            if code == 235:
+                assert isinstance(event, smtpwire.AuthCredentials)
+                approved = smtpwire.Authenticated(event.mechanism, event.authzid, event.username)
+                assert state is State.READY and conn.authenticated == approved, (state, conn.authenticated)
+                self.approved = self.report = approved
+            else:
+                closed = self.auth_failures >= self.config.max_auth_failures
+                assert state is (State.CLOSED if closed else State.READY), (state, self.auth_failures)
+                assert conn.authenticated is None
         elif isinstance(event, smtpwire.EndOfMessage):
             assert state is State.READY and conn.transaction is None
         elif code >= 400 or isinstance(event, smtpwire.Vrfy):
@@ -420,6 +557,32 @@ class Harness:
             self.raw = bytearray(b"\r\n" + buffered(conn))  # DATA's CRLF may start the end
             self.raw_scanned = 0
             self.message = []
+
+    def supply(self, event: smtpwire.CredentialsLookup) -> None:
+        """Answer a lookup from the user table: 334 (SCRAM goes on), 235, or 535 (+ 421 at the limit)."""
+        conn = self.conn
+        secret = secret_for(event)
+        try:
+            conn.supply(secret)
+        except LocalProtocolError as error:
+            raise AssertionError(f"valid supply() for {event!r} raised {error!r}"[:600]) from error
+        codes = [c for c, _ in self.take_output()]
+        state = conn.state
+        assert conn.pending is None
+        if secret is not None:
+            self.approved = smtpwire.Authenticated(event.mechanism, event.authzid, event.username)
+        if codes == [334]:
+            assert event.mechanism == "SCRAM-SHA-256" and state is State.AUTH, (event, state)
+            assert conn.authenticated is None
+        elif codes == [235]:
+            assert secret is not None and state is State.READY, (event, state)
+            assert conn.authenticated == self.approved, (conn.authenticated, self.approved)
+            self.report = conn.authenticated
+        else:
+            closing = self.auth_failures + 1 >= self.config.max_auth_failures
+            assert codes == ([535, 421] if closing else [535]), (event, codes, self.auth_failures)
+            assert conn.authenticated is None
+            self.report = 535  # the refusal is counted when it comes out as the next event
 
     def reply_op(self) -> None:
         code_selector, text_selector, enhanced_selector = self.src.byte(), self.src.byte(), self.src.byte()
@@ -443,8 +606,18 @@ class Harness:
             self.expect_error(lambda: Reply(*arguments))  # type: ignore[arg-type]
         elif kind == 2:
             self.expect_error(lambda: conn.send("250 OK"))  # type: ignore[arg-type]
-        elif kind == 3 and event is None:
+        elif kind == 3 and isinstance(event, smtpwire.CredentialsLookup):
+            if selector & 1:  # a secret of the wrong type for the mechanism
+                wrong = [s for s in ANY_SECRETS if s is not None and not fits(event, s)]
+                secret = wrong[(selector >> 1) % len(wrong)]
+                self.expect_error(lambda: conn.supply(secret))  # type: ignore[arg-type]
+            else:
+                self.expect_error(conn.accept)  # a lookup is answered with supply()
+        elif kind == 3 and event is None and not selector & 1:
             self.expect_error(conn.accept)
+        elif kind == 3 and (event is None or selector & 1):  # supply() with no lookup pending
+            secret = ANY_SECRETS[(selector >> 1) % len(ANY_SECRETS)]
+            self.expect_error(lambda: conn.supply(secret))  # type: ignore[arg-type]
         elif kind == 4 and conn.state is not State.TLS_HANDSHAKE:
             self.expect_error(conn.tls_established if selector & 1 else conn.tls_failed)
         elif event is None:
@@ -456,25 +629,27 @@ class Harness:
 
     def expect_error(self, call: object) -> None:
         conn = self.conn
-        before = (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name)
+        before = snapshot(conn)
         try:
             call()  # type: ignore[operator]
         except LocalProtocolError:
             pass
         else:
             raise AssertionError(f"invalid call {call!r} did not raise LocalProtocolError")
-        assert (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name) == before
+        assert snapshot(conn) == before
         assert self.take_output() == []
 
     def tls_op(self, ok: bool) -> None:
         conn = self.conn
-        if conn.state is not State.TLS_HANDSHAKE:
+        handshake_due = conn.state is State.TLS_HANDSHAKE  # (not narrowing conn.state for what follows)
+        if not handshake_due:
             self.expect_error(conn.tls_established if ok else conn.tls_failed)
             return
         if ok:
             conn.tls_established()
             assert conn.state is State.GREETED and conn.tls_active
             assert conn.helo_name is None and not conn.esmtp and conn.transaction is None
+            assert conn.authenticated is None  # RFC 4954 4: the TLS session starts unauthenticated
             # RFC 3207 4.2: nothing sent in plaintext before the handshake survives it.
             assert buffered(conn) == b""
         else:
@@ -492,7 +667,9 @@ class Harness:
         self.raw = None
 
     def toggle_extension(self, extension: smtpwire.Extension) -> None:
-        if extension.keyword in self.conn.extensions:
+        """Remove the extension with this keyword, or add it; the other AUTH instance is replaced."""
+        current = self.conn.extensions.get(extension.keyword)
+        if current is not None and (current is extension or not isinstance(extension, smtpwire.Auth)):
             self.conn.extensions.remove(extension.keyword)
         else:
             self.conn.extensions.add(extension)
@@ -507,6 +684,8 @@ class Harness:
             assert self.events <= self.fed + 3 * self.ops + 8, "events without input: a loop?"
             line = next_command_line(conn) if conn.state in COMMAND_STATES and conn.pending is None else None
             event = conn.next_event()
+            if self.report is not None:  # the outcome of the last answer comes first
+                self.check_report(event)
             if type(event) in VERBS:
                 self.check_command(event, line)
             if event is smtpwire.NEED_DATA:
@@ -554,9 +733,14 @@ class Harness:
                 assert not missed, "the message ended but the core waits for more data"
                 self.raw_scanned = len(self.raw)
         else:
-            limit = self.config.max_command_line + conn.extensions.line_allowance
-            assert waiting <= limit, (waiting, limit)
-            assert conn.state in COMMAND_STATES
+            # liveness: no complete command or response line is left waiting
+            assert b"\n" not in buffered(conn), "a whole line is buffered but the core waits for more"
+            if conn.state is State.AUTH:  # one partial response line
+                assert waiting <= MAX_RESPONSE_LINE, waiting
+            else:
+                limit = self.config.max_command_line + conn.extensions.line_allowance
+                assert waiting <= limit, (waiting, limit)
+                assert conn.state in COMMAND_STATES
 
     def observe(self, event: smtpwire.Event) -> None:
         conn = self.conn
@@ -566,6 +750,13 @@ class Harness:
                 assert conn.tls_active or not self.config.require_tls, f"{event!r} without TLS"
             if isinstance(event, smtpwire.MailFrom):
                 assert event.address.isascii() or "SMTPUTF8" in event.params
+                self.check_mail_auth(event)
+            if isinstance(event, AUTH_DECISIONS):
+                assert conn.state in (State.READY, State.AUTH) and conn.authenticated is None, conn.state
+                assert event.username and event.mechanism in smtpwire.KNOWN_MECHANISMS, event
+                kind = smtpwire.AuthCredentials if event.mechanism in ("PLAIN", "LOGIN") else smtpwire.CredentialsLookup
+                assert isinstance(event, kind), event
+                self.approved = None  # a new question: only its answer may authenticate
             if isinstance(event, smtpwire.RcptTo):
                 assert conn.transaction is not None
                 assert len(conn.transaction.recipients) < self.config.max_recipients
@@ -581,8 +772,37 @@ class Harness:
             assert sum(map(len, self.message)) <= self.config.max_message_size
         elif isinstance(event, smtpwire.CommandRejected):
             assert event.reply.code >= 400
+            if event.command == "AUTH" and (event.reply.code, event.reply.enhanced) in AUTH_FAILURES:
+                self.auth_failures += 1
+                closed = self.auth_failures >= self.config.max_auth_failures
+                assert conn.state is (State.CLOSED if closed else State.READY), (conn.state, self.auth_failures)
+                assert conn.authenticated is None
+        elif isinstance(event, smtpwire.Authenticated):
+            # RFC 4954 6: success only when the application accepted these credentials
+            assert event == conn.authenticated == self.approved, (event, conn.authenticated, self.approved)
+            self.approved = None
         if isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
             self.check_message(event)
+
+    def check_report(self, event: object) -> None:
+        """After supply() or an accepted AuthCredentials the outcome is the very next event."""
+        expected, self.report = self.report, None
+        if isinstance(expected, smtpwire.Authenticated):
+            assert event == expected, (event, expected)
+        else:
+            assert isinstance(event, smtpwire.CommandRejected), (event, expected)
+            assert event.command == "AUTH" and event.reply.code == expected, (event, expected)
+
+    def check_mail_auth(self, event: smtpwire.MailFrom) -> None:
+        """RFC 4954 5: AUTH= only while AUTH is offered, and "<>" from an unauthenticated client."""
+        conn = self.conn
+        if self.config.require_auth:
+            assert conn.authenticated is not None, f"{event!r} before AUTH under require_auth"
+        if "AUTH" in event.params:
+            auth = conn.extensions.get("AUTH")
+            assert isinstance(auth, smtpwire.Auth) and conn.esmtp, event
+            assert conn.tls_active or not auth.require_tls, event
+            assert conn.authenticated is not None or event.params["AUTH"] == "<>", event
 
     def check_message(self, event: smtpwire.EndOfMessage | smtpwire.MessageRejected) -> None:
         assert self.raw is not None
@@ -674,16 +894,24 @@ def tls(ok: bool) -> bytes:
     return bytes([11, int(ok)])
 
 
-def toggle(keyword: str) -> bytes:
-    return bytes([14, [e.keyword for e in EXTENSIONS].index(keyword)])
+def toggle(extension: str | smtpwire.Extension) -> bytes:
+    """EXT for this instance, or for the first one with this keyword."""
+    if isinstance(extension, str):
+        extension = next(e for e in EXTENSIONS if e.keyword == extension)
+    return bytes([14, EXTENSIONS.index(extension)])
 
 
-def config(flags: int = 0, hostname: int = 0, command_line: int = 0) -> bytes:
-    return bytes([flags, hostname | command_line << 2])
+def config(flags: int = 0, hostname: int = 0, command_line: int = 0, auth: int = 0) -> bytes:
+    return bytes([flags, hostname | command_line << 2 | auth])
 
 
 BODY = b"From: a@example.org\r\nSubject: test\r\n\r\nHello.\r\n"
 EHLO_TO_DATA = ("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+
+
+AUTH_PLAIN = "AUTH PLAIN " + b64("\0tim\0tanstaaf").decode()
+SCRAM_LINES = ("AUTH SCRAM-SHA-256 " + b64(SCRAM_CLIENT_FIRST).decode(), b64(SCRAM_CLIENT_FINAL).decode(), "")
+LOGIN_LINES = ("AUTH LOGIN", b64("tim").decode(), b64("tanstaaf").decode())
 
 
 def body_seed(body: bytes, flags: int = AUTO) -> bytes:
@@ -803,6 +1031,92 @@ SEEDS: dict[str, bytes] = {
     + lines("VRFY x")
     + reply(smtpwire.Vrfy, 553, 2, 7)
     + tls(True),
+    # -- AUTH (RFC 4954) --
+    "auth-plain-success": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RSET", AUTH_PLAIN, AUTH_PLAIN)
+    + lines("MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RCPT TO:<b@example.net>", "DATA")
+    + feed(BODY + b".\r\n")
+    + lines("HELP", "QUIT"),
+    "auth-login-pipelined": config(auth=AUTH_ON)
+    + ACCEPT
+    + lines("EHLO c.example", *LOGIN_LINES, "MAIL FROM:<a@example.org> AUTH=<>", "QUIT")
+    + ACCEPT
+    + invalid(3, 1)  # supply() while AuthCredentials is pending
+    + reply(smtpwire.AuthCredentials, 235, 0, 7)
+    + ACCEPT,
+    "auth-scram-rfc7677": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", *SCRAM_LINES, "MAIL FROM:<a@example.org> AUTH=<>", "QUIT"),
+    "auth-scram-manual-invalid-calls": config(auth=AUTH_ON)
+    + ACCEPT
+    + invalid(3, 1)  # supply() with nothing pending
+    + lines("EHLO c.example")
+    + ACCEPT
+    + lines("AUTH SCRAM-SHA-256", b64(SCRAM_CLIENT_FIRST).decode())
+    + invalid(3, 0)  # accept() on a CredentialsLookup
+    + invalid(3, 1)  # supply() of a str for SCRAM
+    + invalid(3, 3)
+    + invalid(0, 2)
+    + ACCEPT
+    + lines(*SCRAM_LINES[1:], "AUTH LOGIN"),
+    "auth-cram-md5-success": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "AUTH CRAM-MD5", b64(CRAM_RESPONSE).decode(), "NOOP", "QUIT"),
+    "auth-cancel": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "AUTH LOGIN", "*", "AUTH SCRAM-SHA-256", "*", "AUTH X-UNKNOWN", AUTH_PLAIN, "QUIT"),
+    "auth-response-too-long": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "AUTH PLAIN")
+    + repeat(b"QUFB" * 8, 48)  # 12288 octets: still one partial response line
+    + feed(b"QUF\r\nNOOP\r\n")  # a complete line of 12293 octets
+    + lines("AUTH LOGIN")
+    + repeat(b"QUFB" * 8, 64)  # past the limit without an LF: the rest is dropped as it comes
+    + feed(b"QUFB\r\nNOOP\r\n")
+    + lines(AUTH_PLAIN, "QUIT"),
+    "auth-response-at-limit": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "AUTH LOGIN")
+    + repeat(b"QUFB" * 8, 48)
+    + feed(b"\r\n")  # exactly 12290 octets: read, but too big for the mechanism
+    + lines("NOOP", "QUIT"),
+    "auth-failure-limit-421": config(SMALL, auth=AUTH_ON)
+    + ACCEPT
+    + lines("EHLO c.example", "AUTH PLAIN not*base64", "AUTH X-UNKNOWN", AUTH_PLAIN)
+    + ACCEPT
+    + reply(smtpwire.AuthCredentials, 535, 0, 1)
+    + lines("NOOP"),
+    "auth-lookup-declined-one-failure": config(auth=AUTH_ON | ONE_AUTH_FAILURE)
+    + ACCEPT
+    + lines("EHLO c.example", "AUTH CRAM-MD5", b64("tim 0123456789abcdef0123456789abcdef").decode())
+    + ACCEPT
+    + reply(smtpwire.CredentialsLookup, 454, 0, 9)
+    + lines("NOOP"),
+    "auth-unknown-users-limit": config(AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", "AUTH CRAM-MD5", b64("nobody 0123456789abcdef0123456789abcdef").decode())
+    + lines("AUTH SCRAM-SHA-256 " + b64("n,,n=nobody,r=abc").decode(), b64(SCRAM_CLIENT_FINAL).decode())
+    + lines("AUTH SCRAM-SHA-256 " + b64(SCRAM_CLIENT_FIRST).decode(), "AUTH LOGIN", "NOOP"),
+    "auth-require-auth-530": config(AUTO, auth=AUTH_ON | REQUIRE_AUTH)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org>", "MAIL FROM:<a@example.org> AUTH=<>", *LOGIN_LINES)
+    + lines("MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RCPT TO:<b@example.net>", "DATA")
+    + feed(BODY + b".\r\n")
+    + lines("QUIT"),
+    "auth-needs-tls": config(STARTTLS | AUTO, auth=AUTH_ON | AUTH_NEEDS_TLS)
+    + lines("EHLO c.example", AUTH_PLAIN, "MAIL FROM:<a@example.org> AUTH=<>", "RSET", "STARTTLS")
+    + tls(True)
+    + lines("EHLO c.example", "AUTH CRAM-MD5", AUTH_PLAIN, "MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RSET")
+    + toggle(AUTH_OPEN)  # replaces AUTH_TLS
+    + lines("AUTH PLAIN", "STARTTLS")
+    + toggle(AUTH_OPEN)  # removes it
+    + lines("MAIL FROM:<a@example.org> AUTH=<>", "AUTH LOGIN"),
+    "auth-forgotten-after-starttls": config(STARTTLS | AUTO, auth=AUTH_ON)
+    + lines("EHLO c.example", *SCRAM_LINES, "MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RSET", "STARTTLS")
+    + tls(True)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> AUTH=tim+2Bx@b", "RSET", "AUTH CRAM-MD5")
+    + lines(b64(CRAM_RESPONSE).decode(), "MAIL FROM:<a@example.org> AUTH=tim+2Bx@b")
+    + toggle(AUTH_TLS)  # replaces AUTH_OPEN
+    + lines("QUIT"),
+    "auth-toggled-mid-exchange": config(AUTO)
+    + lines("EHLO c.example", "AUTH LOGIN")
+    + toggle(AUTH_OPEN)
+    + lines("EHLO c.example", *LOGIN_LINES[:2])
+    + toggle(AUTH_OPEN)
+    + lines(LOGIN_LINES[2], "MAIL FROM:<a@example.org> AUTH=<>", "QUIT"),
 }
 
 

@@ -20,7 +20,7 @@ from smtpwire_handler import ServerOptions, Session
 from smtpwire_memorybio import SMTPSession
 from tests import certs
 from tests.servers import KINDS, Recorder, Running, running
-from tests.test_interop import MESSAGE, TIMEOUT, delivered, need
+from tests.test_interop import MESSAGE, TIMEOUT, delivered, need, starttls_client
 
 USER, PASSWORD = "tim", "tanstaaf tanstaaf"
 SCRAM = smtpwire.scram_credentials(PASSWORD)
@@ -69,14 +69,6 @@ def server(kind: str, accounts: Accounts) -> Iterator[Running]:
         yield run
 
 
-def starttls_client(server: Running) -> smtplib.SMTP:
-    client = smtplib.SMTP(*server.address, timeout=TIMEOUT)
-    client.ehlo("client.example")
-    client.starttls(context=certs.client_context())
-    client.ehlo("client.example")
-    return client
-
-
 def test_before_starttls_auth_is_not_offered_and_gets_538(server: Running, accounts: Accounts) -> None:
     with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
         client.ehlo("client.example")
@@ -92,7 +84,7 @@ def test_before_starttls_auth_is_not_offered_and_gets_538(server: Running, accou
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_smtplib_login(server: Running, accounts: Accounts, mechanism: str) -> None:
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         assert client.esmtp_features["auth"].split() == ["SCRAM-SHA-256", "PLAIN", "LOGIN", "CRAM-MD5"]
         authobject = client.auth_plain if mechanism == "PLAIN" else client.auth_login
         client.user, client.password = USER, PASSWORD
@@ -104,14 +96,14 @@ def test_smtplib_login(server: Running, accounts: Accounts, mechanism: str) -> N
 
 
 def test_smtplib_login_picks_cram_md5_first(server: Running, accounts: Accounts) -> None:
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         assert client.login(USER, PASSWORD) == (235, b"2.7.0 Authentication successful")
         assert client.docmd("AUTH", "PLAIN") == (503, b"5.5.1 Already authenticated")
     assert accounts.checked == [CredentialsLookup("CRAM-MD5", "", USER)]
 
 
 def test_a_wrong_password_is_tried_three_ways_then_the_session_ends(server: Running, accounts: Accounts) -> None:
-    client = starttls_client(server)
+    client = starttls_client(server.address)
     try:
         with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
             client.login(USER, "wrong")  # smtplib tries CRAM-MD5, PLAIN, LOGIN: the third failure is the limit
@@ -123,7 +115,7 @@ def test_a_wrong_password_is_tried_three_ways_then_the_session_ends(server: Runn
 
 
 def test_cancelled_attempts_count_too(server: Running, accounts: Accounts) -> None:
-    client = starttls_client(server)
+    client = starttls_client(server.address)
     try:
         for _ in range(2):
             assert client.docmd("AUTH", "LOGIN")[0] == 334
@@ -136,7 +128,7 @@ def test_cancelled_attempts_count_too(server: Running, accounts: Accounts) -> No
 
 def test_scram_sha_256_with_scramp(server: Running, accounts: Accounts) -> None:
     scram = scramp.ScramClient(["SCRAM-SHA-256"], USER, PASSWORD)
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         code, server_first = client.docmd(
             "AUTH", "SCRAM-SHA-256 " + base64.b64encode(scram.get_client_first().encode()).decode()
         )
@@ -196,10 +188,10 @@ def test_the_transcript_withholds_the_exchange(
     caplog.set_level(logging.DEBUG, logger="smtpwire.transcript")
     blob = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
     login = base64.b64encode(PASSWORD.encode()).decode()
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         assert client.docmd("AUTH", f"PLAIN {blob}")[0] == 235
         client.rset()
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         client.docmd("AUTH", "LOGIN")
         client.docmd(base64.b64encode(USER.encode()).decode())
         assert client.docmd(login)[0] == 235
@@ -211,7 +203,7 @@ def test_the_transcript_withholds_the_exchange(
 
 def test_an_auth_hook_that_raises_gives_454(server: Running, accounts: Accounts) -> None:
     accounts.fail_on.add("authenticate")
-    with starttls_client(server) as client:
+    with starttls_client(server.address) as client:
         blob = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
         assert client.docmd("AUTH", f"PLAIN {blob}") == (454, b"4.7.0 Temporary authentication failure")
         assert client.noop()[0] == 250

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import queue
 import re
@@ -10,16 +11,22 @@ import signal
 import smtplib
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import scramp
 
+import smtpwire
+from smtpwire_anyio import TLSInfo, _authfile
+from smtpwire_anyio._store import protocol_name
 from tests import certs
-from tests.test_interop import MESSAGE, TIMEOUT, need
+from tests.test_interop import MESSAGE, TIMEOUT, need, starttls_client
 
 SERVING = re.compile(r"smtpwire serving on (\S+?):(\d+)")
 
@@ -37,7 +44,8 @@ class Serve:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.address = self._address()
 
     def _read(self) -> None:
@@ -64,6 +72,13 @@ class Serve:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(TIMEOUT)
+
+    def output(self) -> str:
+        """Everything the server wrote to stderr; call it once the server has stopped."""
+        self.reader.join(TIMEOUT)
+        while not self.lines.empty():
+            self.log.append(self.lines.get_nowait())
+        return "".join(self.log)
 
 
 @contextmanager
@@ -298,3 +313,296 @@ def test_workers_share_one_port(tmp_path: pathlib.Path) -> None:
     assert len(names) == 20
     # SO_REUSEPORT spreads connections by their addresses: 20 all on one worker has odds of 2 in a million.
     assert len({re.search(r"P(\d+)Q", name)[1] for name in names}) == 2  # type: ignore[index]
+
+
+# AUTH: `smtpwire passwd` and `serve --auth-file`.
+
+USER, PASSWORD = "alice", "correct horse battery staple"
+ENTRY = re.compile(r"alice:SCRAM-SHA-256\$(\d+):[A-Za-z0-9+/]{22}==\$[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{43}=")
+
+
+def passwd(file: pathlib.Path, user: str, typed: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """``smtpwire passwd`` with the password piped in (``typed`` holds both lines)."""
+    return subprocess.run(
+        [sys.executable, "-m", "smtpwire_anyio", "passwd", *options, str(file), user],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        start_new_session=True,  # no controlling terminal: nothing to read but the pipe
+    )
+
+
+@pytest.fixture
+def auth_file(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / "users"
+    _authfile.set_user(path, USER, smtpwire.scram_credentials(PASSWORD))
+    return str(path)
+
+
+def starttls(server: Serve) -> smtplib.SMTP:
+    return starttls_client(server.address)
+
+
+def plain_blob(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_passwd_stores_keys_never_the_password(tmp_path: pathlib.Path) -> None:
+    file = tmp_path / "users"
+    added = passwd(file, USER, f"{PASSWORD}\n{PASSWORD}\n")
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == f"added user alice to {file}\n"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    content = file.read_text()
+    assert ENTRY.fullmatch(content.removesuffix("\n")) and content.count("\n") == 1
+    assert PASSWORD not in content + added.stdout + added.stderr and "Traceback" not in added.stderr
+    assert _authfile.load(file)["alice"].verify(PASSWORD)
+
+    assert passwd(file, "bob", "bobs secret\nbobs secret\n").stdout == f"added user bob to {file}\n"
+    updated = passwd(file, USER, "new secret\nnew secret\n", "--iterations", "5000")
+    assert updated.stdout == f"updated user alice in {file}\n"
+    users = _authfile.load(file)
+    assert list(users) == ["alice", "bob"] and users["bob"].verify("bobs secret")
+    assert users["alice"].iterations == 5000 and users["alice"].verify("new secret")
+    assert not users["alice"].verify(PASSWORD)
+    assert ENTRY.match(file.read_text()) and stat.S_IMODE(file.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("typed", "error"),
+    [
+        ("first-secret\nsecond-secret\n", "Error: The two entered values do not match."),
+        ("\n\n", "Error: unusable password: the password is empty after SASLprep"),
+        ("\u00ad\n\u00ad\n", "Error: unusable password: the password is empty after SASLprep"),
+        ("bell\x07secret\nbell\x07secret\n", "Error: unusable password: SASLprep: prohibited character"),
+        ("", "Aborted!"),
+    ],
+)
+def test_passwd_refuses_unusable_passwords(tmp_path: pathlib.Path, typed: str, error: str) -> None:
+    result = passwd(tmp_path / "users", USER, typed)
+    assert result.returncode == 1
+    assert error in result.stderr and "Traceback" not in result.stderr
+    assert "secret" not in result.stderr + result.stdout
+    assert not (tmp_path / "users").exists()
+
+
+def test_passwd_refuses_bad_names_and_bad_files(tmp_path: pathlib.Path) -> None:
+    file = tmp_path / "users"
+    result = passwd(file, "a:b", f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.returncode == 2 and "Error: Invalid value for USER: a user name cannot contain ':'" in result.stderr
+    file.write_text("alice:hunter2\n")
+    result = passwd(file, "bob", f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.returncode == 1 and "Password" not in result.stderr  # refused before asking
+    assert f"Error: {file}, line 1: unknown scheme" in result.stderr and "hunter2" not in result.stderr
+    assert file.read_text() == "alice:hunter2\n"
+    result = passwd(tmp_path / "missing" / "users", "bob", f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.returncode == 1 and "Error: cannot write " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["login()", "PLAIN", "LOGIN"])
+def test_auth_after_starttls_and_esmtpsa(
+    tmp_path: pathlib.Path, tls_files: list[str], auth_file: str, how: str
+) -> None:
+    maildir = tmp_path / "maildir"
+    with serve(*tls_files, "--auth-file", auth_file, "--maildir", str(maildir)) as server:
+        assert any(f"AUTH for 1 user(s) of {auth_file}" in line for line in server.log)  # logged before serving
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            client.ehlo("client.example")
+            assert not client.has_extn("auth")
+            assert client.docmd("AUTH", f"PLAIN {plain_blob(USER, PASSWORD)}") == (
+                538,
+                b"5.7.11 Encryption required for requested authentication mechanism",
+            )
+        with starttls(server) as client:
+            assert client.esmtp_features["auth"] == " SCRAM-SHA-256 PLAIN LOGIN"
+            client.user, client.password = USER, "wrong"
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                client.auth("PLAIN", client.auth_plain)
+            assert (refused.value.smtp_code, refused.value.smtp_error) == (
+                535,
+                b"5.7.8 Authentication credentials invalid",
+            )
+            if how == "login()":  # smtplib picks PLAIN out of what is offered
+                assert client.login(USER, PASSWORD) == (235, b"2.7.0 Authentication successful")
+            else:
+                client.user, client.password = USER, PASSWORD
+                authobject = client.auth_plain if how == "PLAIN" else client.auth_login
+                assert client.auth(how, authobject) == (235, b"2.7.0 Authentication successful")
+            client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        server.wait_for(r"accepted id=\w+ from=<alice@example.org> .* tls=TLSv1\.[23]/\S+ auth=alice peer=127\.0\.0\.1")
+    (message,) = stored(maildir)
+    trace, body = split_trace(message)
+    assert body == MESSAGE and re.search(r"\tby mx\.test \(smtpwire\) with ESMTPSA id \w+\r\n", trace)
+
+
+def test_require_auth_and_the_failure_limit(tmp_path: pathlib.Path, tls_files: list[str], auth_file: str) -> None:
+    maildir = tmp_path / "maildir"
+    options = ("--auth-file", auth_file, "--require-auth", "--max-auth-failures", "2", "--maildir", str(maildir))
+    with serve(*tls_files, *options) as server:
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            client.ehlo("client.example")
+            assert client.docmd("MAIL", "FROM:<alice@example.org>") == (530, b"5.7.0 Authentication required")
+        with starttls(server) as client:
+            assert client.docmd("MAIL", "FROM:<alice@example.org>") == (530, b"5.7.0 Authentication required")
+            assert client.docmd("AUTH", f"PLAIN {plain_blob(USER, 'wrong')}")[0] == 535
+            assert client.docmd("AUTH", f"PLAIN {plain_blob('mallory', PASSWORD)}")[0] == 535
+            assert client.getreply() == (421, b"4.7.0 mx.test Too many authentication failures, closing connection")
+        with starttls(server) as client:
+            assert client.docmd("AUTH", f"PLAIN {plain_blob(USER, PASSWORD)}")[0] == 235
+            assert client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE) == {}
+        server.wait_for(r"accepted id=\w+ from=<alice@example.org> .* auth=alice ")
+    (message,) = stored(maildir)
+    assert " with ESMTPSA id " in split_trace(message)[0]
+
+
+def test_scram_sha_256_with_scramp(tmp_path: pathlib.Path, tls_files: list[str], auth_file: str) -> None:
+    with serve(*tls_files, "--auth-file", auth_file, "--sink") as server:
+        for password, final in ((PASSWORD, (235, b"2.7.0 Authentication successful")), ("wrong", None)):
+            scram = scramp.ScramClient(["SCRAM-SHA-256"], USER, password)
+            with starttls(server) as client:
+                code, server_first = client.docmd(
+                    "AUTH", "SCRAM-SHA-256 " + base64.b64encode(scram.get_client_first().encode()).decode()
+                )
+                assert code == 334
+                scram.set_server_first(base64.b64decode(server_first).decode())
+                code, server_final = client.docmd(base64.b64encode(scram.get_client_final().encode()).decode())
+                if final is None:
+                    assert (code, server_final) == (535, b"5.7.8 Authentication credentials invalid")
+                    continue
+                assert code == 334
+                scram.set_server_final(base64.b64decode(server_final).decode())  # the server proves it has the keys
+                assert client.docmd("") == final
+                client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        server.wait_for(r"accepted id=\w+ from=<alice@example.org> .* auth=alice .*discarded")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_auth(tmp_path: pathlib.Path, tls_files: list[str], auth_file: str, mechanism: str) -> None:
+    maildir = tmp_path / "maildir"
+    data = tmp_path / "message.eml"
+    data.write_bytes(MESSAGE.removesuffix(b"\r\n"))
+    with serve(*tls_files, "--auth-file", auth_file, "--require-auth", "--maildir", str(maildir)) as server:
+        result = subprocess.run(
+            [
+                *(need("swaks"), "--server", f"{server.address[0]}:{server.address[1]}"),
+                *("--from", "alice@example.org", "--to", "bob@example.net", "--ehlo", "swaks.example"),
+                *("--tls", "--tls-verify", "--tls-ca-path", certs.write_ca(str(tmp_path)), "--tls-sni", "localhost"),
+                *("--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD, "--data", str(data)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "<~  235 2.7.0 Authentication successful" in result.stdout  # ~: over TLS
+        server.wait_for(r"accepted id=\w+ from=<alice@example.org> .* auth=alice ")
+    (message,) = stored(maildir)
+    trace, body = split_trace(message)
+    assert body == MESSAGE and "Received: from swaks.example " in trace and " with ESMTPSA id " in trace
+
+
+def test_the_verbose_log_never_shows_a_password(tls_files: list[str], auth_file: str) -> None:
+    blob = plain_blob(USER, PASSWORD)
+    login = base64.b64encode(PASSWORD.encode()).decode()
+    with serve(*tls_files, "--auth-file", auth_file, "--sink", "-v") as server:
+        with starttls(server) as client:
+            client.user, client.password = USER, PASSWORD
+            assert client.auth("PLAIN", client.auth_plain)[0] == 235  # AUTH PLAIN <blob>, one line
+            client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        with starttls(server) as client:
+            client.user, client.password = USER, PASSWORD
+            assert client.auth("LOGIN", client.auth_login)[0] == 235  # the password on a line of its own
+            assert client.docmd("AUTH", f"PLAIN {plain_blob(USER, 'not ' + PASSWORD)}")[0] == 503
+            client.noop()
+        server.wait_for(r"<<< b.noop")
+        assert server.stop() == 0
+    logged = server.output()
+    assert "bytes of an AUTH exchange withheld" in logged and "auth=alice" in logged
+    assert PASSWORD not in logged and blob not in logged and login not in logged
+    assert plain_blob(USER, "not " + PASSWORD) not in logged
+
+
+def test_workers_each_authenticate(tmp_path: pathlib.Path, tls_files: list[str], auth_file: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    options = ["--listen", f"127.0.0.1:{port}", "--hostname", "mx.test", "--sink", "--workers", "2"]
+    server = Serve([*options, *tls_files, "--auth-file", auth_file, "--require-auth"])
+    try:
+        server.wait_for(SERVING.pattern)  # the second worker is up too
+        for _ in range(8):
+            with starttls(server) as client:
+                assert client.login(USER, PASSWORD)[0] == 235
+                assert client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE) == {}
+        assert server.stop() == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert len(re.findall(r"accepted id=\w+ .* auth=alice ", server.output())) == 8
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (None, ["--self-signed"], "Error: cannot read the auth file {file}: No such file or directory"),
+        (f"{USER}:hunter2\n", ["--self-signed"], "Error: {file}, line 1: unknown scheme: only SCRAM-SHA-256"),
+        ("# nobody\n", [], "Error: --auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS"),
+    ],
+)
+def test_bad_auth_options_give_one_clear_line(
+    tmp_path: pathlib.Path, content: str | None, args: list[str], message: str
+) -> None:
+    file = tmp_path / "users"
+    if content is not None:
+        file.write_text(content)
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--auth-file", str(file), *args)
+    assert result.returncode != 0
+    assert message.format(file=file) in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    result = run_cli("serve", "--require-auth", "--self-signed")
+    assert result.returncode == 2 and "Error: --require-auth needs --auth-file" in result.stderr
+
+
+def test_an_auth_file_others_can_read_is_warned_about(tls_files: list[str], auth_file: str) -> None:
+    pathlib.Path(auth_file).chmod(0o644)
+    with serve(*tls_files, "--auth-file", auth_file, "--sink") as server:
+        assert any(f"WARNING: {auth_file} is open to other users (mode 0644)" in line for line in server.log)
+
+
+@pytest.mark.parametrize(
+    ("esmtp", "tls", "authenticated", "smtputf8", "name"),
+    [
+        (False, False, False, False, "SMTP"),
+        (False, True, False, False, "SMTP"),
+        (True, False, False, False, "ESMTP"),
+        (True, True, False, False, "ESMTPS"),
+        (True, False, True, False, "ESMTPA"),
+        (True, True, True, False, "ESMTPSA"),
+        (True, False, False, True, "UTF8SMTP"),
+        (True, True, False, True, "UTF8SMTPS"),
+        (True, False, True, True, "UTF8SMTPA"),
+        (True, True, True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_protocol_names_of_rfc_3848_and_6531(
+    esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool, name: str
+) -> None:
+    session = types.SimpleNamespace(
+        esmtp=esmtp,
+        tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256) if tls else None,
+        authenticated=smtpwire.Authenticated("PLAIN", "", USER) if authenticated else None,
+    )
+    assert protocol_name(session, smtputf8) == name  # type: ignore[arg-type]
+
+
+def test_unknown_scram_users_look_like_the_users_of_the_file(tmp_path: pathlib.Path, tls_files: list[str]) -> None:
+    path = tmp_path / "users"
+    for name in ("alice", "bob"):
+        _authfile.set_user(path, name, smtpwire.scram_credentials(PASSWORD, iterations=5000))
+    with serve(*tls_files, "--auth-file", str(path), "--sink") as server, starttls(server) as client:
+        for user in ("alice", "nobody"):
+            code, server_first = client.docmd(
+                "AUTH", "SCRAM-SHA-256 " + base64.b64encode(f"n,,n={user},r=x".encode()).decode()
+            )
+            assert code == 334 and base64.b64decode(server_first).endswith(b",i=5000")
+            assert client.docmd("*")[0] == 501

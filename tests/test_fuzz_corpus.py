@@ -60,6 +60,9 @@ def test_seeds_reach_deep_states() -> None:
         "Vrfy",
         "Help",
         "Quit",
+        "AuthCredentials",
+        "CredentialsLookup",
+        "Authenticated",
     } <= seen
 
 
@@ -93,3 +96,26 @@ def test_dot_unstuffing_oracle_catches_a_kept_dot(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("smtpwire._dotreader._LINE_DOT", b"\r\n.\r\n")
     with pytest.raises(AssertionError):
         target.TestOneInput((CORPUS / "data-dot-stuffed-split").read_bytes())
+
+
+def test_auth_oracle_catches_a_missing_421_at_the_failure_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    def count_without_closing(self: smtpwire.ServerConnection) -> None:
+        self._auth_over()
+        self._auth_failures += 1
+
+    monkeypatch.setattr(smtpwire.ServerConnection, "_count_auth_failure", count_without_closing)
+    with pytest.raises(AssertionError):
+        target.TestOneInput((CORPUS / "auth-failure-limit-421").read_bytes())
+
+
+def test_auth_oracle_catches_authentication_kept_over_starttls(monkeypatch: pytest.MonkeyPatch) -> None:
+    established = smtpwire.ServerConnection.tls_established
+
+    def keep_authentication(self: smtpwire.ServerConnection) -> None:
+        authenticated = self._authenticated
+        established(self)
+        self._authenticated = authenticated
+
+    monkeypatch.setattr(smtpwire.ServerConnection, "tls_established", keep_authentication)
+    with pytest.raises(AssertionError):
+        target.TestOneInput((CORPUS / "auth-forgotten-after-starttls").read_bytes())

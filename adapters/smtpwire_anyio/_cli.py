@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ import click
 import smtpwire
 from smtpwire_handler import AsyncHandler, ServerOptions
 
+from . import _authfile
 from ._devcert import write_self_signed
 from ._maildir import Maildir
 from ._server import HostPort, Server
@@ -63,6 +65,10 @@ class Settings:
     max_recipients: int
     backend: str
     verbose: bool
+    auth_file: str | None = None  # None: no AUTH
+    users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # loaded once, by the parent process
+    require_auth: bool = False
+    max_auth_failures: int = 3
 
 
 def default_hostname() -> str:
@@ -78,12 +84,19 @@ def build_options(settings: Settings) -> ServerOptions:
             context.load_cert_chain(settings.cert, settings.key)
         except (OSError, ssl.SSLError) as error:
             raise click.ClickException(f"cannot load the TLS certificate {settings.cert}: {error}") from None
+    auth: tuple[smtpwire.Auth, ...] = ()
+    if settings.auth_file is not None:  # SCRAM-SHA-256 PLAIN LOGIN, only over TLS
+        iterations = _authfile.usual_iterations(dict(settings.users))
+        auth = (smtpwire.Auth(scram_iterations=iterations),)  # unknown users look like the usual user
     try:
         config = smtpwire.ServerConfig(
             hostname=settings.hostname,
+            extensions=(*smtpwire.STANDARD_EXTENSIONS, *auth),
             max_message_size=settings.max_message_size,
             max_recipients=settings.max_recipients,
             require_tls=settings.require_starttls,
+            require_auth=settings.require_auth,
+            max_auth_failures=settings.max_auth_failures,
         )
         return ServerOptions(config=config, tls_context=context)
     except ValueError as error:
@@ -91,10 +104,11 @@ def build_options(settings: Settings) -> ServerOptions:
 
 
 def build_handler(settings: Settings) -> AsyncHandler:
+    accounts = _authfile.Accounts(dict(settings.users)) if settings.auth_file is not None else None
     if settings.maildir is None:
-        return SinkHandler()
+        return SinkHandler(accounts)
     try:
-        return MaildirHandler(Maildir(settings.maildir), settings.hostname)
+        return MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts)
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
 
@@ -122,6 +136,8 @@ def run(settings: Settings, reuse_port: bool = False) -> None:
     """One server process."""
     configure_logging(settings.verbose)
     options, handler = build_options(settings), build_handler(settings)
+    if settings.auth_file is not None:
+        log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
     server = Server(handler, options, listen=settings.listen, tls_listen=settings.tls_listen, reuse_port=reuse_port)
     try:
         anyio.run(serve_until_signalled, server, backend=settings.backend)
@@ -223,7 +239,20 @@ def main() -> None:
     show_default=True,
     help="Processes sharing the ports (SO_REUSEPORT).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session.")
+@click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False),
+    help="Offer AUTH (after TLS) to the users of this file (made with 'smtpwire passwd'). Read at start.",
+)
+@click.option("--require-auth", is_flag=True, help="Refuse MAIL until the client authenticated (530 5.7.0).")
+@click.option(
+    "--max-auth-failures",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Failed AUTH attempts before the session is closed (421).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
 def serve(
     listen: tuple[HostPort, ...],
     tls_listen: tuple[HostPort, ...],
@@ -238,6 +267,9 @@ def serve(
     max_recipients: int,
     backend: str,
     workers: int,
+    auth_file: str | None,
+    require_auth: bool,
+    max_auth_failures: int,
     verbose: bool,
 ) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
@@ -248,11 +280,17 @@ def serve(
       smtpwire serve --self-signed --tls-listen 127.0.0.1:8465
       smtpwire serve --listen 0.0.0.0:25 --listen [::]:25 \\
           --tls-cert cert.pem --tls-key key.pem --require-starttls --workers 4
+      smtpwire serve --self-signed --auth-file users --require-auth
     """
     if tls_cert and self_signed:
         raise click.UsageError("give either --tls-cert or --self-signed, not both")
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
+    if require_auth and auth_file is None:
+        raise click.UsageError("--require-auth needs --auth-file")
+    if auth_file is not None and not (tls_cert or self_signed):
+        raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
+    users = load_users(auth_file) if auth_file is not None else {}
     hostname = hostname or default_hostname()
     with tempfile.TemporaryDirectory(prefix="smtpwire-devcert-") as scratch:
         if self_signed:
@@ -277,9 +315,91 @@ def serve(
             max_recipients=max_recipients,
             backend=backend,
             verbose=verbose,
+            auth_file=auth_file,
+            users=tuple(users.items()),
+            require_auth=require_auth,
+            max_auth_failures=max_auth_failures,
         )
         if workers > 1:
             build_options(settings)  # fail here, once, rather than in every worker
             run_workers(settings, workers)
         else:
             run(settings)
+
+
+def load_users(auth_file: str) -> dict[str, smtpwire.ScramCredentials]:
+    """The users for ``serve --auth-file``, with a warning for a file others may read or an empty one."""
+    try:
+        users = _authfile.load(auth_file)
+    except _authfile.AuthFileError as error:
+        raise click.ClickException(str(error)) from None
+    warning = _authfile.loose_permissions(auth_file)
+    if warning:
+        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
+    if not users:
+        click.secho(f"WARNING: {auth_file} has no users: every AUTH attempt will fail", fg="yellow", err=True)
+    return users
+
+
+def _derive(iterations: int) -> Callable[[str], smtpwire.ScramCredentials]:
+    def derive(password: str) -> smtpwire.ScramCredentials:
+        try:
+            return smtpwire.scram_credentials(password, iterations=iterations)
+        except ValueError as error:  # the message never quotes the password
+            raise click.BadParameter(f"unusable password: {error}") from None
+
+    return derive
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("user")
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=_authfile.MIN_ITERATIONS, max=2**31 - 1),
+    default=_authfile.MIN_ITERATIONS,
+    show_default=True,
+    help="PBKDF2 iterations (RFC 7677: at least 4096). More is slower for attackers, clients and the server alike.",
+)
+def passwd(file: str, user: str, iterations: int) -> None:
+    """Add USER to the credentials FILE of 'serve --auth-file', or change their password.
+
+    The password is asked twice, without echo (from a pipe: two lines).  The
+    file holds SCRAM-SHA-256 keys (RFC 5803), never the password; it is
+    rewritten atomically and created with mode 0600.
+
+    \b
+    Example:
+      smtpwire passwd /etc/smtpwire/users alice
+    """
+    try:
+        username = _authfile.prepare_username(user)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="USER") from None
+    try:
+        _authfile.load(file)  # a malformed file: say so before asking for a password
+    except _authfile.AuthFileError as error:
+        if os.path.lexists(file):
+            raise click.ClickException(str(error)) from None
+    credentials = click.prompt(
+        "Password",
+        hide_input=sys.stdin.isatty(),  # getpass reads the terminal, not a pipe; a pipe does not echo anyway
+        confirmation_prompt=True,
+        default="",  # an empty password is refused by derive(), not asked for again and again
+        show_default=False,
+        value_proc=_derive(iterations),
+        err=True,
+    )
+    try:
+        saved = _authfile.set_user(file, username, credentials)
+    except _authfile.AuthFileError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {file}: {error.strerror or error}") from None
+    click.echo(f"updated user {username} in {file}" if saved.replaced else f"added user {username} to {file}")
+    if saved.previous_mode is not None and saved.previous_mode & 0o007:
+        click.secho(
+            f"WARNING: {file} was open to other users (mode {saved.previous_mode:04o}); it is now {saved.mode:04o}",
+            fg="yellow",
+            err=True,
+        )

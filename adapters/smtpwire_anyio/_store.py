@@ -9,8 +9,9 @@ import logging
 import anyio.to_thread
 
 from smtpwire import Reply
-from smtpwire_handler import AsyncHandler, Envelope, Reject, Session
+from smtpwire_handler import Envelope, Reject, Session
 
+from ._authfile import Accounts, AuthFileHandler
 from ._maildir import Delivery, Maildir, storage_reply
 
 log = logging.getLogger("smtpwire.serve")
@@ -18,10 +19,14 @@ _FLUSH_AT = 256 * 1024  # batch small chunks into one write per worker-thread tr
 
 
 def protocol_name(session: Session, smtputf8: bool) -> str:
-    """The ``with`` keyword of RFC 5321 4.4, RFC 3848 and RFC 6531: SMTP, ESMTP, ESMTPS, UTF8SMTPS, ..."""
+    """The ``with`` keyword of RFC 5321 4.4, RFC 3848 and RFC 6531: SMTP, ESMTP, ESMTPSA, UTF8SMTPS, ...
+
+    ``S`` when TLS is active, ``A`` when the client authenticated (AUTH needs EHLO).
+    """
     if not session.esmtp:
         return "SMTP"
-    return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if session.tls else "")
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if session.tls else "") + ("A" if session.authenticated else "")
 
 
 def address_literal(host: str) -> str:
@@ -51,24 +56,30 @@ def trace_headers(session: Session, envelope: Envelope, hostname: str) -> bytes:
 
 def log_accepted(session: Session, envelope: Envelope, size: int, where: str) -> None:
     tls = f"{session.tls.version}/{session.tls.cipher}" if session.tls else "none"
+    auth = f" auth={session.authenticated.username}" if session.authenticated else ""
     log.info(
-        "accepted id=%s from=<%s> to=%s size=%d tls=%s peer=%s %s",
+        "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s",
         session.id,
         envelope.mail_from,
         ",".join(f"<{r}>" for r in envelope.rcpt_tos),
         size,
         tls,
+        auth,
         session.peer_host,
         where,
     )
 
 
-class MaildirHandler(AsyncHandler):
-    """Streams each message into tmp/ and answers 250 only once it is durably in new/."""
+class MaildirHandler(AuthFileHandler):
+    """Streams each message into tmp/ and answers 250 only once it is durably in new/.
 
-    def __init__(self, maildir: Maildir, hostname: str) -> None:
+    With ``accounts``, AUTH is checked against them (see ``AuthFileHandler``).
+    """
+
+    def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
         self.maildir = maildir
         self.hostname = hostname
+        self.accounts = accounts
 
     async def data_start(self, session: Session) -> Reply | None:
         assert session.envelope is not None
@@ -115,8 +126,11 @@ class MaildirHandler(AsyncHandler):
         await anyio.to_thread.run_sync(delivery.write, data)
 
 
-class SinkHandler(AsyncHandler):
+class SinkHandler(AuthFileHandler):
     """Accepts and discards every message, like Postfix's smtp-sink."""
+
+    def __init__(self, accounts: Accounts | None = None) -> None:
+        self.accounts = accounts
 
     async def data_start(self, session: Session) -> Reply | None:
         session.state["size"] = 0
