@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._extensions import Extension
 from ._reply import Reply
-from ._sasl import MECHANISMS, MIN_ITERATIONS, Failure, FailureKind, Mechanism, sasl_mechanism
+from ._sasl import MECHANISMS, MIN_ITERATIONS, Failure, FailureKind, Mechanism, check_iterations, sasl_mechanism
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._connection import ServerConnection
@@ -78,7 +78,7 @@ class Auth(Extension):
         self.mechanisms = names
         self.require_tls = require_tls
         self._nonce = nonce
-        sasl_mechanism("PLAIN", scram_iterations=scram_iterations)  # checks the count now, not per attempt
+        check_iterations(scram_iterations)
         self.scram_iterations = scram_iterations
 
     def offered(self, conn: ServerConnection) -> bool:

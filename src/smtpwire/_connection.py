@@ -22,7 +22,17 @@ from ._extensions import Extensions
 from ._grammar import GrammarError, PathArgument, parse_path_argument
 from ._receivebuffer import ReceiveBuffer
 from ._reply import Reply
-from ._sasl import Challenge, CheckPassword, Failure, LookupPassword, LookupScram, Mechanism, ScramCredentials, Step
+from ._sasl import (
+    Challenge,
+    CheckPassword,
+    Failure,
+    LookupPassword,
+    LookupScram,
+    Mechanism,
+    ScramCredentials,
+    Step,
+    Success,
+)
 from ._state import ALLOWED_STATES, DEFAULT_SEQUENCE_ERROR, NOT_IMPLEMENTED, SEQUENCE_ERRORS, State
 
 
@@ -532,7 +542,12 @@ class ServerConnection:
         if isinstance(step, Failure):
             return self._auth_failed(_auth.FAILURE_REPLIES[step.kind])
         self._queue(_auth.AUTHENTICATED)
-        self._authenticated = ev.Authenticated(mechanism.name, step.authzid, step.username)
+        return self._succeeded(step)
+
+    def _succeeded(self, success: Success) -> ev.Authenticated:
+        """The mechanism said yes (and 235 is queued): the session is authenticated from now on."""
+        assert self._mechanism is not None
+        self._authenticated = ev.Authenticated(self._mechanism.name, success.authzid, success.username)
         self._auth_over()
         return self._authenticated
 
@@ -582,11 +597,10 @@ class ServerConnection:
         self._state = State.DATA
 
     def _credentials_accepted(self, event: ev.Decision) -> None:
-        assert isinstance(event, ev.AuthCredentials) and self._mechanism is not None
-        self._mechanism.verified(True)
-        self._authenticated = ev.Authenticated(event.mechanism, event.authzid, event.username)
-        self._report = self._authenticated
-        self._auth_over()
+        assert self._mechanism is not None
+        step = self._mechanism.verified(True)
+        assert isinstance(step, Success)
+        self._report = self._succeeded(step)
 
     def _auth_declined(self, event: ev.Decision) -> None:
         self._count_auth_failure()

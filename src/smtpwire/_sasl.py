@@ -20,7 +20,7 @@ import secrets
 import stringprep
 import unicodedata
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, NoReturn
+from typing import ClassVar, Generic, Literal, NoReturn, TypeVar, cast
 
 from ._errors import LocalProtocolError
 
@@ -137,7 +137,7 @@ class ScramCredentials:
     def __post_init__(self) -> None:
         if not isinstance(self.salt, bytes) or not 0 < len(self.salt) <= MAX_SALT:
             raise ValueError(f"salt must be 1 to {MAX_SALT} bytes")
-        _check_iterations(self.iterations, 1)
+        check_iterations(self.iterations, 1)
         if not all(isinstance(key, bytes) and len(key) == 32 for key in (self.stored_key, self.server_key)):
             raise ValueError("stored_key and server_key must be 32 bytes (SHA-256)")
 
@@ -156,7 +156,7 @@ def scram_credentials(
     password: str, *, salt: bytes | None = None, iterations: int = MIN_ITERATIONS
 ) -> ScramCredentials:
     """Derive the SCRAM-SHA-256 keys to store for a password (``ValueError`` if unusable)."""
-    _check_iterations(iterations, MIN_ITERATIONS)
+    check_iterations(iterations, MIN_ITERATIONS)
     prepared = saslprep(password)  # RFC 5802 2.2 Normalize(): a stored string
     if not prepared:
         raise ValueError("the password is empty after SASLprep")
@@ -167,7 +167,8 @@ def scram_credentials(
     return ScramCredentials(salt, iterations, hashlib.sha256(client_key).digest(), server_key)
 
 
-def _check_iterations(iterations: object, minimum: int) -> None:
+def check_iterations(iterations: object, minimum: int = MIN_ITERATIONS) -> None:
+    """``ValueError`` unless ``iterations`` is a usable PBKDF2 count (RFC 7677 asks for 4096 or more)."""
     if not isinstance(iterations, int) or isinstance(iterations, bool) or not minimum <= iterations <= MAX_ITERATIONS:
         raise ValueError(f"iterations must be an integer from {minimum} to {MAX_ITERATIONS} (RFC 7677: 4096 or more)")
 
@@ -337,7 +338,28 @@ class Login(Mechanism):
 _UNKNOWN_USER_KEY = secrets.token_bytes(32)
 
 
-class ScramSha256(Mechanism):
+SecretT = TypeVar("SecretT", ScramCredentials, str)
+
+
+class _LookupMechanism(Mechanism, Generic[SecretT]):
+    """A mechanism that needs the application's stored secret of one type, handed over with ``found()``."""
+
+    _secret_type: ClassVar[type]
+    _secret_described: ClassVar[str]
+
+    def found(self, secret: ScramCredentials | str | None) -> Step:
+        self._expect("found")
+        if secret is not None and not isinstance(secret, self._secret_type):
+            raise LocalProtocolError(f"{self.name}: found() takes {self._secret_described} or None")
+        self._enter("found")
+        return self._advance(self._found(cast("SecretT | None", secret)))  # its type was checked just above
+
+    @abc.abstractmethod
+    def _found(self, secret: SecretT | None) -> Step:
+        """The step after the lookup (``None``: no such user)."""
+
+
+class ScramSha256(_LookupMechanism[ScramCredentials]):
     """RFC 5802 and RFC 7677, without channel binding (no -PLUS variant is offered).
 
     The user name goes through SASLprep as a query string (RFC 5802 5.1).
@@ -347,6 +369,8 @@ class ScramSha256(Mechanism):
     """
 
     name = "SCRAM-SHA-256"
+    _secret_type = ScramCredentials
+    _secret_described = "ScramCredentials"
 
     def __init__(self, nonce: str, unknown_iterations: int = MIN_ITERATIONS) -> None:
         super().__init__()
@@ -404,12 +428,7 @@ class ScramSha256(Mechanism):
         self._nonce = nonce[2:] + self._server_nonce
         return LookupScram(authzid, username)
 
-    def found(self, secret: ScramCredentials | str | None) -> Step:
-        self._expect("found")
-        if secret is not None and not isinstance(secret, ScramCredentials):
-            raise LocalProtocolError(f"{self.name}: found() takes ScramCredentials or None")
-        self._enter("found")
-        credentials = secret
+    def _found(self, credentials: ScramCredentials | None) -> Step:
         if credentials is None:
             self._unknown = True
             salt = hmac.digest(_UNKNOWN_USER_KEY, self._username.encode(), "sha256")[:16]
@@ -419,7 +438,7 @@ class ScramSha256(Mechanism):
         salt_b64 = base64.b64encode(credentials.salt).decode()
         self._server_first = f"r={self._nonce},s={salt_b64},i={credentials.iterations}"
         self._phase = "client-final"
-        return self._advance(Challenge(self._server_first.encode()))
+        return Challenge(self._server_first.encode())
 
     def _client_final(self, text: str) -> Step:
         without_proof, _, proof = text.rpartition(",")
@@ -475,13 +494,15 @@ def _b64(value: str) -> bytes | None:
         return None
 
 
-class CramMd5(Mechanism):
+class CramMd5(_LookupMechanism[str]):
     """RFC 2195: a challenge, then ``user SP hex(HMAC-MD5(password, challenge))``.
 
     Needs the plaintext password on the server, so it is off unless asked for.
     """
 
     name = "CRAM-MD5"
+    _secret_type = str
+    _secret_described = "the password as str,"
 
     def __init__(self, challenge: bytes) -> None:
         super().__init__()
@@ -501,17 +522,12 @@ class CramMd5(Mechanism):
         self._username, self._digest = username, digest.lower()
         return LookupPassword(username)
 
-    def found(self, secret: ScramCredentials | str | None) -> Step:
-        self._expect("found")
-        if secret is not None and not isinstance(secret, str):
-            raise LocalProtocolError(f"{self.name}: found() takes the password as str, or None")
-        self._enter("found")
-        password = secret
+    def _found(self, password: str | None) -> Step:
         if password is None:
-            return self._advance(Failure("credentials"))
+            return Failure("credentials")
         expected = hmac.new(password.encode(), self._challenge, "md5").hexdigest().encode()
         ok = hmac.compare_digest(expected, self._digest)
-        return self._advance(Success("", self._username) if ok else Failure("credentials"))
+        return Success("", self._username) if ok else Failure("credentials")
 
 
 def sasl_mechanism(
@@ -531,7 +547,7 @@ def sasl_mechanism(
     """
     if nonce is not None and not (_is_nonce(nonce) and len(nonce) <= MAX_SERVER_NONCE):
         raise ValueError(f"nonce must be 1 to {MAX_SERVER_NONCE} printable ASCII characters without commas")
-    _check_iterations(scram_iterations, MIN_ITERATIONS)
+    check_iterations(scram_iterations, MIN_ITERATIONS)
     key = name.upper() if name.isascii() else ""  # no "login" from a dotless i
     if key == "PLAIN":
         return Plain()
