@@ -13,9 +13,9 @@ import pytest
 
 import smtpwire
 from smtpwire import AuthCredentials, CredentialsLookup
-from smtpwire_anyio import _authfile
-from smtpwire_anyio._authfile import Accounts, AuthFileError, AuthFileHandler, load, prepare_username, set_user
-from smtpwire_anyio._cli import Settings
+from smtpwire_serve import _authfile
+from smtpwire_serve._authfile import Accounts, AuthFileError, AuthFileHandler, load, prepare_username, set_user
+from smtpwire_serve._cli import Settings
 
 PASSWORD = "correct horse battery staple"
 KEYS = smtpwire.scram_credentials(PASSWORD, salt=b"0123456789abcdef")

@@ -23,8 +23,9 @@ import pytest
 import scramp
 
 import smtpwire
-from smtpwire_anyio import TLSInfo, _authfile
-from smtpwire_anyio._store import protocol_name
+from smtpwire_anyio import TLSInfo
+from smtpwire_serve import _authfile
+from smtpwire_serve._store import protocol_name
 from tests import certs
 from tests.test_interop import MESSAGE, TIMEOUT, need, starttls_client
 
@@ -32,11 +33,11 @@ SERVING = re.compile(r"smtpwire serving on (\S+?):(\d+)")
 
 
 class Serve:
-    """A running ``python -m smtpwire_anyio serve``, its log and its address."""
+    """A running ``python -m smtpwire_serve serve``, its log and its address."""
 
     def __init__(self, args: list[str], preexec: Callable[[], None] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpwire_anyio", "serve", *args],
+            [sys.executable, "-m", "smtpwire_serve", "serve", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -233,7 +234,7 @@ def test_an_unwritable_maildir_is_never_acknowledged(tmp_path: pathlib.Path) -> 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "smtpwire_anyio", *args], capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, "-m", "smtpwire_serve", *args], capture_output=True, text=True, timeout=TIMEOUT
     )
 
 
@@ -324,7 +325,7 @@ ENTRY = re.compile(r"alice:SCRAM-SHA-256\$(\d+):[A-Za-z0-9+/]{22}==\$[A-Za-z0-9+
 def passwd(file: pathlib.Path, user: str, typed: str, *options: str) -> subprocess.CompletedProcess[str]:
     """``smtpwire passwd`` with the password piped in (``typed`` holds both lines)."""
     return subprocess.run(
-        [sys.executable, "-m", "smtpwire_anyio", "passwd", *options, str(file), user],
+        [sys.executable, "-m", "smtpwire_serve", "passwd", *options, str(file), user],
         input=typed,
         capture_output=True,
         text=True,

@@ -19,12 +19,13 @@ import anyio
 import click
 
 import smtpwire
+from smtpwire_anyio import Server
+from smtpwire_anyio._server import HostPort
 from smtpwire_handler import AsyncHandler, ServerOptions
 
 from . import _authfile
 from ._devcert import write_self_signed
 from ._maildir import Maildir
-from ._server import HostPort, Server
 from ._store import MaildirHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")

@@ -1,0 +1,5 @@
+"""``python -m smtpwire_serve``: the same as the ``smtpwire`` command."""
+
+from ._cli import main
+
+main()
