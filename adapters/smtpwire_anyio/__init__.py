@@ -1,6 +1,6 @@
 """smtpwire on anyio: an async SMTP server for asyncio and trio, with STARTTLS and implicit TLS."""
 
-from smtpwire_handler import AsyncHandler, Envelope, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
 
 from ._server import Server, serve
 from ._session import SessionRunner, handle_stream
@@ -8,6 +8,7 @@ from ._session import SessionRunner, handle_stream
 __all__ = [
     "AsyncHandler",
     "Envelope",
+    "Handler",
     "Reject",
     "Server",
     "ServerOptions",

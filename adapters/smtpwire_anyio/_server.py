@@ -9,7 +9,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.stapled import MultiListener
 
-from smtpwire_handler import AsyncHandler, ServerOptions, too_many_sessions
+from smtpwire_handler import AsyncHandler, Handler, ServerOptions, too_many_sessions
 
 from ._session import GONE, SessionRunner, log, wrap_tls
 
@@ -25,14 +25,14 @@ class Server:
 
     def __init__(
         self,
-        handler: AsyncHandler | None = None,
+        handler: AsyncHandler | Handler | None = None,
         options: ServerOptions | None = None,
         *,
         listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
         tls_listen: Sequence[HostPort] = (),
         reuse_port: bool = False,
     ) -> None:
-        self.handler = handler or AsyncHandler()
+        self.handler: AsyncHandler | Handler = handler or AsyncHandler()
         self.options = options or ServerOptions()
         self.options.check_listeners(listen, tls_listen)
         self.listen = list(listen)
@@ -140,7 +140,7 @@ class Server:
 
 
 async def serve(
-    handler: AsyncHandler | None = None,
+    handler: AsyncHandler | Handler | None = None,
     options: ServerOptions | None = None,
     *,
     listen: Sequence[HostPort] = (("127.0.0.1", 8025),),

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-import smtpwire
-from smtpwire_handler import AsyncHandler, ServerOptions, Session, SessionDriver, run_async_hook, tls_info
+from smtpwire_handler import (
+    CLOSED,
+    NEED_DATA,
+    START_TLS,
+    AsyncHandler,
+    Handler,
+    HookWait,
+    ServerOptions,
+    SessionDriver,
+    tls_info,
+)
 
 log = logging.getLogger("smtpwire.anyio")
-transcript = logging.getLogger("smtpwire.transcript")
 
 #: Peers that vanish or break the stream end the session like an orderly close.
 GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -24,117 +33,110 @@ class SessionRunner:
     """Runs one connection until it closes; ``stop()`` asks it to say 421 4.3.2 and close.
 
     The runner reads only when the core needs data, so after STARTTLS no byte
-    of the client's handshake is ever read as plaintext.
+    of the client's handshake is ever read as plaintext.  One cancel scope
+    covers the session; its deadline is armed only while the runner waits
+    for the client, so hooks are never cut short by a read timeout.
     """
 
     def __init__(
-        self, stream: ByteStream, handler: AsyncHandler, options: ServerOptions, *, implicit_tls: bool = False
+        self,
+        stream: ByteStream,
+        handler: AsyncHandler | Handler,
+        options: ServerOptions,
+        *,
+        implicit_tls: bool = False,
     ) -> None:
         self.stream: ByteStream = stream
-        self.handler = handler
         self.options = options
-        self.implicit_tls = implicit_tls
-        self.conn = options.new_connection(implicit_tls=implicit_tls)
-        self.session = Session(
-            self.conn,
+        self.driver = SessionDriver(
+            handler,
+            options,
+            log=log,
             peer=stream.extra(SocketAttribute.remote_address, None),
             local=stream.extra(SocketAttribute.local_address, None),
+            implicit_tls=implicit_tls,
         )
-        self.driver = SessionDriver(self.session, log)
-        self._read_scope: anyio.CancelScope | None = None
+        self.session = self.driver.session
+        self._scope: anyio.CancelScope | None = None
+        self._waiting_for: str | None = None  # "read" or "send" while the deadline is armed
 
     def stop(self, *, force: bool = False) -> None:
         """Close at the next moment the session is idle (or at once with ``force``)."""
-        if self.driver.request_stop(force=force) and self._read_scope is not None:
-            self._read_scope.cancel()
+        if self.driver.request_stop(force=force) and self._waiting_for == "read" and self._scope is not None:
+            self._scope.cancel()
 
     async def run(self) -> None:
-        log.info("session %s: connection from %s", self.session.id, self.session.peer)
+        driver = self.driver
         try:
-            if not self.implicit_tls or await self._start_tls():
-                await self._converse()
+            while not driver.closed:
+                with anyio.CancelScope() as self._scope:
+                    await self._converse()
+                if self._scope.cancelled_caught:
+                    self._interrupted()
         finally:
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                for call in self.driver.closing_calls():
-                    await run_async_hook(self.driver, self.handler, call)
+                if not driver.closed:  # cancelled or failed: the closing hooks still run
+                    driver.connection_lost()
+                    with anyio.CancelScope() as self._scope:
+                        await self._converse()
                 await self.stream.aclose()
-            log.info("session %s: closed", self.session.id)
 
     async def _converse(self) -> None:
-        conn = self.conn
+        """Do what the driver says until the session is closed."""
+        driver = self.driver
         while True:
-            event = conn.next_event()
-            if event is smtpwire.NEED_DATA:
-                if not await self._flush() or not await self._receive():
-                    return
-            elif isinstance(event, smtpwire.StartTLSRequested):
-                if not await self._flush() or not await self._start_tls():
-                    return
-            elif isinstance(event, smtpwire.ConnectionClosed):
-                await self._flush()
+            step = driver.next_step()
+            if isinstance(step, HookWait):
+                try:
+                    result = await step.awaitable
+                except Exception as error:
+                    driver.reject(step, error)
+                else:
+                    driver.resolve(step, result)
+                continue
+            await self._exchange(step is NEED_DATA)
+            if step is CLOSED:
                 return
-            elif isinstance(event, smtpwire.Sentinel):  # PAUSED: the driver answers every decision
-                raise RuntimeError("the connection waits for a decision nobody will make")
-            else:
-                await run_async_hook(self.driver, self.handler, self.driver.hook_for(event))
+            if step is START_TLS:
+                await self._start_tls()
 
-    async def _receive(self) -> bool:
-        """Feed the core the next bytes; False when the stream is gone."""
-        if self.driver.should_stop:
-            self.conn.shutdown()
-            return True
-        timeout = self.options.read_timeout(self.conn)
-        data: bytes | None = None
-        with anyio.CancelScope() as self._read_scope:
-            try:
-                with anyio.fail_after(timeout):
-                    data = await self.stream.receive()
-            except TimeoutError:
-                log.info("session %s: timed out after %s s", self.session.id, timeout)
-                self.conn.timed_out()
-                return True
-            except anyio.EndOfStream:
-                data = b""
-            except GONE as error:
-                log.info("session %s: connection lost: %r", self.session.id, error)
-                return False
-            finally:
-                self._read_scope = None
-        if data is None:  # stop() cancelled the wait: the next call says 421
-            return True
-        if data:
-            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(data))
-        self.conn.receive_data(data)
-        return True
-
-    async def _flush(self) -> bool:
-        """Write what the core queued; False when the peer does not take it in time."""
-        data = self.conn.data_to_send()
-        if not data:
-            return True
-        transcript.debug("session %s >>> %r", self.session.id, data[:1024])
+    async def _exchange(self, read: bool) -> None:
+        """Write what is queued, then (``read``) feed the core the client's next bytes, within the deadline."""
+        driver, scope = self.driver, self._scope
+        assert scope is not None
+        data = driver.data_to_send()
+        scope.deadline = anyio.current_time() + (driver.timeout if read else self.options.command_timeout)
         try:
-            with anyio.fail_after(self.options.command_timeout):
+            if data:
+                self._waiting_for = "send"
                 await self.stream.send(data)
-        except (TimeoutError, *GONE) as error:
-            log.info("session %s: cannot send: %r", self.session.id, error)
-            return False
-        return True
+            if read and not driver.should_stop:
+                self._waiting_for = "read"
+                driver.receive(await self.stream.receive())
+        except anyio.EndOfStream:
+            driver.receive(b"")
+        except GONE as error:
+            driver.connection_lost(error)
+        self._waiting_for = None  # not reached when the deadline or stop() cancelled the wait
+        scope.deadline = math.inf
 
-    async def _start_tls(self) -> bool:
-        """Upgrade the live stream; on failure tell the core and end only this session."""
+    def _interrupted(self) -> None:
+        """The session's scope was cancelled: by ``stop()`` while reading, or by the deadline."""
+        if self._waiting_for == "send":
+            self.driver.connection_lost(TimeoutError("the client does not read its replies"))
+        elif not self.driver.should_stop:  # stop(): the driver says 421 4.3.2 at the next step
+            self.driver.timed_out()
+        self._waiting_for = None
+
+    async def _start_tls(self) -> None:
+        """Upgrade the live stream; a failure ends only this session."""
         try:
             stream = await wrap_tls(self.stream, self.options)
         except (TimeoutError, ssl.SSLError, *GONE) as error:
-            log.warning("session %s: TLS handshake with %s failed: %r", self.session.id, self.session.peer, error)
-            if not self.implicit_tls:
-                self.conn.tls_failed()
-            return False
+            self.driver.tls_failed(repr(error))
+            return
         self.stream = stream
-        info = tls_info(stream.extra(TLSAttribute.ssl_object))
-        log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
-        await run_async_hook(self.driver, self.handler, self.driver.tls_started(info))
-        return True
+        self.driver.tls_started(tls_info(stream.extra(TLSAttribute.ssl_object)))
 
 
 async def wrap_tls(stream: ByteStream, options: ServerOptions) -> TLSStream:
@@ -148,7 +150,7 @@ async def wrap_tls(stream: ByteStream, options: ServerOptions) -> TLSStream:
 
 async def handle_stream(
     stream: ByteStream,
-    handler: AsyncHandler | None = None,
+    handler: AsyncHandler | Handler | None = None,
     options: ServerOptions | None = None,
     *,
     implicit_tls: bool = False,

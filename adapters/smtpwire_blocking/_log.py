@@ -1,4 +1,4 @@
-"""The adapter's loggers: one line per session event, and the optional wire transcript."""
+"""The adapter's logger: sessions opened and closed, failed handshakes, refusals, errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,3 @@ import logging
 
 #: Sessions opened and closed, handshakes that failed, refusals, hook and adapter errors.
 log = logging.getLogger("smtpwire.blocking")
-
-#: Every byte in and out at DEBUG (the first KiB of each read and write); shared by all adapters.
-transcript = logging.getLogger("smtpwire.transcript")

@@ -6,10 +6,9 @@ import socket
 import ssl
 import time
 
-import smtpwire
-from smtpwire_handler import Address, Handler, ServerOptions, Session, SessionDriver, run_hook, tls_info
+from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, Address, Handler, ServerOptions, SessionDriver, tls_info
 
-from ._log import log, transcript
+from ._log import log
 from ._tls import HandshakeFailed, handshake
 from ._wait import readable
 from ._wakeup import Wakeup
@@ -35,13 +34,12 @@ class BlockingSession:
         self, sock: socket.socket, handler: Handler, options: ServerOptions, *, implicit_tls: bool = False
     ) -> None:
         self.sock = sock
-        self.handler = handler
         self.options = options
-        self.implicit_tls = implicit_tls
-        self.conn = options.new_connection(implicit_tls=implicit_tls)
         peer, local = _addresses(sock)
-        self.session = Session(self.conn, peer, local, None)
-        self.driver = SessionDriver(self.session, log)
+        self.driver = SessionDriver(
+            handler, options, log=log, peer=peer, local=local, implicit_tls=implicit_tls, can_await=False
+        )
+        self.session = self.driver.session
         self._wakeup = Wakeup()
 
     def stop(self, *, force: bool = False) -> None:
@@ -51,14 +49,14 @@ class BlockingSession:
 
     def run(self) -> None:
         """Serve the connection; never raises (an error is logged once and ends this session only)."""
-        log.info("session %s: connection from %s", self.session.id, self.session.peer)
         try:
-            if not self.implicit_tls or self._start_tls():
-                self._converse()
+            self._converse()
         except Exception:
             log.exception("session %s: unexpected error, closing the connection", self.session.id)
+            self._finish()
         finally:
-            self._close()
+            self.sock.close()
+            self._wakeup.close()
 
     def discard(self) -> None:
         """Close without serving (no thread could be started for it); no hook is called."""
@@ -68,42 +66,39 @@ class BlockingSession:
     # -- the conversation ----------------------------------------------------------
 
     def _converse(self) -> None:
-        conn = self.conn
+        driver = self.driver
         while True:
-            event = conn.next_event()
-            if event is smtpwire.NEED_DATA:
-                if not self._flush() or not self._receive():
-                    return
-            elif isinstance(event, smtpwire.StartTLSRequested):
-                if not self._flush() or not self._start_tls():  # the 220 goes out before the handshake
-                    return
-            elif isinstance(event, smtpwire.ConnectionClosed):
-                self._flush()
+            step = driver.next_step()
+            self._send(driver.data_to_send())
+            if step is NEED_DATA:
+                self._receive()
+            elif step is START_TLS:
+                self._start_tls()
+            elif step is CLOSED:
                 return
-            elif isinstance(event, smtpwire.Sentinel):  # PAUSED: run_hook answers every decision
-                raise RuntimeError(f"the core waits for a decision nobody will make: {conn.pending!r}")
-            else:
-                run_hook(self.driver, self.handler, self.driver.hook_for(event))
 
-    def _receive(self) -> bool:
-        """Give the core the client's next bytes, or tell it why there are none; False: the socket is gone."""
-        timeout = self.options.read_timeout(self.conn)
+    def _finish(self) -> None:
+        """After an unexpected error: the closing hooks still run, once."""
+        try:
+            self.driver.connection_lost()
+            while self.driver.next_step() is not CLOSED:
+                pass
+        except Exception:
+            log.exception("session %s: unexpected error while closing", self.session.id)
+
+    def _receive(self) -> None:
+        """Give the core the client's next bytes, or tell the driver why there are none."""
+        timeout = self.driver.timeout
         try:
             data = self._read(timeout)
         except _Stopped:
-            self.conn.shutdown()
-            return True
+            return  # the driver says 421 4.3.2 at the next step
         except TimeoutError:
-            log.info("session %s: no data for %s s, closing", self.session.id, timeout)
-            self.conn.timed_out()
-            return True
+            self.driver.timed_out()
         except OSError as error:  # reset, or TLS broken mid-session (ssl.SSLError is an OSError)
-            log.info("session %s: connection lost: %r", self.session.id, error)
-            return False
-        if data:
-            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(data))
-        self.conn.receive_data(data)
-        return True
+            self.driver.connection_lost(error)
+        else:
+            self.driver.receive(data)
 
     def _read(self, timeout: float) -> bytes:
         """One ``recv`` of what the client sent (``b""``: it closed), waiting at most ``timeout`` seconds."""
@@ -127,51 +122,30 @@ class BlockingSession:
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 continue  # half a TLS record, or nothing after all: wait again
 
-    def _flush(self) -> bool:
-        """Send what the core queued; False when the client does not take it within the command timeout."""
-        data = self.conn.data_to_send()
+    def _send(self, data: bytes) -> None:
+        """Send what the core queued within the command timeout; a client that does not take it is gone."""
         if not data:
-            return True
-        transcript.debug("session %s >>> %r", self.session.id, data[:1024])
+            return
         try:
             self.sock.settimeout(self.options.command_timeout)
             self.sock.sendall(data)
         except OSError as error:  # TimeoutError included: a client that never reads
             log.info("session %s: cannot send, closing: %r", self.session.id, error)
-            return False
-        return True
+            self.driver.connection_lost(error)
 
     # -- TLS -------------------------------------------------------------------------
 
-    def _start_tls(self) -> bool:
-        """Handshake on the live socket (after the 220, or before the greeting); False: close this session."""
+    def _start_tls(self) -> None:
+        """Handshake on the live socket (after the 220, or before the greeting)."""
         context = self.options.tls_context
         assert context is not None  # new_connection() offers STARTTLS only with a context; Server checks tls_listen
         try:
-            tls = handshake(self.sock, context, self.options.tls_handshake_timeout)
+            tls = handshake(self.sock, context, self.driver.timeout)
         except HandshakeFailed as failure:
-            log.warning("session %s: TLS handshake with %s failed: %s", self.session.id, self.session.peer, failure)
-            if self.conn.state is smtpwire.State.TLS_HANDSHAKE:
-                self.conn.tls_failed()
-            return False
+            self.driver.tls_failed(str(failure))
+            return
         self.sock = tls
-        info = tls_info(tls)
-        log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
-        run_hook(self.driver, self.handler, self.driver.tls_started(info))
-        return True
-
-    # -- the end ---------------------------------------------------------------------
-
-    def _close(self) -> None:
-        try:
-            for call in self.driver.closing_calls():
-                run_hook(self.driver, self.handler, call)
-        except Exception:
-            log.exception("session %s: unexpected error while closing", self.session.id)
-        finally:
-            self.sock.close()
-            self._wakeup.close()
-            log.info("session %s: closed", self.session.id)
+        self.driver.tls_started(tls_info(tls))
 
 
 def _addresses(sock: socket.socket) -> tuple[Address | None, Address | None]:

@@ -1,13 +1,28 @@
-"""Core events to hook calls, hook outcomes to replies: the part every adapter shares.
+"""One session's core, hooks, transcript and log lines behind an h11-like contract.
 
-The driver does no I/O and calls no hook itself: it says which hook to call
-(``hook_for``) and turns what the hook returned or raised into the reply
-(``returned`` / ``failed``), so one driver serves plain and async hooks.
+An adapter only moves bytes and runs TLS; everything else is here, once::
+
+    while True:
+        step = driver.next_step()
+        write(driver.data_to_send())
+        if step is NEED_DATA:       driver.receive(read())   # or driver.timed_out()
+        elif step is START_TLS:     driver.tls_started(upgrade())   # or driver.tls_failed(reason)
+        elif step is CLOSED:        close(); break
+        else:                       driver.resolve(step, await step.awaitable)   # or driver.reject(step, error)
+
+Hooks the handler does not override are never called: the driver applies
+their default outcome itself.  A hook that returns a plain value is called
+inline; one that returns an awaitable (an ``async def`` hook) comes back as a
+``HookWait`` step for the adapter to await, and the session waits for it.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,29 +30,38 @@ from typing import Any
 import smtpwire
 from smtpwire import Reply
 
-from ._handler import Reject
+from ._handler import AsyncHandler, Handler, Reject
 from ._options import ServerOptions
-from ._session import Envelope, Session, TLSInfo
+from ._session import Address, Envelope, Session, TLSInfo
 
-
-@dataclass(frozen=True)
-class HookCall:
-    """Call ``handler.<name>(*args)``, then report the outcome to the driver."""
-
-    name: str
-    args: tuple[Any, ...]
-    event: smtpwire.Event | None = None
-
+transcript = logging.getLogger("smtpwire.transcript")
 
 LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
 #: RFC 4954 6: what a broken or unavailable credential check answers.
 AUTH_UNAVAILABLE = Reply(454, "Temporary authentication failure", (4, 7, 0))
 BAD_CREDENTIALS = Reply(535, "Authentication credentials invalid", (5, 7, 8))
-_AUTH_EVENTS = (smtpwire.AuthCredentials, smtpwire.CredentialsLookup)
+HOOKS = tuple(name for name in vars(Handler) if not name.startswith("_"))
+_HOOK_NAMES = frozenset(HOOKS)
 
 
-def _greeting_failed(hostname: str) -> Reply:
-    return Reply(421, f"{hostname} Service not available, local error", (4, 3, 0))
+class Step(enum.Enum):
+    """What the adapter does next (besides writing ``data_to_send()``)."""
+
+    NEED_DATA = "read the client's next bytes"
+    START_TLS = "upgrade the connection to TLS"
+    CLOSED = "close the connection"
+
+
+NEED_DATA, START_TLS, CLOSED = Step.NEED_DATA, Step.START_TLS, Step.CLOSED
+
+
+@dataclass(frozen=True, eq=False)
+class HookWait:
+    """An async hook is running: await ``awaitable``, then ``driver.resolve()`` or ``driver.reject()``."""
+
+    hook: str
+    awaitable: Awaitable[object]
+    event: smtpwire.Event | None
 
 
 def too_many_sessions(options: ServerOptions) -> bytes:
@@ -48,21 +72,78 @@ def too_many_sessions(options: ServerOptions) -> bytes:
     return conn.data_to_send()
 
 
+@functools.cache
+def _overridden_by(cls: type[object]) -> frozenset[str]:
+    if cls.__getattribute__ is not object.__getattribute__ or hasattr(cls, "__getattr__"):
+        return frozenset(HOOKS)  # hooks decided at lookup time: call them all
+    defaults = (Handler, AsyncHandler)
+    return frozenset(name for name in HOOKS if all(getattr(cls, name, None) is not vars(d)[name] for d in defaults))
+
+
+def overridden_hooks(handler: object) -> frozenset[str]:
+    """The hooks ``handler`` defines itself (in its class or on the instance): the only ones called."""
+    hooks = _overridden_by(type(handler))  # type: ignore[arg-type]  # classes are hashable
+    own = getattr(handler, "__dict__", None)
+    return hooks | own.keys() & _HOOK_NAMES if own else hooks
+
+
 class SessionDriver:
-    def __init__(self, session: Session, log: logging.Logger) -> None:
-        self.session = session
-        self.conn = session.conn
+    """Runs one connection's conversation; see the module docstring for the adapter's loop.
+
+    ``can_await=False`` (the blocking and MemoryBIO adapters) treats a hook
+    that returns an awaitable as a broken hook: 451 4.3.0, logged.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | AsyncHandler,
+        options: ServerOptions,
+        *,
+        log: logging.Logger,
+        peer: Address | None = None,
+        local: Address | None = None,
+        implicit_tls: bool = False,
+        can_await: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.options = options
         self.log = log
+        self.conn = options.new_connection(implicit_tls=implicit_tls)
+        self.session = Session(self.conn, peer, local)
+        self.can_await = can_await
+        self._hooks = overridden_hooks(handler)
+        self._calls: deque[tuple[str, tuple[Any, ...], smtpwire.Event | None]] = deque()
+        self._waiting: HookWait | None = None
+        self._tls_due = implicit_tls  # a handshake is due: before the greeting (implicit TLS) or after STARTTLS
+        self._implicit_tls = implicit_tls
+        self._closing = False  # the conversation is over: closing hooks, then CLOSED
+        self._lost = False  # the peer is gone: nothing more can be sent
+        self._done = False
         self._in_message = False
-        self._refusal: Reply | None = None  # set when data_chunk failed: it decides the end of data
+        self._refusal: Reply | None = None  # data_chunk failed: it decides the end of data
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
         self._withholding = False  # the transcript is inside a received AUTH line
         self._received_tail = b""
+        self._messages = 0
+        log.debug("session %s: connection from %s", self.session.id, peer)
+
+    # -- what the adapter looks at -------------------------------------------
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the step at hand (the handshake, or the client's next bytes)."""
+        if self._tls_due:
+            return self.options.tls_handshake_timeout
+        return self.options.read_timeout(self.conn)
 
     @property
     def idle(self) -> bool:
         """Between transactions (none open, not inside DATA): a graceful shutdown may close it now."""
         return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
+
+    @property
+    def closed(self) -> bool:
+        return self._done
 
     def request_stop(self, *, force: bool = False) -> bool:
         """A graceful shutdown asks the session to close with 421 4.3.2; True when it should be woken now."""
@@ -71,72 +152,196 @@ class SessionDriver:
 
     @property
     def should_stop(self) -> bool:
-        """Whether the adapter should answer 421 4.3.2 (``conn.shutdown()``) instead of reading on."""
+        """Whether the session should say 421 4.3.2 rather than wait for the client."""
         return self._stop == "now" or (self._stop is not None and self.idle)
 
-    # -- which hook ----------------------------------------------------------
+    # -- the contract ----------------------------------------------------------
 
-    def hook_for(self, event: smtpwire.Event) -> HookCall | None:
-        """The hook that answers or observes ``event`` (``None``: nothing to call)."""
-        self._sync_envelope()
-        session = self.session
-        if isinstance(event, smtpwire.MessageData):
-            return None if self._refusal else HookCall("data_chunk", (session, event.data), event)
-        if isinstance(event, smtpwire.EndOfMessage):
-            if self._refusal is not None:
-                self.conn.send(self._refusal)
-                return self._aborted(self._refusal)
-            assert session.envelope is not None
-            return HookCall("message", (session, session.envelope), event)
-        if isinstance(event, smtpwire.MessageRejected):
-            return self._aborted(event.reply)
-        if isinstance(event, smtpwire.CommandRejected):
-            return HookCall("error", (session, event.command, event.reply), event)
-        if isinstance(event, smtpwire.AuthCredentials):
-            return HookCall("authenticate", (session, event), event)
-        if isinstance(event, smtpwire.CredentialsLookup):
-            return HookCall("credentials", (session, event), event)
-        hook = _HOOKS.get(type(event))
-        if hook is None:
-            return None
-        name, fields = hook
-        return HookCall(name, (session, *(getattr(event, f) for f in fields)), event)
+    def next_step(self) -> Step | HookWait:
+        """Run the conversation until the adapter must act."""
+        if self._waiting is not None:
+            raise RuntimeError(f"the hook {self._waiting.hook} is still being awaited")
+        while True:
+            if self._calls:
+                wait = self._call(*self._calls.popleft())
+                if wait is not None:
+                    return wait
+            elif self._done:
+                return CLOSED
+            elif self._closing:
+                self._finish()
+            elif self._tls_due:
+                return START_TLS
+            else:
+                event = self.conn.next_event()
+                if event is smtpwire.NEED_DATA:
+                    if self._lost:
+                        self._closing = True
+                    elif self.should_stop:
+                        self.conn.shutdown()
+                    else:
+                        return NEED_DATA
+                elif isinstance(event, smtpwire.Sentinel):  # PAUSED: every decision is answered here
+                    raise RuntimeError(f"the core waits for a decision nobody made: {self.conn.pending!r}")
+                else:
+                    on_event = _ON_EVENT.get(type(event), SessionDriver._observe)
+                    step = on_event(self, event)
+                    if step is not None:
+                        return step
 
-    def tls_started(self, info: TLSInfo) -> HookCall | None:
-        """A handshake finished: record it; after STARTTLS also reset the core and call ``tls_started``.
+    def data_to_send(self) -> bytes:
+        data = self.conn.data_to_send()
+        if data and transcript.isEnabledFor(logging.DEBUG):
+            transcript.debug("session %s >>> %r", self.session.id, data[:1024])
+        return b"" if self._lost else data
 
-        Before the greeting (implicit TLS, RFC 8314) there is nothing to reset
-        and no hook to call.
-        """
+    def receive(self, data: bytes) -> None:
+        """The client's bytes (``b""``: it closed its side)."""
+        if data and transcript.isEnabledFor(logging.DEBUG):
+            transcript.debug("session %s <<< %s", self.session.id, self._shown(data))
+        self.conn.receive_data(data)
+
+    def timed_out(self) -> None:
+        """The adapter's timer ran out waiting for the client: 421 4.4.2 (a handshake just ends)."""
+        if self._tls_due:
+            self.tls_failed(f"timed out after {self.timeout} s")
+            return
+        self.log.info("session %s: timed out after %s s", self.session.id, self.timeout)
+        self.conn.timed_out()
+
+    def connection_lost(self, error: BaseException | None = None) -> None:
+        """The connection broke or the peer vanished: end the session (closing hooks still run)."""
+        if not self._lost and not self._done:
+            self.log.info("session %s: connection lost: %r", self.session.id, error)
+        self._lost = True
+        self._end_handshake()
+        self.conn.receive_data(b"")
+
+    def tls_started(self, info: TLSInfo) -> None:
+        """The handshake succeeded: after STARTTLS the core starts over and ``tls_started`` is called."""
+        if not self._tls_due:
+            raise RuntimeError("no TLS handshake was due (or the connection was lost meanwhile)")
+        self._tls_due = False
         self.session.tls = info
-        if self.conn.state is not smtpwire.State.TLS_HANDSHAKE:
+        self.log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
+        if self._implicit_tls and self.conn.state is smtpwire.State.GREETING:  # RFC 8314: nothing to reset
             self.session.implicit_tls = True
-            return None
+            return
         self.conn.tls_established()
-        self._sync_envelope()
-        return HookCall("tls_started", (self.session,))
+        self._queue("tls_started", (self.session,), None)
 
-    def shown(self, received: bytes) -> str:
-        """How the transcript shows received bytes: anything near an AUTH exchange is withheld.
+    def tls_failed(self, reason: str) -> None:
+        """The handshake failed: this session ends, the server goes on."""
+        if not self._tls_due:
+            return  # the connection was lost meanwhile: already ended
+        peer = self.session.peer
+        self.log.warning("session %s: TLS handshake with %s failed: %s", self.session.id, peer, reason)
+        self._lost = True  # nothing can be said in plaintext or in TLS
+        self._end_handshake()
 
-        A chunk is withheld while the core reads SASL responses, when it (with
-        the end of the chunk before) holds "AUTH", and until such a line ends.
-        """
-        window = (self._received_tail + received).upper()
-        withhold = self._withholding or self.conn.state is smtpwire.State.AUTH or b"AUTH" in window
-        self._received_tail = received[-4:]
-        self._withholding = withhold and not received.endswith(b"\n")
-        return f"[{len(received)} bytes of an AUTH exchange withheld]" if withhold else repr(received[:1024])
+    def _end_handshake(self) -> None:
+        """No handshake is due any more: before the greeting the session ends, after STARTTLS the core closes."""
+        if not self._tls_due:
+            return
+        self._tls_due = False
+        if self.conn.state is smtpwire.State.TLS_HANDSHAKE:
+            self.conn.tls_failed()
+        else:
+            self._closing = True
 
-    def closing_calls(self) -> list[HookCall]:
-        """What to call when the connection ends, whatever the reason."""
-        calls = [self._aborted(None)] if self._in_message else []
-        return [*calls, HookCall("disconnect", (self.session,))]
+    def resolve(self, wait: HookWait, result: object) -> None:
+        """The awaited hook returned ``result``."""
+        self._waiting = None
+        self._returned(wait.hook, wait.event, result)
 
-    # -- what came of it -------------------------------------------------------
+    def reject(self, wait: HookWait, error: Exception) -> None:
+        """The awaited hook raised ``error``."""
+        self._waiting = None
+        self._failed(wait.hook, wait.event, error)
 
-    def returned(self, call: HookCall, result: object) -> None:
-        event = call.event
+    # -- events to hooks ---------------------------------------------------------
+
+    def _queue(self, hook: str, args: tuple[Any, ...], event: smtpwire.Event | None) -> None:
+        if hook in self._hooks:
+            self._calls.append((hook, args, event))
+        elif isinstance(event, smtpwire.Decision):
+            self._returned(hook, event, False if hook == "authenticate" else None)
+
+    def _call(self, hook: str, args: tuple[Any, ...], event: smtpwire.Event | None) -> HookWait | None:
+        try:
+            result = getattr(self.handler, hook)(*args)
+        except Exception as error:
+            self._failed(hook, event, error)
+            return None
+        if result is None or isinstance(result, bool | Reply) or not inspect.isawaitable(result):
+            self._returned(hook, event, result)
+            return None
+        if not self.can_await:
+            if inspect.iscoroutine(result):
+                result.close()
+            self._failed(hook, event, TypeError(f"{hook} returned an awaitable: this adapter needs plain hooks"))
+            return None
+        self._waiting = HookWait(hook, result, event)
+        return self._waiting
+
+    def _observe(self, event: smtpwire.Event) -> None:
+        """Events with no hook (NOOP, HELP, Authenticated, ...): reported, nothing to do."""
+
+    def _hook(self, event: smtpwire.Event) -> None:
+        hook, fields = _HOOKS[type(event)]
+        self._queue(hook, (self.session, *(getattr(event, f) for f in fields)), event)
+
+    def _message_data(self, event: smtpwire.MessageData) -> None:
+        if self._refusal is not None:
+            return
+        if "data_chunk" in self._hooks:
+            self._calls.append(("data_chunk", (self.session, event.data), event))
+        else:
+            envelope = self.session.envelope
+            assert envelope is not None
+            envelope.content += event.data
+
+    def _end_of_message(self, event: smtpwire.EndOfMessage) -> None:
+        if self._refusal is not None:
+            self.conn.send(self._refusal)
+            self._aborted(self._refusal)
+            return
+        self._queue("message", (self.session, self.session.envelope), event)
+
+    def _message_rejected(self, event: smtpwire.MessageRejected) -> None:
+        self._aborted(event.reply)
+
+    def _command_rejected(self, event: smtpwire.CommandRejected) -> None:
+        self._queue("error", (self.session, event.command, event.reply), event)
+
+    def _auth(self, event: smtpwire.AuthCredentials | smtpwire.CredentialsLookup) -> None:
+        hook = "authenticate" if isinstance(event, smtpwire.AuthCredentials) else "credentials"
+        self._queue(hook, (self.session, event), event)
+
+    def _start_tls(self, event: smtpwire.StartTLSRequested) -> Step:
+        self._tls_due = True
+        return START_TLS
+
+    def _connection_closed(self, event: smtpwire.ConnectionClosed) -> None:
+        self._closing = True
+
+    def _finish(self) -> None:
+        """Queue the closing hooks, exactly once; after them, CLOSED."""
+        if self._in_message:
+            self._aborted(None)
+        self._queue("disconnect", (self.session,), None)
+        self._done = True
+        messages = f"{self._messages} message(s)"
+        self.log.info("session %s: closed (%s, peer %s)", self.session.id, messages, self.session.peer_host)
+
+    def _aborted(self, reply: Reply | None) -> None:
+        self._in_message = False
+        self._refusal = None
+        self._queue("message_aborted", (self.session, reply), None)
+
+    # -- hook outcomes to replies -------------------------------------------------
+
+    def _returned(self, hook: str, event: smtpwire.Event | None, result: object) -> None:
         if not isinstance(event, smtpwire.Decision):
             return
         if isinstance(event, smtpwire.CredentialsLookup) and not isinstance(result, Reply):
@@ -145,39 +350,41 @@ class SessionDriver:
         if isinstance(event, smtpwire.AuthCredentials) and isinstance(result, bool | None):
             result = None if result is True else BAD_CREDENTIALS  # a forgotten return lets nobody in
         if result is not None and not isinstance(result, Reply):
-            self.log.error("session %s: hook %s returned %r, not a Reply", self.session.id, call.name, result)
+            self.log.error("session %s: hook %s returned %r, not a Reply", self.session.id, hook, result)
             result = self._fallback(event)
-        self._answer(event, call.name, result)
+        self._answer(event, hook, result)
 
-    def failed(self, call: HookCall, error: Exception) -> None:
+    def _failed(self, hook: str, event: smtpwire.Event | None, error: Exception) -> None:
         if isinstance(error, Reject):
             reply = error.reply
         else:
-            self.log.error("session %s: hook %s failed", self.session.id, call.name, exc_info=error)
-            reply = self._fallback(call.event)
-        if isinstance(call.event, smtpwire.MessageData):
+            self.log.error("session %s: hook %s failed", self.session.id, hook, exc_info=error)
+            reply = self._fallback(event)
+        if isinstance(event, smtpwire.MessageData):
             self._refusal = reply if reply.code >= 400 else LOCAL_ERROR
-        elif isinstance(call.event, smtpwire.Decision):
-            self._answer(call.event, call.name, reply)
-
-    # -- internals -------------------------------------------------------------
+        elif isinstance(event, smtpwire.Decision):
+            self._answer(event, hook, reply)
 
     def _answer(self, event: smtpwire.Decision, hook: str, reply: Reply | None) -> None:
-        reply = reply or event.default_reply(self.conn.config.hostname)
+        conn = self.conn
         try:
-            self.conn.send(reply)
+            if reply is None:
+                conn.accept()
+            else:
+                conn.send(reply)
         except smtpwire.LocalProtocolError as error:
             self.log.error("session %s: hook %s answered %s: %s", self.session.id, hook, type(event).__name__, error)
             reply = self._fallback(event)
-            self.conn.send(reply)
-        if reply.code in event.accepts:
+            conn.send(reply)
+        if reply is None or reply.code in event.accepts:
             if isinstance(event, smtpwire.MailFrom):
                 self.session.envelope = Envelope(event.address, event.params)
             elif isinstance(event, smtpwire.RcptTo) and self.session.envelope is not None:
                 self.session.envelope.rcpt_tos.append(event.address)
                 self.session.envelope.rcpt_params.append(event.params)
-        self._in_message = self.conn.state is smtpwire.State.DATA
-        self._sync_envelope()
+            elif isinstance(event, smtpwire.EndOfMessage):
+                self._messages += 1
+        self._in_message = conn.state is smtpwire.State.DATA
 
     def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
         try:
@@ -188,21 +395,24 @@ class SessionDriver:
             )
             self.conn.send(AUTH_UNAVAILABLE)
 
-    def _aborted(self, reply: Reply | None) -> HookCall:
-        self._in_message = False
-        self._refusal = None
-        return HookCall("message_aborted", (self.session, reply))
-
     def _fallback(self, event: smtpwire.Event | None) -> Reply:
         if isinstance(event, smtpwire.ConnectionOpened):
-            return _greeting_failed(self.conn.config.hostname)
-        if isinstance(event, _AUTH_EVENTS):
+            return Reply(421, f"{self.conn.config.hostname} Service not available, local error", (4, 3, 0))
+        if isinstance(event, smtpwire.AuthCredentials | smtpwire.CredentialsLookup):
             return AUTH_UNAVAILABLE
         return LOCAL_ERROR
 
-    def _sync_envelope(self) -> None:
-        if self.conn.transaction is None:
-            self.session.envelope = None
+    def _shown(self, received: bytes) -> str:
+        """How the transcript shows received bytes: anything near an AUTH exchange is withheld.
+
+        A chunk is withheld while the core reads SASL responses, when it (with
+        the end of the chunk before) holds "AUTH", and until such a line ends.
+        """
+        window = (self._received_tail + received).upper()
+        withhold = self._withholding or self.conn.state is smtpwire.State.AUTH or b"AUTH" in window
+        self._received_tail = received[-4:]
+        self._withholding = withhold and not received.endswith(b"\n")
+        return f"[{len(received)} bytes of an AUTH exchange withheld]" if withhold else repr(received[:1024])
 
 
 #: Decision and report events answered by a hook: (hook name, event fields passed after the session).
@@ -218,28 +428,15 @@ _HOOKS: dict[type[smtpwire.Event], tuple[str, tuple[str, ...]]] = {
     smtpwire.Quit: ("quit", ()),
 }
 
-
-def run_hook(driver: SessionDriver, handler: object, call: HookCall | None) -> None:
-    """Call a plain hook and report its outcome."""
-    if call is None:
-        return
-    hook: Callable[..., object] = getattr(handler, call.name)
-    try:
-        result = hook(*call.args)
-    except Exception as error:
-        driver.failed(call, error)
-    else:
-        driver.returned(call, result)
-
-
-async def run_async_hook(driver: SessionDriver, handler: object, call: HookCall | None) -> None:
-    """Await a coroutine hook and report its outcome (cancellation passes through)."""
-    if call is None:
-        return
-    hook: Callable[..., Awaitable[object]] = getattr(handler, call.name)
-    try:
-        result = await hook(*call.args)
-    except Exception as error:
-        driver.failed(call, error)
-    else:
-        driver.returned(call, result)
+#: What the driver does with each kind of event (the rest are observed: nothing to do).
+_ON_EVENT: dict[type[smtpwire.Event], Callable[[SessionDriver, Any], Step | None]] = {
+    **dict.fromkeys(_HOOKS, SessionDriver._hook),
+    smtpwire.MessageData: SessionDriver._message_data,
+    smtpwire.EndOfMessage: SessionDriver._end_of_message,
+    smtpwire.MessageRejected: SessionDriver._message_rejected,
+    smtpwire.CommandRejected: SessionDriver._command_rejected,
+    smtpwire.AuthCredentials: SessionDriver._auth,
+    smtpwire.CredentialsLookup: SessionDriver._auth,
+    smtpwire.StartTLSRequested: SessionDriver._start_tls,
+    smtpwire.ConnectionClosed: SessionDriver._connection_closed,
+}

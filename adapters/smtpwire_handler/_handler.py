@@ -9,13 +9,17 @@ for the greeting), and the session goes on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import TypeAlias, TypeVar
 
 from smtpwire import AuthCredentials, CredentialsLookup, Reply, ScramCredentials
 
 from ._session import Envelope, Session
 
 Params = Mapping[str, str | None]
+T = TypeVar("T")
+#: What an ``AsyncHandler`` hook returns: the answer itself, or an awaitable of it (``async def``).
+MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
 
 class Reject(Exception):
@@ -75,7 +79,7 @@ class Handler:
         """
         return False
 
-    def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | None:
+    def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | Reply | None:
         """AUTH SCRAM-SHA-256: the user's stored ``ScramCredentials`` (CRAM-MD5: the password).
 
         ``None`` (the default) for no such user, or when ``lookup.username``
@@ -94,59 +98,68 @@ class Handler:
 
 
 class AsyncHandler:
-    """The same hooks as ``Handler``, as coroutines, for the anyio adapter."""
+    """The same hooks for the asyncio and anyio adapters, each either ``async def`` or plain ``def``.
 
-    async def connect(self, session: Session) -> Reply | None:
+    A plain hook runs inline, at no more cost than a function call: use it
+    for hooks that never wait (a sink, a policy check in memory).  An ``async
+    def`` hook is awaited, and reading from that client pauses until it
+    answers; other sessions go on.  Hooks left as they are here cost nothing.
+    """
+
+    def connect(self, session: Session) -> MaybeAwaitable[Reply | None]:
         """Before the greeting."""
 
-    async def helo(self, session: Session, name: str) -> Reply | None:
+    def helo(self, session: Session, name: str) -> MaybeAwaitable[Reply | None]:
         """HELO ``name``."""
 
-    async def ehlo(self, session: Session, name: str) -> Reply | None:
+    def ehlo(self, session: Session, name: str) -> MaybeAwaitable[Reply | None]:
         """EHLO ``name``."""
 
-    async def mail_from(self, session: Session, address: str, params: Params) -> Reply | None:
+    def mail_from(self, session: Session, address: str, params: Params) -> MaybeAwaitable[Reply | None]:
         """MAIL FROM."""
 
-    async def rcpt_to(self, session: Session, address: str, params: Params) -> Reply | None:
+    def rcpt_to(self, session: Session, address: str, params: Params) -> MaybeAwaitable[Reply | None]:
         """RCPT TO."""
 
-    async def data_start(self, session: Session) -> Reply | None:
+    def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
         """DATA."""
 
-    async def data_chunk(self, session: Session, data: bytes) -> None:
+    def data_chunk(self, session: Session, data: bytes) -> MaybeAwaitable[None]:
         """A piece of the message; the default keeps it in the envelope."""
         assert session.envelope is not None
         session.envelope.content += data
+        return None
 
-    async def message(self, session: Session, envelope: Envelope) -> Reply | None:
+    def message(self, session: Session, envelope: Envelope) -> MaybeAwaitable[Reply | None]:
         """The message ended intact."""
 
-    async def message_aborted(self, session: Session, reply: Reply | None) -> None:
+    def message_aborted(self, session: Session, reply: Reply | None) -> MaybeAwaitable[None]:
         """A started message will not be delivered."""
 
-    async def vrfy(self, session: Session, argument: str) -> Reply | None:
+    def vrfy(self, session: Session, argument: str) -> MaybeAwaitable[Reply | None]:
         """VRFY."""
 
-    async def rset(self, session: Session) -> None:
+    def rset(self, session: Session) -> MaybeAwaitable[None]:
         """RSET."""
 
-    async def quit(self, session: Session) -> None:
+    def quit(self, session: Session) -> MaybeAwaitable[None]:
         """QUIT."""
 
-    async def authenticate(self, session: Session, credentials: AuthCredentials) -> bool | Reply | None:
+    def authenticate(self, session: Session, credentials: AuthCredentials) -> MaybeAwaitable[bool | Reply | None]:
         """AUTH PLAIN/LOGIN: True accepts, False or None refuses; the default refuses."""
         return False
 
-    async def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | None:
+    def credentials(
+        self, session: Session, lookup: CredentialsLookup
+    ) -> MaybeAwaitable[ScramCredentials | str | Reply | None]:
         """AUTH SCRAM-SHA-256 (CRAM-MD5): the stored secret, ``None`` for no such user."""
         return None
 
-    async def tls_started(self, session: Session) -> None:
+    def tls_started(self, session: Session) -> MaybeAwaitable[None]:
         """TLS is up and the session was reset."""
 
-    async def error(self, session: Session, command: str, reply: Reply) -> None:
+    def error(self, session: Session, command: str, reply: Reply) -> MaybeAwaitable[None]:
         """The core refused a command."""
 
-    async def disconnect(self, session: Session) -> None:
+    def disconnect(self, session: Session) -> MaybeAwaitable[None]:
         """The connection is gone."""

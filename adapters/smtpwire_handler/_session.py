@@ -64,8 +64,17 @@ class Session:
         self.tls = tls
         #: True when TLS started before the greeting (RFC 8314 implicit TLS).
         self.implicit_tls = False
-        self.envelope: Envelope | None = None
+        self._envelope: Envelope | None = None
         self.state: dict[str, Any] = {}
+
+    @property
+    def envelope(self) -> Envelope | None:
+        """The open transaction as accepted so far; ``None`` once it ended (end of data, RSET, EHLO, TLS)."""
+        return self._envelope if self.conn.transaction is not None else None
+
+    @envelope.setter
+    def envelope(self, envelope: Envelope | None) -> None:
+        self._envelope = envelope
 
     @property
     def helo_name(self) -> str | None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import ssl
 
-import smtpwire
-from smtpwire_handler import Address, Handler, ServerOptions, Session, SessionDriver, run_hook, tls_info
+from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, Address, Handler, ServerOptions, SessionDriver, tls_info
 
 from ._tls import TLSChannel
 
 log = logging.getLogger("smtpwire.memorybio")
-transcript = logging.getLogger("smtpwire.transcript")
 
 
 class SMTPSession:
@@ -33,14 +31,14 @@ class SMTPSession:
         peer: Address | None = None,
         local: Address | None = None,
     ) -> None:
-        self.handler = handler
         self.options = options or ServerOptions()
         if implicit_tls and self.options.tls_context is None:
             raise ValueError("implicit TLS needs options.tls_context")
-        self.implicit_tls = implicit_tls
-        self.conn = self.options.new_connection(implicit_tls=implicit_tls)
-        self.session = Session(self.conn, peer=peer, local=local)
-        self.driver = SessionDriver(self.session, log)
+        self.driver = SessionDriver(
+            handler, self.options, log=log, peer=peer, local=local, implicit_tls=implicit_tls, can_await=False
+        )
+        self.session = self.driver.session
+        self.conn = self.driver.conn
         self._tls: TLSChannel | None = None
         self._out: list[bytes] = []
         self._started = False
@@ -56,9 +54,7 @@ class SMTPSession:
     @property
     def timeout(self) -> float:
         """Seconds to wait for the peer's next bytes before calling ``timed_out()``."""
-        if self._handshaking:
-            return self.options.tls_handshake_timeout
-        return self.options.read_timeout(self.conn)
+        return self.driver.timeout
 
     @property
     def idle(self) -> bool:
@@ -72,11 +68,7 @@ class SMTPSession:
         if self._started:
             raise RuntimeError("start() was already called")
         self._started = True
-        log.info("session %s: connection from %s", self.session.id, self.session.peer)
-        if self.implicit_tls:
-            self._begin_tls()
-        else:
-            self._converse()
+        self._advance()
         return self._output()
 
     def receive(self, data: bytes) -> bytes:
@@ -87,65 +79,53 @@ class SMTPSession:
             return b""
         if self._handshaking:
             self._handshake(data)
-        elif self._tls is not None:
-            self._from_tls(data)
-        else:
-            self._from_peer(data)
+        elif self._tls is not None and data:
+            self._tls.feed(data)
+            self._decrypt()
+        else:  # plaintext, or the peer closed the TCP connection (without close_notify)
+            self.driver.receive(data)
+        self._advance()
         return self._output()
 
     def timed_out(self) -> bytes:
         """The loop's timer fired: 421 4.4.2 and close (a stalled handshake just closes)."""
         if not self._closed:
-            if self._handshaking:
-                self._handshake_ended(logging.WARNING, f"timed out after {self.timeout} s")
-            else:
-                log.info("session %s: timed out after %s s", self.session.id, self.timeout)
-                self.conn.timed_out()
-                self._converse()
+            self.driver.timed_out()
+            self._advance()
         return self._output()
 
     def shutdown(self) -> bytes:
         """The server is going away: 421 4.3.2 and close (during a handshake: just close)."""
         if not self._closed:
             if self._handshaking:
-                self._handshake_ended(logging.INFO, "the server is shutting down")
+                self.driver.connection_lost(ConnectionAbortedError("the server is shutting down"))
             else:
-                self.conn.shutdown()
-                self._converse()
+                self.driver.request_stop(force=True)
+            self._advance()
         return self._output()
 
-    # -- plaintext SMTP ----------------------------------------------------------
+    # -- the conversation ----------------------------------------------------------
 
-    def _from_peer(self, plaintext: bytes) -> None:
-        if plaintext:
-            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(plaintext))
-        self.conn.receive_data(plaintext)
-        self._converse()
-
-    def _converse(self) -> None:
-        """Run the core until it needs bytes, wants TLS or closes; answer decisions with the hooks."""
+    def _advance(self) -> None:
+        """Run the driver until it needs the peer's bytes, a handshake, or the end."""
+        driver = self.driver
         while not self._closed:
-            event = self.conn.next_event()
-            if event is smtpwire.NEED_DATA:
-                break
-            if isinstance(event, smtpwire.StartTLSRequested):
-                self._flush()  # the 220 goes out in plaintext; the core dropped what followed STARTTLS
-                self._begin_tls()
+            step = driver.next_step()
+            self._write(driver.data_to_send())
+            if step is NEED_DATA:
                 return
-            if isinstance(event, smtpwire.ConnectionClosed):
+            if step is START_TLS:
+                if self._tls is None:
+                    self._begin_tls()
+                if self._tls is not None:  # wait for the handshake's records
+                    return
+            if step is CLOSED:
                 self._close()
-            elif isinstance(event, smtpwire.Sentinel):  # PAUSED: run_hook answers every decision
-                raise RuntimeError("the connection waits for a decision nobody will make")
-            else:
-                run_hook(self.driver, self.handler, self.driver.hook_for(event))
-        self._flush()
 
-    def _flush(self) -> None:
-        """Move what the core queued to the output, encrypted once TLS is established."""
-        data = self.conn.data_to_send()
+    def _write(self, data: bytes) -> None:
+        """Queue plaintext for the peer, encrypted once TLS is established."""
         if not data:
             return
-        transcript.debug("session %s >>> %r", self.session.id, data[:1024])
         if self._tls is None:
             self._out.append(data)
             return
@@ -162,16 +142,10 @@ class SMTPSession:
         return out
 
     def _close(self) -> None:
-        """The conversation is over: close_notify, then the closing hooks, exactly once."""
-        if self._closed:
-            return
+        """The conversation is over (the closing hooks ran): close_notify, once."""
         self._closed = True
-        self._flush()
         if self._tls is not None and self._tls.established:
             self._tls.close()
-        for call in self.driver.closing_calls():
-            run_hook(self.driver, self.handler, call)
-        log.info("session %s: closed", self.session.id)
 
     # -- TLS ---------------------------------------------------------------------
 
@@ -183,8 +157,7 @@ class SMTPSession:
         context = self.options.tls_context
         if context is None:  # STARTTLS offered through config.extensions, but no certificate
             log.error("session %s: STARTTLS requested but options.tls_context is not set", self.session.id)
-            self.conn.tls_failed()
-            self._close()
+            self.driver.tls_failed("no TLS certificate (options.tls_context)")
             return
         self._tls = TLSChannel(context)
 
@@ -192,47 +165,28 @@ class SMTPSession:
         tls = self._tls
         assert tls is not None
         if not data:
-            self._handshake_ended(logging.WARNING, "the peer closed the connection")
+            self.driver.tls_failed("the peer closed the connection")
             return
         tls.feed(data)
         try:
             if not tls.handshake():
                 return
         except ssl.SSLError as error:  # the alert it produced still goes out
-            self._handshake_ended(logging.WARNING, repr(error))
+            self.driver.tls_failed(repr(error))
             return
-        info = tls_info(tls.ssl_object)
-        log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
-        run_hook(self.driver, self.handler, self.driver.tls_started(info))
+        self.driver.tls_started(tls_info(tls.ssl_object))
         self._decrypt()  # records the client sent right behind its last handshake flight
 
-    def _handshake_ended(self, level: int, reason: str) -> None:
-        log.log(level, "session %s: TLS handshake with %s failed: %s", self.session.id, self.session.peer, reason)
-        if not self.implicit_tls:
-            self.conn.tls_failed()
-        self._close()
-
-    def _from_tls(self, records: bytes) -> None:
-        if records:
-            assert self._tls is not None
-            self._tls.feed(records)
-            self._decrypt()
-        else:  # the peer closed the TCP connection without close_notify
-            self._from_peer(b"")
-
     def _decrypt(self) -> None:
-        """Feed the core the plaintext of every whole record received, then converse."""
+        """Feed the driver the plaintext of every whole record received."""
         tls = self._tls
         assert tls is not None
         try:
             plaintext = tls.read()
         except ssl.SSLError as error:  # a corrupt or forged record: the TLS connection is dead
-            log.info("session %s: TLS error: %r", self.session.id, error)
-            self._close()
+            self.driver.connection_lost(error)
             return
         if plaintext:
-            transcript.debug("session %s <<< %s", self.session.id, self.driver.shown(plaintext))
-            self.conn.receive_data(plaintext)
+            self.driver.receive(plaintext)
         if tls.peer_closed:
-            self.conn.receive_data(b"")
-        self._converse()
+            self.driver.receive(b"")
