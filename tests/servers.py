@@ -17,7 +17,7 @@ import anyio.from_thread
 
 from smtpwire_handler import AsyncHandler, Envelope, Handler, ServerOptions, Session, TLSInfo
 
-KINDS = ("anyio-asyncio", "anyio-trio", "blocking", "memorybio")
+KINDS = ("asyncio", "asyncio-uvloop", "anyio-asyncio", "anyio-trio", "blocking", "memorybio")
 HOOKS = [name for name in vars(Handler) if not name.startswith("_")]
 LOCALHOST = "127.0.0.1"
 
@@ -93,6 +93,8 @@ def running(kind: str, handler: Handler, options: ServerOptions, *, host: str = 
     tls = [(host, 0)] if options.tls_context is not None else []
     if kind.startswith("anyio-"):
         yield from _anyio(kind.removeprefix("anyio-"), handler, options, host, tls)
+    elif kind.startswith("asyncio"):
+        yield from _asyncio("uvloop" if kind.endswith("uvloop") else "asyncio", handler, options, host, tls)
     elif kind == "blocking":
         yield from _blocking(handler, options, host, tls)
     else:
@@ -118,6 +120,39 @@ def _anyio(backend: str, handler: Handler, options: ServerOptions, host: str, tl
         finally:
             stop(1.0)
             future.result(timeout=30)
+
+
+def _asyncio(loop_kind: str, handler: Handler, options: ServerOptions, host: str, tls: list[Any]) -> Iterator[Running]:
+    import smtpwire_asyncio
+
+    loop = smtpwire_asyncio.loop_factory(loop_kind)()
+    thread = threading.Thread(target=loop.run_forever, name=f"{loop_kind}-loop", daemon=True)
+    thread.start()
+
+    def call(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+
+    async def make() -> smtpwire_asyncio.Server:
+        server = smtpwire_asyncio.Server(as_async(handler), options, listen=[(host, 0)], tls_listen=tls)
+        await server.start()
+        return server
+
+    server = call(make())
+    stopped = False
+
+    def stop(grace: float) -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            call(server.shutdown(grace))
+
+    try:
+        yield Running(server.addresses[0], server.tls_addresses[0] if tls else None, stop)
+    finally:
+        stop(1.0)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 def _blocking(handler: Handler, options: ServerOptions, host: str, tls: list[Any]) -> Iterator[Running]:

@@ -1,0 +1,274 @@
+"""One SMTP session as an asyncio Protocol: callbacks in, the shared driver, writes out.
+
+Nothing here runs per command but the driver itself: no coroutine, task or
+timer is made for a command.  A hook that returns an awaitable becomes one
+task, and reading from that client pauses until it answers; STARTTLS goes
+through ``loop.start_tls`` and implicit TLS through
+``loop.connect_accepted_socket`` (public APIs; uvloop's own TLS when uvloop
+runs the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import ssl
+from typing import TYPE_CHECKING, cast
+
+from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, HookWait, SessionDriver, tls_info, too_many_sessions
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("smtpwire.asyncio")
+
+
+class SMTPProtocol(asyncio.Protocol):
+    """The transport's bytes go to the driver; what it queues goes back out.
+
+    Reading pauses while a hook or the TLS upgrade runs and while the client
+    does not take its replies (``pause_writing``), so neither input nor
+    output grows without bound.  One timer per session, re-armed by moving
+    its deadline, covers the read, handshake and closing timeouts.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_deadline",
+        "_ended",
+        "_hook",
+        "_implicit_tls",
+        "_loop",
+        "_reading",
+        "_server",
+        "_timer",
+        "_writing",
+        "driver",
+        "transport",
+    )
+
+    def __init__(self, server: Server, *, implicit_tls: bool = False) -> None:
+        self._server = server
+        self._implicit_tls = implicit_tls
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.driver: SessionDriver | None = None
+        self._busy = False  # a hook or the TLS upgrade runs: the driver waits for it
+        self._reading = True  # the transport delivers bytes
+        self._writing = True  # the client takes what we write (no pause_writing in force)
+        self._ended = False  # the transport is closed or closing: nothing more goes out
+        self._hook: asyncio.Future[object] | None = None
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio's callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, only alike
+        self.transport = transport
+        server = self._server
+        if server.stopping or not server.admit(self):
+            self._refuse(transport)
+            return
+        self.driver = SessionDriver(
+            server.handler,
+            server.options,
+            log=log,
+            peer=transport.get_extra_info("peername"),
+            local=transport.get_extra_info("sockname"),
+            implicit_tls=self._implicit_tls,
+        )
+        if self._implicit_tls:  # the server handed over a transport whose handshake is done
+            assert self.driver.next_step() is START_TLS
+            self.driver.tls_started(tls_info(transport.get_extra_info("ssl_object")))
+        self._advance()
+
+    def data_received(self, data: bytes) -> None:
+        driver = self.driver
+        if driver is None or driver.closed:
+            return
+        driver.receive(data)
+        if not self._busy:
+            self._advance()
+
+    def eof_received(self) -> bool | None:
+        self.data_received(b"")
+        if self.driver is not None and self.driver.session.tls is not None:
+            return None  # TLS transports close on EOF whatever we answer
+        return True  # half-open until the driver has said its last reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        driver = self.driver
+        if driver is None:
+            return
+        if not driver.closed:
+            driver.connection_lost(exc)
+            if not self._busy:
+                self._advance()
+        else:
+            self._server.release(self)
+
+    def pause_writing(self) -> None:
+        self._writing = False
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing = True
+        if not self._busy:
+            self._resume_reading()
+
+    # -- what the server asks ---------------------------------------------------------
+
+    def stop(self, *, force: bool = False) -> None:
+        """Say 421 4.3.2 and close when no transaction is open (with ``force``: now)."""
+        driver = self.driver
+        if driver is not None and not driver.closed and driver.request_stop(force=force) and not self._busy:
+            self._advance()
+
+    def abort(self) -> None:
+        """Drop the connection now (the end of a shutdown's grace)."""
+        if self._hook is not None:
+            self._hook.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- the conversation -------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Run the driver until it waits for the client, a hook, the handshake, or the end."""
+        driver = self.driver
+        transport = self.transport
+        assert driver is not None and transport is not None
+        try:
+            while True:
+                step = driver.next_step()
+                data = driver.data_to_send()
+                if data and not self._ended:
+                    transport.write(data)
+                if step is NEED_DATA:
+                    self._arm(driver.timeout)
+                    if not self._reading and self._writing:
+                        self._resume_reading()
+                    return
+                if step is CLOSED:
+                    self._close()
+                    return
+                self._busy = True
+                self._deadline = math.inf
+                self._pause_reading()
+                if step is START_TLS:
+                    self._loop.create_task(self._start_tls())
+                    return
+                assert isinstance(step, HookWait)
+                self._hook = asyncio.ensure_future(step.awaitable)
+                self._hook.add_done_callback(functools.partial(self._hook_done, step))
+                return
+        except Exception:
+            log.exception("session %s: unexpected error, closing the connection", driver.session.id)
+            self._ended = True
+            transport.abort()
+            if not driver.closed:
+                self._finish_after_error()
+
+    def _finish_after_error(self) -> None:
+        """The closing hooks still run (plain ones now, async ones in a task)."""
+        driver = self.driver
+        assert driver is not None
+        self._busy = False
+        driver.connection_lost()
+        try:
+            self._advance()
+        except Exception:  # pragma: no cover - a second failure while closing: give up on this session
+            log.exception("session %s: unexpected error while closing", driver.session.id)
+
+    def _hook_done(self, step: HookWait, future: asyncio.Future[object]) -> None:
+        driver = self.driver
+        assert driver is not None
+        self._hook = None
+        self._busy = False
+        if future.cancelled():
+            driver.reject(step, RuntimeError(f"the hook {step.hook} was cancelled"))
+        elif (error := future.exception()) is not None:
+            driver.reject(step, error if isinstance(error, Exception) else RuntimeError(repr(error)))
+        else:
+            driver.resolve(step, future.result())
+        self._advance()
+
+    async def _start_tls(self) -> None:
+        driver, transport, context = self.driver, self.transport, self._server.options.tls_context
+        assert driver is not None and transport is not None and context is not None
+        try:
+            upgraded = await self._loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=driver.timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as error:
+            driver.tls_failed(repr(error))
+            self._ended = True
+            transport.abort()
+        else:
+            if upgraded is None or self._ended:  # the peer left during the handshake
+                driver.connection_lost()
+            else:
+                self.transport = upgraded
+                driver.tls_started(tls_info(upgraded.get_extra_info("ssl_object")))
+        self._busy = False
+        self._advance()
+
+    def _close(self) -> None:
+        """The driver is done (closing hooks ran): close after the last reply, bounded in time."""
+        self._server.release(self)
+        if self._ended:
+            return
+        self._ended = True
+        assert self.transport is not None
+        unsent = self.transport.get_write_buffer_size()
+        self.transport.close()
+        if unsent:  # a client that does not read cannot hold us
+            self._arm(self._server.options.command_timeout)
+
+    # -- flow control and the timer ------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if self._reading and self.transport is not None and not self._ended:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self.transport is not None and not self._ended:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def _arm(self, timeout: float) -> None:
+        self._deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._deadline == math.inf:  # a hook or handshake runs: the next read re-arms
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+            return
+        driver, transport = self.driver, self.transport
+        assert driver is not None and transport is not None
+        if self._ended or not self._writing:  # closing, or the client does not read: just drop it
+            log.info("session %s: the client does not take its replies, dropping it", driver.session.id)
+            self._ended = True
+            transport.abort()
+            return
+        driver.timed_out()
+        self._advance()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Over the session limit (or shutting down): 421 4.7.0, then close."""
+        log.warning("refusing a connection: %d sessions already", self._server.sessions)
+        self._ended = True
+        transport.write(too_many_sessions(self._server.options))
+        transport.close()

@@ -1,0 +1,213 @@
+"""Listeners, the session limit and graceful shutdown around ``SMTPProtocol``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Sequence
+
+from smtpwire_handler import AsyncHandler, Handler, ServerOptions
+
+from ._protocol import SMTPProtocol, log
+
+HostPort = tuple[str, int]
+_ABORT_AFTER = 5.0  # seconds after the grace: connections still open are dropped
+_ACCEPT_RETRY = 0.5  # seconds to wait when accept() fails (EMFILE)
+_BACKLOG = 1024
+
+
+class Server:
+    """An SMTP server on asyncio's Protocol API: plain listeners (STARTTLS) and implicit TLS.
+
+    ``await server.start()`` binds (``addresses`` then holds the real ports),
+    ``await server.shutdown()`` stops gracefully; ``await server.serve()``
+    does both around waiting until cancelled.
+    """
+
+    def __init__(
+        self,
+        handler: AsyncHandler | Handler | None = None,
+        options: ServerOptions | None = None,
+        *,
+        listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+        tls_listen: Sequence[HostPort] = (),
+        reuse_port: bool = False,
+    ) -> None:
+        self.handler: AsyncHandler | Handler = handler or AsyncHandler()
+        self.options = options or ServerOptions()
+        self.options.check_listeners(listen, tls_listen)
+        self.listen = list(listen)
+        self.tls_listen = list(tls_listen)
+        self.reuse_port = reuse_port
+        self.addresses: list[HostPort] = []
+        self.tls_addresses: list[HostPort] = []
+        self._listeners: list[asyncio.Server] = []
+        self._tls_sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # implicit-TLS accept loops and handshakes
+        self._sessions: set[SMTPProtocol] = set()
+        self._stopping = False
+        self._all_closed: asyncio.Event | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        """Bind every listener; an address in use raises ``OSError`` naming it."""
+        try:
+            for host, port in self.listen:
+                self.addresses += await self._bind(host, port, implicit_tls=False)
+            for host, port in self.tls_listen:
+                self.tls_addresses += await self._bind(host, port, implicit_tls=True)
+        except BaseException:
+            self._stop_listening()
+            raise
+        log.info("serving SMTP on %s, implicit TLS on %s", self.addresses, self.tls_addresses)
+
+    async def serve(self) -> None:
+        """Serve until cancelled, then shut down gracefully."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.shutdown())
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; idle sessions get 421 4.3.2 now, the others when their transaction ends.
+
+        After ``grace`` seconds (default ``options.shutdown_grace``) every
+        remaining session is told 421 4.3.2 and closed; a few seconds later
+        any connection still open is dropped.
+        """
+        self._stopping = True
+        self._stop_listening()
+        for protocol in list(self._sessions):
+            protocol.stop()
+        await self._wait_closed(self.options.shutdown_grace if grace is None else grace)
+        for protocol in list(self._sessions):
+            protocol.stop(force=True)
+        await self._wait_closed(_ABORT_AFTER)
+        for protocol in list(self._sessions):
+            protocol.abort()
+        self._sessions.clear()
+
+    # -- what the protocols call ---------------------------------------------------
+
+    def admit(self, protocol: SMTPProtocol) -> bool:
+        """Count a new session in, unless the limit is reached."""
+        if len(self._sessions) >= self.options.max_sessions:
+            return False
+        self._sessions.add(protocol)
+        return True
+
+    def release(self, protocol: SMTPProtocol) -> None:
+        self._sessions.discard(protocol)
+        if not self._sessions and self._all_closed is not None:
+            self._all_closed.set()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _stop_listening(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._tls_sockets:
+            sock.close()
+
+    async def _bind(self, host: str, port: int, *, implicit_tls: bool) -> list[HostPort]:
+        try:
+            socks = listening_sockets(host, port, reuse_port=self.reuse_port)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
+        loop = asyncio.get_running_loop()
+        for sock in socks:
+            if implicit_tls:
+                self._tasks.add(loop.create_task(self._accept_tls(sock)))
+                self._tls_sockets.append(sock)
+            else:
+                self._listeners.append(await loop.create_server(lambda: SMTPProtocol(self), sock=sock))
+        return [_host_port(sock) for sock in socks]
+
+    async def _accept_tls(self, sock: socket.socket) -> None:
+        """Accept on an implicit-TLS listener; each handshake runs in its own task, then becomes a session.
+
+        ``connect_accepted_socket`` does the handshake before the protocol sees
+        a byte, so no ClientHello can ever reach the SMTP session.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as error:  # out of descriptors, say: wait, then go on accepting
+                log.error("cannot accept a connection: %r", error)
+                await asyncio.sleep(_ACCEPT_RETRY)
+                continue
+            task = loop.create_task(self._handshake(conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: socket.socket, peer: object) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: SMTPProtocol(self, implicit_tls=True),
+                conn,
+                ssl=self.options.tls_context,
+                ssl_handshake_timeout=self.options.tls_handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            log.warning("TLS handshake with %s failed: %r", peer, error)
+            conn.close()
+
+    async def _wait_closed(self, timeout: float) -> None:
+        if not self._sessions:
+            return
+        self._all_closed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+
+
+def listening_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of ``host`` (as asyncio would make them)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _host_port(sock: socket.socket) -> HostPort:
+    address = sock.getsockname()
+    return (address[0], address[1])
+
+
+async def serve(
+    handler: AsyncHandler | Handler | None = None,
+    options: ServerOptions | None = None,
+    *,
+    listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+    tls_listen: Sequence[HostPort] = (),
+) -> None:
+    """Serve until cancelled: ``smtpwire_asyncio.run(serve(MyHandler(), options))``."""
+    await Server(handler, options, listen=listen, tls_listen=tls_listen).serve()
