@@ -252,6 +252,8 @@ def test_settings_with_users_cross_to_a_worker_process() -> None:
         max_message_size=1000,
         max_recipients=1,
         backend="asyncio",
+        loop="auto",
+        max_sessions=100,
         verbose=False,
         auth_file="users",
         users=(("alice", KEYS),),

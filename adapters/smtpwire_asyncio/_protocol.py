@@ -37,6 +37,7 @@ class SMTPProtocol(asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_deadline",
+        "_early",
         "_ended",
         "_hook",
         "_implicit_tls",
@@ -60,6 +61,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._writing = True  # the client takes what we write (no pause_writing in force)
         self._ended = False  # the transport is closed or closing: nothing more goes out
         self._hook: asyncio.Future[object] | None = None
+        self._early: list[bytes] | None = None  # during the STARTTLS upgrade: what the TLS layer already decrypted
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
 
@@ -88,6 +90,9 @@ class SMTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         driver = self.driver
         if driver is None or driver.closed:
+            return
+        if self._early is not None:  # decrypted before start_tls() returned: after the handshake, in order
+            self._early.append(data)
             return
         driver.receive(data)
         if not self._busy:
@@ -203,6 +208,7 @@ class SMTPProtocol(asyncio.Protocol):
     async def _start_tls(self) -> None:
         driver, transport, context = self.driver, self.transport, self._server.options.tls_context
         assert driver is not None and transport is not None and context is not None
+        self._early = []
         try:
             upgraded = await self._loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=driver.timeout
@@ -217,6 +223,10 @@ class SMTPProtocol(asyncio.Protocol):
             else:
                 self.transport = upgraded
                 driver.tls_started(tls_info(upgraded.get_extra_info("ssl_object")))
+        early, self._early = self._early, None
+        if not driver.closed:
+            for data in early:
+                driver.receive(data)
         self._busy = False
         self._advance()
 

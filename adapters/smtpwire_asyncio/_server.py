@@ -93,6 +93,12 @@ class Server:
         for protocol in list(self._sessions):
             protocol.stop(force=True)
         await self._wait_closed(_ABORT_AFTER)
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop accepting and drop every connection now, without a word."""
+        self._stopping = True
+        self._stop_listening()
         for protocol in list(self._sessions):
             protocol.abort()
         self._sessions.clear()

@@ -119,7 +119,7 @@ class SessionDriver:
         self._closing = False  # the conversation is over: closing hooks, then CLOSED
         self._lost = False  # the peer is gone: nothing more can be sent
         self._done = False
-        self._in_message = False
+        self._in_message = False  # DATA was accepted and the message not yet answered
         self._refusal: Reply | None = None  # data_chunk failed: it decides the end of data
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
         self._withholding = False  # the transcript is inside a received AUTH line
@@ -289,16 +289,21 @@ class SessionDriver:
 
     def _hook(self, event: smtpwire.Event) -> None:
         hook, fields = _HOOKS[type(event)]
-        self._queue(hook, (self.session, *(getattr(event, f) for f in fields)), event)
+        if hook in self._hooks:
+            self._calls.append((hook, (self.session, *(getattr(event, f) for f in fields)), event))
+        elif isinstance(event, smtpwire.Decision):  # nobody overrode it: the standard answer, no call
+            self.conn.accept()
+            self._accepted(event)
 
     def _message_data(self, event: smtpwire.MessageData) -> None:
+        envelope = self.session.envelope
+        assert envelope is not None
+        envelope.size += len(event.data)
         if self._refusal is not None:
             return
         if "data_chunk" in self._hooks:
             self._calls.append(("data_chunk", (self.session, event.data), event))
         else:
-            envelope = self.session.envelope
-            assert envelope is not None
             envelope.content += event.data
 
     def _end_of_message(self, event: smtpwire.EndOfMessage) -> None:
@@ -327,7 +332,7 @@ class SessionDriver:
 
     def _finish(self) -> None:
         """Queue the closing hooks, exactly once; after them, CLOSED."""
-        if self._in_message:
+        if self._in_message:  # a message started and was never answered
             self._aborted(None)
         self._queue("disconnect", (self.session,), None)
         self._done = True
@@ -377,14 +382,23 @@ class SessionDriver:
             reply = self._fallback(event)
             conn.send(reply)
         if reply is None or reply.code in event.accepts:
-            if isinstance(event, smtpwire.MailFrom):
-                self.session.envelope = Envelope(event.address, event.params)
-            elif isinstance(event, smtpwire.RcptTo) and self.session.envelope is not None:
-                self.session.envelope.rcpt_tos.append(event.address)
-                self.session.envelope.rcpt_params.append(event.params)
-            elif isinstance(event, smtpwire.EndOfMessage):
-                self._messages += 1
-        self._in_message = conn.state is smtpwire.State.DATA
+            self._accepted(event)
+        if type(event) is smtpwire.EndOfMessage:
+            self._in_message = False
+
+    def _accepted(self, event: smtpwire.Decision) -> None:
+        """Keep the session's envelope in step with what the core accepted."""
+        if type(event) is smtpwire.MailFrom:
+            self.session.envelope = Envelope(event.address, event.params)
+        elif type(event) is smtpwire.RcptTo:
+            envelope = self.session.envelope
+            assert envelope is not None
+            envelope.rcpt_tos.append(event.address)
+            envelope.rcpt_params.append(event.params)
+        elif type(event) is smtpwire.DataRequested:
+            self._in_message = True
+        elif type(event) is smtpwire.EndOfMessage:
+            self._messages += 1
 
     def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
         try:

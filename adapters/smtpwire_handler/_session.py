@@ -40,6 +40,8 @@ class Envelope:
     rcpt_tos: list[str] = field(default_factory=list)
     rcpt_params: list[Mapping[str, str | None]] = field(default_factory=list)
     content: bytearray = field(default_factory=bytearray)
+    #: Octets of message data received so far (dot-unstuffed), kept or not.
+    size: int = 0
 
 
 class Session:

@@ -19,11 +19,12 @@ import anyio
 import click
 
 import smtpwire
-from smtpwire_anyio import Server
-from smtpwire_anyio._server import HostPort
+import smtpwire_anyio
+import smtpwire_asyncio
+from smtpwire_asyncio import HostPort
 from smtpwire_handler import AsyncHandler, ServerOptions
 
-from . import _authfile
+from . import _authfile, _run
 from ._devcert import write_self_signed
 from ._maildir import Maildir
 from ._store import MaildirHandler, SinkHandler
@@ -65,6 +66,8 @@ class Settings:
     max_message_size: int
     max_recipients: int
     backend: str
+    loop: str
+    max_sessions: int
     verbose: bool
     auth_file: str | None = None  # None: no AUTH
     users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # loaded once, by the parent process
@@ -99,7 +102,7 @@ def build_options(settings: Settings) -> ServerOptions:
             require_auth=settings.require_auth,
             max_auth_failures=settings.max_auth_failures,
         )
-        return ServerOptions(config=config, tls_context=context)
+        return ServerOptions(config=config, tls_context=context, max_sessions=settings.max_sessions)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
 
@@ -114,34 +117,24 @@ def build_handler(settings: Settings) -> AsyncHandler:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
 
 
-async def serve_until_signalled(server: Server) -> None:
-    """Serve; SIGINT or SIGTERM shut down gracefully (a second one cancels at once)."""
-    async with anyio.create_task_group() as group:
-
-        async def shut_down() -> None:
-            await server.shutdown()
-            group.cancel_scope.cancel()
-
-        await group.start(server.serve)
-        log.info("smtpwire serving on %s", ", ".join(f"{h}:{p}" for h, p in server.addresses + server.tls_addresses))
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if group.cancel_scope.cancel_called or server.stopping:
-                    group.cancel_scope.cancel()
-                    return
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                group.start_soon(shut_down)
-
-
 def run(settings: Settings, reuse_port: bool = False) -> None:
-    """One server process."""
+    """One server process, on asyncio's Protocol server (uvloop when installed) or, for trio, the anyio adapter."""
     configure_logging(settings.verbose)
     options, handler = build_options(settings), build_handler(settings)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
-    server = Server(handler, options, listen=settings.listen, tls_listen=settings.tls_listen, reuse_port=reuse_port)
+    listen, tls_listen = settings.listen, settings.tls_listen
     try:
-        anyio.run(serve_until_signalled, server, backend=settings.backend)
+        if settings.backend == "trio":
+            server = smtpwire_anyio.Server(
+                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port
+            )
+            anyio.run(_run.serve_anyio, server, backend="trio")
+        else:
+            protocols = smtpwire_asyncio.Server(
+                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port
+            )
+            smtpwire_asyncio.run(_run.serve_asyncio(protocols), loop=settings.loop)
     except OSError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
@@ -234,6 +227,19 @@ def main() -> None:
     "--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True, help="Event loop."
 )
 @click.option(
+    "--loop",
+    type=click.Choice(smtpwire_asyncio.LOOPS),
+    default="auto",
+    show_default=True,
+    help="With --backend asyncio: uvloop when installed (auto), or the one named.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    help="Open sessions per process; one more is told 421 4.7.0 and closed."
+    f" Default: what the open-file limit allows (2 descriptors a session), at most {_run.MAX_DEFAULT_SESSIONS:,}.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=1,
@@ -267,6 +273,8 @@ def serve(
     max_message_size: int,
     max_recipients: int,
     backend: str,
+    loop: str,
+    max_sessions: int | None,
     workers: int,
     auth_file: str | None,
     require_auth: bool,
@@ -287,6 +295,17 @@ def serve(
         raise click.UsageError("give either --tls-cert or --self-signed, not both")
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
+    if backend == "trio" and loop != "auto":
+        raise click.UsageError("--loop is for --backend asyncio")
+    if loop == "uvloop" and not smtpwire_asyncio.uvloop_available():
+        raise click.UsageError("--loop uvloop needs uvloop: pip install 'smtpwire[uvloop]'")
+    file_limit = _run.raise_file_limit()
+    if max_sessions is not None and max_sessions > _run.sessions_for(file_limit):
+        click.secho(
+            f"WARNING: --max-sessions {max_sessions} may run out of descriptors (the open-file limit is {file_limit})",
+            fg="yellow",
+            err=True,
+        )
     if require_auth and auth_file is None:
         raise click.UsageError("--require-auth needs --auth-file")
     if auth_file is not None and not (tls_cert or self_signed):
@@ -315,6 +334,8 @@ def serve(
             max_message_size=max_message_size,
             max_recipients=max_recipients,
             backend=backend,
+            loop=loop,
+            max_sessions=max_sessions or _run.sessions_for(file_limit),
             verbose=verbose,
             auth_file=auth_file,
             users=tuple(users.items()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import _auth
 from . import _events as ev
@@ -588,7 +588,10 @@ class ServerConnection:
 
     def _rcpt_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.RcptTo) and self._transaction is not None
-        self._transaction = replace(self._transaction, recipients=(*self._transaction.recipients, event.address))
+        transaction = self._transaction
+        self._transaction = Transaction(
+            transaction.mail_from, transaction.mail_params, (*transaction.recipients, event.address)
+        )
         self._state = State.RCPT
 
     def _data_accepted(self, event: ev.Decision) -> None:

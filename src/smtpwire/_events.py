@@ -14,6 +14,12 @@ from typing import ClassVar
 from ._errors import LocalProtocolError
 from ._reply import Reply
 
+#: The standard positive answers that name no host: built (and serialised) once.
+_SENDER_OK = Reply(250, "OK", (2, 1, 0))
+_RECIPIENT_OK = Reply(250, "OK", (2, 1, 5))
+_START_INPUT = Reply(354, "End data with <CR><LF>.<CR><LF>")
+_QUEUED = Reply(250, "OK", (2, 0, 0))
+
 Parameters = Mapping[str, str | None]
 
 
@@ -104,7 +110,7 @@ class MailFrom(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({250})
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, "OK", (2, 1, 0))
+        return _SENDER_OK
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ class RcptTo(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({250, 251})
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, "OK", (2, 1, 5))
+        return _RECIPIENT_OK
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class DataRequested(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({354})
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(354, "End data with <CR><LF>.<CR><LF>")
+        return _START_INPUT
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class EndOfMessage(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({250})
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, "OK", (2, 0, 0))
+        return _QUEUED
 
 
 @dataclass(frozen=True)

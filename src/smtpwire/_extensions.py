@@ -118,16 +118,19 @@ class Extensions:
 
     def __init__(self, extensions: tuple[Extension, ...]) -> None:
         self._by_keyword: dict[str, Extension] = {}
+        self._line_allowance = 0
         for extension in extensions:
             self.add(extension)
 
     def add(self, extension: Extension) -> None:
         """Register (or replace) the extension with this keyword."""
         self._by_keyword[extension.keyword.upper()] = extension
+        self._count_allowance()
 
     def remove(self, keyword: str) -> None:
         """Stop offering an extension; unknown keywords are ignored."""
         self._by_keyword.pop(keyword.upper(), None)
+        self._count_allowance()
 
     def get(self, keyword: str) -> Extension | None:
         """The extension registered under ``keyword``, if any."""
@@ -142,4 +145,8 @@ class Extensions:
     @property
     def line_allowance(self) -> int:
         """What the registered extensions add to the 512-octet command line."""
-        return sum(extension.line_allowance for extension in self._by_keyword.values())
+        return self._line_allowance
+
+    def _count_allowance(self) -> None:
+        """Worked out when the set changes, not for every command line."""
+        self._line_allowance = sum(extension.line_allowance for extension in self._by_keyword.values())

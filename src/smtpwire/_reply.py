@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ EnhancedCode = tuple[int, int, int]
 # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets including the code
 # and CRLF; leave room for "NNN-" (4), "5.999.999 " (10) and CRLF (2).
 MAX_TEXT_OCTETS = 512 - 4 - 10 - 2
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_WIRE = {True: "_wire_enhanced", False: "_wire_plain"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Reply:
         if not lines:
             raise LocalProtocolError("a reply needs at least one line")
         for line in lines:
-            if not isinstance(line, str) or any(ord(c) < 32 or ord(c) == 127 for c in line):
+            if not isinstance(line, str) or _CONTROL.search(line):
                 raise LocalProtocolError(f"reply line must be text without control characters: {line!r}")
             if len(line.encode()) > MAX_TEXT_OCTETS:
                 raise LocalProtocolError(f"reply line longer than {MAX_TEXT_OCTETS} octets")
@@ -58,7 +61,14 @@ class Reply:
         return self.code < 400
 
     def to_bytes(self, enhanced_codes: bool = True) -> bytes:
-        """Serialise, adding the enhanced status code when the session offers them."""
+        """Serialise, adding the enhanced status code when the session offers them (worked out once)."""
+        cache = self.__dict__  # a frozen value: its wire forms are kept beside its fields
+        wire: bytes | None = cache.get(_WIRE[enhanced_codes])
+        if wire is None:
+            wire = cache[_WIRE[enhanced_codes]] = self._serialise(enhanced_codes)
+        return wire
+
+    def _serialise(self, enhanced_codes: bool) -> bytes:
         prefix = ""
         if enhanced_codes and self.code // 100 != 3:
             klass, subject, detail = self.enhanced or (self.code // 100, 0, 0)

@@ -1,0 +1,90 @@
+"""Run one server process on the chosen event loop until SIGINT or SIGTERM.
+
+asyncio (the default) runs ``smtpwire_asyncio``'s Protocol server, on uvloop
+when it is installed; trio runs the anyio adapter.  The first signal shuts
+down gracefully (idle sessions get 421 4.3.2, transactions may finish), a
+second one closes every connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+
+import anyio
+
+import smtpwire_anyio
+import smtpwire_asyncio
+
+log = logging.getLogger("smtpwire.serve")
+#: Descriptors kept for listeners, logs, the auth file and the like.
+RESERVED_DESCRIPTORS = 64
+#: Descriptors one session may hold: its socket and the Maildir file being written.
+DESCRIPTORS_PER_SESSION = 2
+MAX_DEFAULT_SESSIONS = 10_000
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (the usual default of 1,024 is too few); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def sessions_for(file_limit: int) -> int:
+    """How many sessions fit in ``file_limit`` descriptors (at most ``MAX_DEFAULT_SESSIONS``)."""
+    return max(1, min(MAX_DEFAULT_SESSIONS, (file_limit - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION))
+
+
+def _serving(addresses: list[tuple[str, int]], where: str) -> None:
+    log.info("smtpwire serving on %s (%s)", ", ".join(f"{h}:{p}" for h, p in addresses), where)
+
+
+async def serve_asyncio(server: smtpwire_asyncio.Server) -> None:
+    loop = asyncio.get_running_loop()
+    await server.start()
+    _serving(server.addresses + server.tls_addresses, smtpwire_asyncio.loop_name(loop))
+    done = asyncio.Event()
+    shutdown: asyncio.Task[None] | None = None
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal shutdown
+        if shutdown is None:
+            log.info("%s: shutting down", signum.name)
+            shutdown = loop.create_task(server.shutdown())
+            shutdown.add_done_callback(lambda _: done.set())
+        else:
+            log.info("%s again: closing every connection now", signum.name)
+            server.abort()
+            done.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await done.wait()
+
+
+async def serve_anyio(server: smtpwire_anyio.Server) -> None:
+    async with anyio.create_task_group() as group:
+
+        async def shut_down() -> None:
+            await server.shutdown()
+            group.cancel_scope.cancel()
+
+        await group.start(server.serve)
+        _serving(server.addresses + server.tls_addresses, "trio")
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if group.cancel_scope.cancel_called or server.stopping:
+                    log.info("%s again: closing every connection now", signal.Signals(signum).name)
+                    group.cancel_scope.cancel()
+                    return
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                group.start_soon(shut_down)

@@ -1,0 +1,1106 @@
+"""End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, a bare Protocol and Postfix's smtp-sink, over sockets.
+
+    python tests/benchmarks/bench_servers.py [--rounds 3] [--quick] [--only LOAD,...] [--servers NAME,...]
+                                             [--maildir-parent DIR]
+
+Needs Postfix's ``smtp-source`` and ``smtp-sink`` (searched on PATH, then in
+the usual sbin directories), the ``bench`` extra (aiosmtpd), uvloop and trio.
+Only 127.0.0.1 is used.
+
+Servers, each a subprocess started fresh, on a free port, for every run (so
+its CPU time is read from /proc/PID/stat, utime + stime, just around the
+load, and its peak RSS from VmHWM in /proc/PID/status):
+
+- ``smtpwire-asyncio``, ``smtpwire-uvloop``, ``smtpwire-trio``: ``python -m
+  smtpwire_serve serve --sink`` (``--maildir DIR`` for the Maildir load,
+  ``--self-signed`` for STARTTLS), with ``--loop asyncio|uvloop`` when
+  ``serve --help`` offers it (the uvloop variant is unavailable otherwise)
+  or ``--backend trio``.  It logs a line per message; the log goes to a file.
+- ``aiosmtpd`` 1.4: its ``SMTP`` protocol on stdlib asyncio through
+  ``loop.create_server``, as ``python -m aiosmtpd`` runs it, with a handler
+  whose ``handle_DATA`` returns "250 OK" and discards; for Maildir it does
+  what smtpwire's Maildir does (trace headers, write to tmp/, fsync, rename
+  into new/, fsync new/) in ``loop.run_in_executor(None, ...)``.
+- ``bare-asyncio``, ``bare-uvloop``: the ceiling of the core on a loop: an
+  ``asyncio.Protocol`` feeding ``smtpwire.ServerConnection`` directly, every
+  decision accepted, message data dropped (and ``loop.start_tls`` for
+  STARTTLS).  No handler, no logging, no timeouts, no session limit.
+- ``smtp-sink``: Postfix's C test server (``-c`` for its message counter), the
+  C ceiling.  No STARTTLS, no Maildir.
+
+The aiosmtpd and bare servers are this script itself, run as ``bench_servers.py
+_serve KIND ...``.  Loads (``--quick`` scales the counts down):
+
+- ``persistent``: ``smtp-source -s 20 -m 20000 -l 1000 -d`` (20 sessions,
+  each sending message after message); messages/s and server CPU µs/message.
+- ``per-connection``: the same without ``-d``, 5,000 messages, one
+  connection each.
+- ``starttls``: 1,000 sessions of smtplib (2 processes x 4 threads): EHLO,
+  STARTTLS (certificate not verified), EHLO, MAIL, RCPT, DATA of 1 KiB, QUIT;
+  sessions/s and server CPU µs/session.  smtpwire uses its own
+  ``--self-signed`` certificate, aiosmtpd and the bare Protocol one of the
+  same kind (P-256) made by this script.
+- ``big``: ``smtp-source -s 2 -m 10 -l 20971520``: MiB/s, CPU ms/message
+  and the server's peak RSS.
+- ``idle``: 1,020 connections held open, each after its 220 greeting and a
+  250 reply to EHLO (a 421 counts as refused); KiB of server RSS (VmRSS
+  after minus before) per held session.  ``--max-sessions`` is raised above
+  the count when ``serve --help`` offers it; smtp-sink gets ``-m`` likewise.
+- ``maildir``: ``smtp-source -s 20 -m 2000 -l 1000 -d`` into a fresh Maildir
+  (under ``--maildir-parent``, default the temp directory: mind tmpfs, where
+  fsync is free); afterwards new/ must hold exactly one file per message.
+
+Every run is checked before its figure counts: smtp-source exits 0 (it stops
+at the first reply that is not the expected success), every smtplib session
+succeeds, and the number of messages the server reports (smtpwire's log,
+the helpers' counters, smtp-sink's counter) or stores equals the number sent.
+A failed run makes its cell FAILED, never a figure; the reasons are listed
+under the table.  Rounds are interleaved (every load and server once per
+round, servers in rotating order) so drift hits all alike.  Tables give the
+median [min-max] over the rounds, the ratios to aiosmtpd of the medians, and
+``smtpwire serve`` (asyncio) CPU / bare Protocol (asyncio) CPU.  Warnings and
+errors found in the servers' logs are summarised at the end.  The tables
+(Markdown) go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import email.utils
+import functools
+import importlib.util
+import itertools
+import logging
+import multiprocessing
+import os
+import platform
+import pwd
+import re
+import resource
+import secrets
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+LOCALHOST = "127.0.0.1"
+HOSTNAME = "localhost"  # the servers' name (greeting, EHLO, trace headers): no DNS lookup at start
+SENDER, RECIPIENT = "a@example.org", "b@example.net"
+MESSAGE_LENGTH = 1000  # smtp-source -l: payload bytes of the small messages
+BIG_LENGTH = 20 * MiB
+MAX_MESSAGE = 32 * MiB  # smtpwire serve's default --max-message-size; aiosmtpd and the bare Protocol get the same
+SBIN = ("/usr/sbin", "/usr/local/sbin")  # where Postfix installs its test tools when they are not on PATH
+SERVE = [sys.executable, "-m", "smtpwire_serve", "serve"]
+SCRIPT = str(Path(__file__).resolve())
+TICK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 30.0  # seconds for a server to listen
+STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (then SIGKILL)
+SOCKET_TIMEOUT = 15.0
+STARTTLS_PROCESSES, STARTTLS_THREADS = 2, 4
+IDLE_CONCURRENCY = 50  # connections being set up at once (aiosmtpd's listen backlog is 100)
+
+LOADS = ("persistent", "per-connection", "starttls", "big", "idle", "maildir")
+SERVERS = (
+    "smtpwire-asyncio",
+    "smtpwire-uvloop",
+    "smtpwire-trio",
+    "aiosmtpd",
+    "bare-asyncio",
+    "bare-uvloop",
+    "smtp-sink",
+)
+NOT_APPLICABLE = {
+    ("smtp-sink", "starttls"): "no STARTTLS",
+    ("smtp-sink", "maildir"): "no Maildir",
+    ("bare-asyncio", "maildir"): "no storage",
+    ("bare-uvloop", "maildir"): "no storage",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """How much each load sends per run."""
+
+    persistent: int = 20_000
+    per_connection: int = 5_000
+    starttls: int = 1_000
+    big: int = 10
+    idle: int = 1_020
+    maildir: int = 2_000
+    clients: int = 20  # concurrent smtp-source sessions (persistent, per-connection, maildir)
+    big_clients: int = 2
+
+
+QUICK = Counts(persistent=2_000, per_connection=500, starttls=100, big=2, idle=1_020, maildir=200)
+
+
+class Failed(Exception):
+    """A run that must not count; the message says why."""
+
+
+# -- the servers under test that this script runs itself (``bench_servers.py _serve KIND ...``) --------------
+
+
+@dataclasses.dataclass
+class Stats:
+    sessions: int = 0
+    messages: int = 0
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """What ``smtpwire serve`` builds for its certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def trace_headers(helo: str, peer: str, mail_from: str) -> bytes:
+    """Return-Path and Received, as smtpwire's Maildir writes them (same work for both)."""
+    return (
+        f"Return-Path: <{mail_from}>\r\nReceived: from {helo} ([{peer}])\r\n"
+        f"\tby {HOSTNAME} (aiosmtpd) with ESMTP id {secrets.token_hex(6)}\r\n"
+        f"\tfor <{RECIPIENT}>; {email.utils.formatdate(localtime=True)}\r\n"
+    ).encode()
+
+
+class DurableMaildir:
+    """Write to tmp/, fsync the file, rename into new/, fsync new/: what smtpwire serve does before 250."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.counter = itertools.count()
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, data: bytes) -> None:
+        name = f"{time.time():.6f}.P{os.getpid()}Q{next(self.counter)}R{secrets.token_hex(8)}.{HOSTNAME}"
+        tmp, new = self.path / "tmp" / name, self.path / "new" / name
+        with open(tmp, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(tmp, new)
+        directory = os.open(new.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+class AiosmtpdSink:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.stats.messages += 1
+        return "250 OK"
+
+
+class AiosmtpdMaildir:
+    def __init__(self, stats: Stats, maildir: DurableMaildir) -> None:
+        self.stats, self.maildir = stats, maildir
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data = trace_headers(session.host_name, session.peer[0], envelope.mail_from) + envelope.original_content
+        await asyncio.get_running_loop().run_in_executor(None, self.maildir.deliver, data)
+        self.stats.messages += 1
+        return "250 OK"
+
+
+def bare_protocol(stats: Stats, tls: ssl.SSLContext | None) -> Callable[[], asyncio.Protocol]:
+    """The ceiling: ServerConnection on a Protocol, every decision accepted, message data dropped."""
+    import smtpwire  # here, so the other servers do not carry it
+
+    extensions = smtpwire.STANDARD_EXTENSIONS + ((smtpwire.StartTLS(),) if tls else ())
+    config = smtpwire.ServerConfig(hostname=HOSTNAME, extensions=extensions, max_message_size=MAX_MESSAGE)
+    handshakes: set[asyncio.Task[None]] = set()
+
+    class Bare(asyncio.Protocol):
+        transport: asyncio.Transport
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+            self.conn = smtpwire.ServerConnection(config)
+            stats.sessions += 1
+            self.pump()
+
+        def data_received(self, data: bytes) -> None:
+            self.conn.receive_data(data)
+            self.pump()
+
+        def eof_received(self) -> None:
+            self.conn.receive_data(b"")
+            self.pump()
+
+        def pump(self) -> None:
+            conn = self.conn
+            while True:
+                event = conn.next_event()
+                if isinstance(event, smtpwire.Decision):
+                    stats.messages += isinstance(event, smtpwire.EndOfMessage)
+                    conn.accept()
+                elif event is smtpwire.NEED_DATA or event is smtpwire.PAUSED:
+                    break
+                elif isinstance(event, smtpwire.StartTLSRequested):
+                    self.transport.write(conn.data_to_send())
+                    task = asyncio.ensure_future(self.start_tls())
+                    handshakes.add(task)
+                    task.add_done_callback(handshakes.discard)
+                    return
+                elif isinstance(event, smtpwire.ConnectionClosed):
+                    self.transport.write(conn.data_to_send())
+                    self.transport.close()
+                    return
+            self.transport.write(conn.data_to_send())
+
+        async def start_tls(self) -> None:
+            assert tls is not None
+            try:
+                transport = await asyncio.get_running_loop().start_tls(self.transport, self, tls, server_side=True)
+            except (OSError, ssl.SSLError, ConnectionError):
+                self.conn.tls_failed()
+                self.transport.close()
+                return
+            assert transport is not None
+            self.transport = transport
+            self.conn.tls_established()
+            self.pump()
+
+    return Bare
+
+
+async def serve_until_terminated(factory: Callable[[], asyncio.BaseProtocol], port: int, stats: Stats) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, LOCALHOST, port)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"bench server listening on {LOCALHOST}:{port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    server.close()
+    print(f"bench-server: sessions={stats.sessions} messages={stats.messages}", file=sys.stderr, flush=True)
+
+
+def serve_main(argv: Sequence[str]) -> None:
+    """``_serve aiosmtpd|bare --port P [--loop asyncio|uvloop] [--tls CERT KEY] [--maildir DIR]``."""
+    parser = argparse.ArgumentParser(prog="bench_servers.py _serve")
+    parser.add_argument("kind", choices=("aiosmtpd", "bare"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("--maildir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)  # aiosmtpd's CLI logs errors only; warnings are worth seeing here
+    stats = Stats()
+    tls = server_tls_context(*args.tls) if args.tls else None
+    factory: Callable[[], asyncio.BaseProtocol]
+    if args.kind == "aiosmtpd":
+        from aiosmtpd.smtp import SMTP
+
+        handler: AiosmtpdSink | AiosmtpdMaildir = AiosmtpdSink(stats)
+        if args.maildir:
+            handler = AiosmtpdMaildir(stats, DurableMaildir(args.maildir))
+        smtp = functools.partial(
+            SMTP, handler, hostname=HOSTNAME, data_size_limit=MAX_MESSAGE, tls_context=tls, require_starttls=False
+        )
+
+        def factory() -> asyncio.BaseProtocol:
+            stats.sessions += 1
+            return smtp()
+
+    else:
+        factory = bare_protocol(stats, tls)
+    loop_factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_until_terminated(factory, args.port, stats))
+
+
+# -- /proc ----------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread, live or gone)."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def status_kib(pid: int, name: str) -> int:
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise Failed(f"no {name} in /proc/{pid}/status")
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (/proc/net/tcp), without connecting to it."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as file:
+        return any(f[1] == wanted and f[3] == "0A" for f in (line.split() for line in itertools.islice(file, 1, None)))
+
+
+def filesystem(path: str) -> str:
+    """The type of the filesystem holding ``path`` (from /proc/mounts)."""
+    real, best, kind = os.path.realpath(path), "", "unknown"
+    with open("/proc/mounts") as file:
+        for line in file:
+            fields = line.split()
+            mount = fields[1]
+            if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, fields[2]
+    return kind
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def kill_group(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process group of ``process`` (started with start_new_session) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+# -- environment ------------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@dataclasses.dataclass
+class Env:
+    counts: Counts
+    work: Path
+    maildir_parent: str
+    smtp_source: str | None
+    smtp_sink: str | None
+    serve_help: str  # "" when ``serve --help`` failed
+    cert: str = ""
+    key: str = ""
+    pool: concurrent.futures.ProcessPoolExecutor | None = None
+    log_notes: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_loop(self) -> bool:
+        return "--loop" in self.serve_help
+
+    @property
+    def has_max_sessions(self) -> bool:
+        return "--max-sessions" in self.serve_help
+
+    def unavailable(self, server: str) -> str | None:
+        """Why ``server`` cannot run here, or None."""
+        if server.startswith("smtpwire") and not self.serve_help:
+            return "`smtpwire serve --help` failed"
+        if server == "smtpwire-uvloop" and not self.has_loop:
+            return "`serve` has no --loop yet"
+        if server.endswith("uvloop") and not available("uvloop"):
+            return "uvloop not importable"
+        if server == "smtpwire-trio" and not available("trio"):
+            return "trio not importable"
+        if server == "aiosmtpd" and not available("aiosmtpd"):
+            return "aiosmtpd not importable (pip install -e '.[bench]')"
+        if server == "smtp-sink" and self.smtp_sink is None:
+            return "smtp-sink not found"
+        return None
+
+    def starttls_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self.pool is None:
+            context = multiprocessing.get_context("spawn")
+            self.pool = concurrent.futures.ProcessPoolExecutor(STARTTLS_PROCESSES, mp_context=context)
+            list(self.pool.map(time.sleep, [0.2] * STARTTLS_PROCESSES))  # start the workers before any timing
+        return self.pool
+
+
+def serve_help() -> str:
+    try:
+        result = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout if result.returncode == 0 else ""
+
+
+def write_certificate(directory: Path) -> tuple[str, str]:
+    """A throwaway P-256 self-signed certificate, the kind ``smtpwire serve --self-signed`` makes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert, key_file = directory / "cert.pem", directory / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert), str(key_file)
+
+
+# -- starting and stopping a server ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Running:
+    server: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    out: Path
+    maildir: Path | None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            raise Failed(f"the server exited with status {self.process.returncode}: {self.tail()}")
+
+    def tail(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+        return " | ".join(lines) or "(empty log)"
+
+
+def server_command(env: Env, server: str, load: str, port: int, maildir: Path | None) -> list[str]:
+    address = f"{LOCALHOST}:{port}"
+    tls = load == "starttls"
+    if server.startswith("smtpwire"):
+        command = [*SERVE, "--listen", address, "--hostname", HOSTNAME]
+        command += ["--maildir", str(maildir)] if maildir else ["--sink"]
+        command += ["--self-signed"] if tls else []
+        if server == "smtpwire-trio":
+            command += ["--backend", "trio"]
+        elif env.has_loop:
+            command += ["--loop", server.removeprefix("smtpwire-")]
+        if load == "idle" and env.has_max_sessions:
+            command += ["--max-sessions", str(env.counts.idle * 2)]
+        return command
+    if server == "smtp-sink":
+        assert env.smtp_sink is not None
+        user = ["-u", pwd.getpwuid(os.geteuid()).pw_name] if os.geteuid() == 0 else []  # required as root
+        return [env.smtp_sink, *user, "-c", "-m", str(max(256, env.counts.idle * 2)), address, "1024"]
+    kind, _, loop = server.partition("-")
+    command = [sys.executable, SCRIPT, "_serve", kind, "--port", str(port), "--loop", loop or "asyncio"]
+    command += ["--tls", env.cert, env.key] if tls else []
+    command += ["--maildir", str(maildir)] if maildir else []
+    return command
+
+
+def kind_of(server: str) -> str:
+    """smtpwire, aiosmtpd, bare or smtp-sink."""
+    return server if server == "smtp-sink" else server.partition("-")[0]
+
+
+SMTPWIRE_ACCEPTED = " accepted id="  # smtpwire serve's log line for each message it accepted (counted)
+READY = {
+    "smtpwire": re.compile(r"smtpwire serving on (\S+?):(\d+)"),
+    "aiosmtpd": re.compile(r"bench server listening on (\S+?):(\d+)"),
+    "bare": re.compile(r"bench server listening on (\S+?):(\d+)"),
+}
+
+
+@contextlib.contextmanager
+def started(env: Env, server: str, load: str, run_dir: Path) -> Iterator[Running]:
+    """The server, listening on a free port; stopped (SIGTERM, then SIGKILL of its group) on the way out."""
+    port = free_port()
+    maildir = run_dir / "Maildir" if load == "maildir" else None
+    log, out = run_dir / "server.log", run_dir / "server.out"
+    with open(log, "wb") as log_file, open(out, "wb") as out_file:
+        process = subprocess.Popen(
+            server_command(env, server, load, port, maildir),
+            stdin=subprocess.DEVNULL,
+            stdout=out_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    running = Running(server, process, port, log, out, maildir)
+    try:
+        wait_until_listening(running)
+        yield running
+        running.alive()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise Failed(f"the server did not exit within {STOP_TIMEOUT} s of SIGTERM") from None
+    finally:
+        kill_group(process)
+        collect_notes(env, running)
+
+
+def wait_until_listening(running: Running) -> None:
+    port = running.port
+    ready = READY.get(kind_of(running.server))
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        running.alive()
+        if ready is None:
+            if listening(port):
+                return
+        else:
+            match = ready.search(running.log.read_text(errors="replace"))
+            if match:
+                if int(match[2]) != port:
+                    raise Failed(f"the server says it listens on {match[0]}, not port {port}")
+                return
+        time.sleep(0.02)
+    raise Failed(f"the server was not listening after {START_TIMEOUT} s: {running.tail()}")
+
+
+def server_count(running: Running, load: str) -> int:
+    """How many messages the (stopped) server says it accepted."""
+    kind = kind_of(running.server)
+    if kind == "smtpwire":
+        lines = [line for line in running.log.read_text(errors="replace").splitlines() if SMTPWIRE_ACCEPTED in line]
+        if load == "starttls" and any(" tls=none " in line for line in lines):
+            raise Failed("smtpwire logged a message received without TLS")
+        return len(lines)
+    if kind == "smtp-sink":
+        counters = re.findall(r"mesg=(\d+)", running.out.read_text(errors="replace"))
+        return int(counters[-1]) if counters else 0
+    match = re.search(r"bench-server: sessions=(\d+) messages=(\d+)", running.log.read_text(errors="replace"))
+    if match is None:
+        raise Failed(f"the server did not report its counts: {running.tail()}")
+    return int(match[2])
+
+
+NOTEWORTHY = re.compile(r"\b(WARNING|ERROR|CRITICAL|fatal|warning|panic)\b")
+EXPECTED_NOTES = ("self-signed certificate made just now",)  # serve --self-signed's own warning
+
+
+def collect_notes(env: Env, running: Running) -> None:
+    """Count the warnings, errors and exceptions of the server's log, with times, ids and numbers blanked out."""
+    lines = running.log.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("Traceback"):  # note the exception line that ends it
+            end = next((later for later in lines[number + 1 :] if later and not later[0].isspace()), "?")
+            text = f"Traceback: {end}"
+        elif NOTEWORTHY.search(line) and not any(expected in line for expected in EXPECTED_NOTES):
+            text = re.sub(r"^\d{4}-\d\d-\d\d [\d:,]+ ", "", line)  # smtpwire's log lines start with the time
+        else:
+            continue
+        key = (running.server, re.sub(r"\b[0-9a-f]{12}\b|\d+", "N", text)[:300])
+        env.log_notes[key] = env.log_notes.get(key, 0) + 1
+
+
+# -- clients -----------------------------------------------------------------------------------------------
+
+
+def run_client(command: list[str], timeout: float) -> None:
+    """Run a client to completion; Failed unless it exits 0 within ``timeout`` seconds."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{Path(command[0]).name} did not finish within {timeout:.0f} s") from None
+    finally:
+        kill_group(process)
+    if process.returncode != 0:
+        message = (stderr or stdout).decode(errors="replace").strip().replace("\n", " | ")[:300]
+        raise Failed(f"{Path(command[0]).name} exited with status {process.returncode}: {message}")
+
+
+def smtp_source(env: Env, port: int, *, clients: int, messages: int, length: int, persistent: bool) -> None:
+    assert env.smtp_source is not None
+    command = [env.smtp_source, "-s", str(clients), "-m", str(messages), "-l", str(length)]
+    command += ["-d"] if persistent else []
+    command += ["-f", SENDER, "-t", RECIPIENT, f"{LOCALHOST}:{port}"]
+    run_client(command, timeout=60 + messages / 50 + messages * length / (5 * MiB))
+
+
+STARTTLS_MESSAGE = (
+    f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench\r\n\r\n" + ("x" * 76 + "\r\n") * 13
+).encode()
+
+
+def starttls_sessions(port: int, sessions: int, threads: int, deadline: float) -> tuple[int, list[str]]:
+    """In a client process: ``sessions`` STARTTLS sessions over ``threads`` threads; (successes, errors)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    done: list[int] = []
+    errors: list[str] = []
+
+    def session() -> None:
+        with smtplib.SMTP(LOCALHOST, port, local_hostname="client.example", timeout=SOCKET_TIMEOUT) as client:
+            if client.ehlo()[0] != 250 or not client.has_extn("starttls"):
+                raise Failed("EHLO did not offer STARTTLS")
+            client.starttls(context=context)
+            if client.ehlo()[0] != 250:
+                raise Failed("EHLO after STARTTLS refused")
+            refused = client.sendmail(SENDER, [RECIPIENT], STARTTLS_MESSAGE)
+            if refused:
+                raise Failed(f"recipients refused: {refused}")
+        # leaving the block sends QUIT; smtplib raises unless it gets 221
+
+    def worker(count: int) -> None:
+        for _ in range(count):
+            if time.time() > deadline:
+                errors.append("deadline passed")
+                return
+            try:
+                session()
+            except Exception as error:  # any failure fails the run; keep a few reasons
+                errors.append(f"{type(error).__name__}: {error}"[:200])
+            else:
+                done.append(1)
+
+    shares = [sessions // threads + (n < sessions % threads) for n in range(threads)]
+    workers = [threading.Thread(target=worker, args=(share,), daemon=True) for share in shares]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(max(0.0, deadline - time.time()) + 1)
+    return len(done), errors[:3]
+
+
+def starttls_load(env: Env, port: int, sessions: int) -> None:
+    pool = env.starttls_pool()
+    deadline = time.time() + 60 + sessions / 5
+    shares = [sessions // STARTTLS_PROCESSES + (n < sessions % STARTTLS_PROCESSES) for n in range(STARTTLS_PROCESSES)]
+    futures = [pool.submit(starttls_sessions, port, share, STARTTLS_THREADS, deadline) for share in shares]
+    done, errors = 0, list[str]()
+    for future in futures:
+        ok, failures = future.result(timeout=max(1.0, deadline - time.time()) + 10)
+        done, errors = done + ok, errors + failures
+    if done != sessions:
+        raise Failed(f"{sessions - done} of {sessions} STARTTLS sessions failed: {'; '.join(errors[:2])}")
+
+
+@dataclasses.dataclass
+class Idle:
+    held: int
+    refused: int
+    failed: int
+    rss_before: int  # KiB
+    rss_after: int
+    errors: list[str]
+
+
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    """The code of one (possibly multiline) reply."""
+    for _ in range(100):
+        line = await reader.readline()
+        if len(line) < 4:
+            raise ConnectionError(f"connection closed or bad reply line {line!r}")
+        if line[3:4] != b"-":
+            return int(line[:3])
+    raise ConnectionError("reply of more than 100 lines")
+
+
+async def hold_idle(port: int, count: int, pid: int) -> Idle:
+    """Open ``count`` sessions, greeted and past EHLO, hold them, and read the server's RSS before and after."""
+    rss_before = status_kib(pid, "VmRSS")
+    gate = asyncio.Semaphore(IDLE_CONCURRENCY)
+    writers: list[asyncio.StreamWriter] = []
+    errors: list[str] = []
+
+    async def one() -> str:
+        async with gate:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(LOCALHOST, port), SOCKET_TIMEOUT)
+            except (OSError, TimeoutError) as error:
+                errors.append(f"connect: {type(error).__name__}: {error}")
+                return "failed"
+            writers.append(writer)
+            try:
+                code = await asyncio.wait_for(read_reply(reader), SOCKET_TIMEOUT)
+                if code == 220:
+                    writer.write(b"EHLO client.example\r\n")
+                    code = await asyncio.wait_for(read_reply(reader), SOCKET_TIMEOUT)
+                    if code == 250:
+                        return "held"
+            except (OSError, TimeoutError, ValueError) as error:
+                errors.append(f"{type(error).__name__}: {error}")
+                return "failed"
+            if code == 421:
+                return "refused"
+            errors.append(f"unexpected reply {code}")
+            return "failed"
+
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 120 + count / 10)
+        await asyncio.sleep(0.5)  # let the server settle (the last replies were just written)
+        rss_after = status_kib(pid, "VmRSS")
+    finally:
+        for writer in writers:
+            writer.close()
+        await asyncio.sleep(0.2)
+    return Idle(
+        outcomes.count("held"), outcomes.count("refused"), outcomes.count("failed"), rss_before, rss_after, errors[:3]
+    )
+
+
+# -- one run -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    rate: float = 0.0  # messages/s, sessions/s or MiB/s
+    cpu: float = 0.0  # server CPU seconds per message or session
+    peak_kib: int = 0  # VmHWM
+    held: int = 0  # idle
+    refused: int = 0
+    idle_kib: float = 0.0  # KiB per held idle session
+    rss_before_kib: int = 0
+    error: str | None = None
+
+
+def run_once(env: Env, server: str, load: str) -> Outcome:
+    parent = env.maildir_parent if load == "maildir" else env.work
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{server}-{load}-", dir=parent))
+    try:
+        return measure(env, server, load, run_dir)
+    except Failed as error:
+        return Outcome(error=str(error))
+    except Exception as error:  # e.g. the server gone between two reads of /proc: this run fails, not the benchmark
+        return Outcome(error=f"{type(error).__name__}: {error}")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def measure(env: Env, server: str, load: str, run_dir: Path) -> Outcome:
+    counts = env.counts
+    outcome = Outcome()
+    expected = {
+        "persistent": counts.persistent,
+        "per-connection": counts.per_connection,
+        "starttls": counts.starttls,
+        "big": counts.big,
+        "idle": 0,
+        "maildir": counts.maildir,
+    }[load]
+    with started(env, server, load, run_dir) as running:
+        port = running.port
+        cpu_before, started_at = cpu_seconds(running.pid), time.perf_counter()
+        if load in ("persistent", "maildir"):
+            smtp_source(env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=True)
+        elif load == "per-connection":
+            smtp_source(env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=False)
+        elif load == "big":
+            smtp_source(env, port, clients=counts.big_clients, messages=expected, length=BIG_LENGTH, persistent=False)
+        elif load == "starttls":
+            starttls_load(env, port, expected)
+        else:
+            idle = asyncio.run(hold_idle(port, counts.idle, running.pid))
+            if idle.failed or not idle.held:
+                raise Failed(
+                    f"{idle.held} held, {idle.refused} refused, {idle.failed} failed: {'; '.join(idle.errors)}"
+                )
+            outcome.held, outcome.refused, outcome.rss_before_kib = idle.held, idle.refused, idle.rss_before
+            outcome.idle_kib = (idle.rss_after - idle.rss_before) / idle.held
+        elapsed = time.perf_counter() - started_at
+        running.alive()
+        cpu = cpu_seconds(running.pid) - cpu_before
+        outcome.peak_kib = status_kib(running.pid, "VmHWM")
+    reported = server_count(running, load)
+    if reported != expected:
+        raise Failed(f"the server reports {reported} messages, {expected} were sent")
+    if running.maildir is not None:
+        stored = len(os.listdir(running.maildir / "new"))
+        left = len(os.listdir(running.maildir / "tmp"))
+        if stored != expected or left:
+            raise Failed(f"{stored} files in new/ and {left} in tmp/ for {expected} messages")
+    if expected:
+        units = expected * BIG_LENGTH / MiB if load == "big" else expected
+        outcome.rate, outcome.cpu = units / elapsed, cpu / expected
+    return outcome
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    title: str
+    unit: str  # of the rate
+    cpu_unit: str
+    cpu_scale: float  # CPU seconds -> cpu_unit
+
+
+def tables(counts: Counts) -> dict[str, Table]:
+    c = counts
+    return {
+        "persistent": Table(
+            f"Persistent sessions: {c.clients} smtp-source sessions (-d), {c.persistent:,} messages of "
+            f"{MESSAGE_LENGTH:,} bytes",
+            "msg/s",
+            "CPU µs/msg",
+            1e6,
+        ),
+        "per-connection": Table(
+            f"A connection per message: {c.clients} concurrent smtp-source sessions, {c.per_connection:,} messages "
+            f"of {MESSAGE_LENGTH:,} bytes",
+            "msg/s",
+            "CPU µs/msg",
+            1e6,
+        ),
+        "starttls": Table(
+            f"STARTTLS sessions: {c.starttls:,} smtplib sessions ({STARTTLS_PROCESSES} processes x "
+            f"{STARTTLS_THREADS} threads), EHLO STARTTLS EHLO MAIL RCPT DATA QUIT",
+            "sessions/s",
+            "CPU µs/session",
+            1e6,
+        ),
+        "big": Table(
+            f"Big messages: {c.big} messages of {BIG_LENGTH // MiB} MiB, {c.big_clients} smtp-source sessions",
+            "MiB/s",
+            "CPU ms/msg",
+            1e3,
+        ),
+        "idle": Table(f"Idle sessions: {c.idle:,} connections greeted and past EHLO, held open", "", "", 1.0),
+        "maildir": Table(
+            f"Maildir with fsync: {c.clients} smtp-source sessions (-d), {c.maildir:,} messages of "
+            f"{MESSAGE_LENGTH:,} bytes, each durable in new/ before its 250",
+            "msg/s",
+            "CPU µs/msg",
+            1e6,
+        ),
+    }
+
+
+def figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{figure(statistics.median(values))} [{figure(min(values))}-{figure(max(values))}]"
+
+
+def span(counts: list[int]) -> str:
+    return f"{min(counts):,}" if min(counts) == max(counts) else f"{min(counts):,}-{max(counts):,}"
+
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}" if ours is not None and theirs else "n/a"
+
+
+Results = dict[tuple[str, str], list[Outcome]]
+
+
+def report(env: Env, load: str, servers: Sequence[str], results: Results, rounds: int) -> None:
+    table = tables(env.counts)[load]
+    print(f"\n### {table.title}\n")
+    failures: list[str] = []
+    good: dict[str, list[Outcome]] = {}
+    for server in servers:
+        runs = results.get((server, load), [])
+        bad = [run for run in runs if run.error]
+        failures += [f"{server}: {run.error}" for run in bad]
+        if runs and not bad:
+            good[server] = runs
+
+    def median(server: str, pick: Callable[[Outcome], float]) -> float | None:
+        return statistics.median(pick(run) for run in good[server]) if server in good else None
+
+    if load == "idle":
+        print("| server | held | refused (421) | KiB per idle session | RSS before, MiB | KiB ÷ aiosmtpd |")
+        print("|---|---|---|---|---|---|")
+    else:
+        print(
+            f"| server | {table.unit} | {table.cpu_unit} | peak RSS, MiB | {table.unit} ÷ aiosmtpd | CPU ÷ aiosmtpd |"
+        )
+        print("|---|---|---|---|---|---|")
+    for server in servers:
+        runs = results.get((server, load), [])
+        reason = NOT_APPLICABLE.get((server, load)) or env.unavailable(server)
+        if not runs:
+            print(f"| {server} | n/a ({reason or 'not run'}) | | | | |")
+            continue
+        if server not in good:
+            failed = sum(1 for run in runs if run.error)
+            print(f"| {server} | FAILED ({failed} of {len(runs)} runs) | | | | |")
+            continue
+        peak = statistics.median(run.peak_kib for run in runs) / 1024
+        if load == "idle":
+            kib = [run.idle_kib for run in runs]
+            before = statistics.median(run.rss_before_kib for run in runs) / 1024
+            print(
+                f"| {server} | {span([run.held for run in runs])} | {span([run.refused for run in runs])} "
+                f"| {spread(kib)} | {figure(before)} "
+                f"| {ratio(median(server, lambda r: r.idle_kib), median('aiosmtpd', lambda r: r.idle_kib))} |"
+            )
+            continue
+        rates = [run.rate for run in runs]
+        cpu = median(server, lambda r: r.cpu)
+        assert cpu is not None
+        print(
+            f"| {server} | {spread(rates)} | {figure(cpu * table.cpu_scale)} | {figure(peak)} "
+            f"| {ratio(median(server, lambda r: r.rate), median('aiosmtpd', lambda r: r.rate))} "
+            f"| {ratio(cpu, median('aiosmtpd', lambda r: r.cpu))} |"
+        )
+    if load != "idle":
+        ours, bare = median("smtpwire-asyncio", lambda r: r.cpu), median("bare-asyncio", lambda r: r.cpu)
+        if ours is not None and bare is not None:
+            print(
+                f"\nsmtpwire serve (asyncio) CPU per {table.cpu_unit.split('/')[-1]} ÷ bare Protocol (asyncio): "
+                f"{ratio(ours, bare)}"
+            )
+    for failure in failures:
+        print(f"\n- FAILED {failure}")
+    sys.stdout.flush()
+
+
+def header(env: Env, rounds: int) -> str:
+    postfix = "unknown"
+    postconf = find_tool("postconf")
+    if postconf:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            result = subprocess.run([postconf, "-d", "mail_version"], capture_output=True, text=True, timeout=30)
+            postfix = result.stdout.partition("=")[2].strip() or postfix
+    versions = ", ".join(
+        f"{name} {package_version(name)}" for name in ("smtpwire", "aiosmtpd", "uvloop", "trio", "anyio")
+    )
+    return (
+        f"Python {sys.version.split()[0]} ({platform.python_implementation()}) on {platform.system()} "
+        f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs; {versions}, Postfix {postfix}; "
+        f"serve --loop: {'yes' if env.has_loop else 'no'}, --max-sessions: {'yes' if env.has_max_sessions else 'no'}; "
+        f"Maildir on {filesystem(env.maildir_parent)}; {rounds} rounds: median [min-max]; "
+        "ratios of the medians; CPU is the server process's utime+stime during the load"
+    )
+
+
+def pick(names: str | None, known: Sequence[str], what: str) -> list[str]:
+    if not names:
+        return list(known)
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [name for name in known if name in chosen]
+
+
+def raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["_serve"]:
+        serve_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description="End-to-end SMTP server benchmark (smtpwire serve and others).")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--only", metavar="LOAD[,LOAD]", help=f"loads to run: {', '.join(LOADS)}")
+    parser.add_argument("--servers", metavar="NAME[,NAME]", help=f"servers to run: {', '.join(SERVERS)}")
+    parser.add_argument("--maildir-parent", metavar="DIR", help="where the Maildirs go (default: the temp directory)")
+    args = parser.parse_args()
+    loads, servers = pick(args.only, LOADS, "load"), pick(args.servers, SERVERS, "server")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    raise_file_limit()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-servers-"))
+    env = Env(
+        counts=QUICK if args.quick else Counts(),
+        work=work,
+        maildir_parent=args.maildir_parent or tempfile.gettempdir(),
+        smtp_source=find_tool("smtp-source"),
+        smtp_sink=find_tool("smtp-sink"),
+        serve_help=serve_help() if any(s.startswith("smtpwire") for s in servers) else "",
+    )
+    if env.smtp_source is None and set(loads) - {"starttls", "idle"}:
+        raise SystemExit("smtp-source (Postfix) not found on PATH nor in " + ", ".join(SBIN))
+    results: Results = {}
+    try:
+        if {"starttls"} & set(loads):
+            env.cert, env.key = write_certificate(work)
+        print(header(env, args.rounds), flush=True)
+        runnable = [server for server in servers if env.unavailable(server) is None]
+        if "starttls" in loads and set(runnable) - {"smtp-sink"}:
+            env.starttls_pool()  # its client processes start now, not in a timed run
+        for server in servers:
+            if server not in runnable:
+                print(f"{server}: skipped, {env.unavailable(server)}", file=sys.stderr)
+        for number in range(args.rounds):
+            for load in loads:
+                shift = number % len(runnable) if runnable else 0
+                for server in runnable[shift:] + runnable[:shift]:
+                    if (server, load) in NOT_APPLICABLE:
+                        continue
+                    begun = time.monotonic()
+                    outcome = run_once(env, server, load)
+                    results.setdefault((server, load), []).append(outcome)
+                    table = tables(env.counts)[load]
+                    shown = outcome.error or (
+                        f"{outcome.held} held, {outcome.refused} refused, {outcome.idle_kib:.1f} KiB each"
+                        if load == "idle"
+                        else f"{figure(outcome.rate)} {table.unit}, {figure(outcome.cpu * table.cpu_scale)} "
+                        f"{table.cpu_unit}"
+                    )
+                    print(
+                        f"round {number + 1}/{args.rounds} {load} {server}: {shown} ({time.monotonic() - begun:.1f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        for load in loads:
+            report(env, load, servers, results, args.rounds)
+        if env.log_notes:
+            print("\nWarnings and errors in the servers' logs (numbers blanked to N; count over all runs):\n")
+            for (server, text), count in sorted(env.log_notes.items()):
+                print(f"- {server}, {count}x: {text}")
+    finally:
+        if env.pool is not None:
+            env.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
