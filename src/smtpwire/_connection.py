@@ -21,7 +21,7 @@ from ._errors import LocalProtocolError
 from ._extensions import Extensions
 from ._grammar import GrammarError, PathArgument, parse_path_argument
 from ._receivebuffer import ReceiveBuffer
-from ._reply import Reply
+from ._reply import Reply, cached_reply
 from ._sasl import (
     Challenge,
     CheckPassword,
@@ -195,7 +195,7 @@ class ServerConnection:
         self._pending = None
         accepted = reply.code in event.accepts
         if accepted and isinstance(event, ev.Ehlo):
-            reply = Reply(reply.code, reply.lines + self._ehlo_keywords())
+            reply = cached_reply(reply.code, reply.lines + self._ehlo_keywords())
         self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
             self._state = State.CLOSED
@@ -487,7 +487,7 @@ class ServerConnection:
     def _quit(self, argument: str) -> ev.Event:
         if argument:
             return self._reject("QUIT", _syntax("QUIT"))
-        self._queue(Reply(221, f"{self.config.hostname} Service closing transmission channel", (2, 0, 0)))
+        self._queue(cached_reply(221, f"{self.config.hostname} Service closing transmission channel", (2, 0, 0)))
         self._state = State.CLOSED
         return ev.Quit()
 
@@ -498,7 +498,7 @@ class ServerConnection:
             return self._reject("STARTTLS", TLS_ACTIVE)
         if "STARTTLS" not in self.extensions:
             return self._reject("STARTTLS", TLS_UNAVAILABLE)
-        self._queue(Reply(220, "Ready to start TLS", (2, 0, 0)))
+        self._queue(cached_reply(220, "Ready to start TLS", (2, 0, 0)))
         self._buffer.clear()  # plaintext pipelined after STARTTLS is never executed
         self._state = State.TLS_HANDSHAKE
         return ev.StartTLSRequested()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import LocalProtocolError
-from ._reply import Reply
+from ._reply import Reply, cached_reply
 
 #: The standard positive answers that name no host: built (and serialised) once.
 _SENDER_OK = Reply(250, "OK", (2, 1, 0))
@@ -64,7 +64,7 @@ class ConnectionOpened(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({220})
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(220, f"{hostname} ESMTP smtpwire")
+        return cached_reply(220, f"{hostname} ESMTP smtpwire")
 
     def answered_by(self, code: int) -> bool:
         return code in (220, 421, 554)
@@ -82,7 +82,7 @@ class Helo(Decision):
     enhanced_codes: ClassVar[bool] = False
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, hostname)
+        return cached_reply(250, hostname)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Ehlo(Decision):
     enhanced_codes: ClassVar[bool] = False
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(250, hostname)  # echoing the client's name could overflow the line
+        return cached_reply(250, hostname)  # echoing the client's name could overflow the line
 
 
 @dataclass(frozen=True)

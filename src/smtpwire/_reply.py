@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,3 +79,13 @@ class Reply:
             f"{self.code}{' ' if i == last else '-'}{prefix}{line}".rstrip(" ") + "\r\n"
             for i, line in enumerate(self.lines)
         ).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def cached_reply(code: int, text: str | tuple[str, ...], enhanced: EnhancedCode | None = None) -> Reply:
+    """A reply the server builds again and again from the same parts (its host name, EHLO keywords).
+
+    Built, checked and serialised once per distinct value instead of once per
+    connection; replies are immutable, so sharing them is safe.
+    """
+    return Reply(code, text, enhanced)
