@@ -173,6 +173,9 @@ def run_workers(settings: Settings, workers: int) -> None:
 
 
 def configure_logging(verbose: bool) -> None:
+    """One line per record on stderr; what the format does not show is not gathered (logging's own advice)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # no stack walk for a file name nobody prints
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
 

@@ -2,6 +2,9 @@
 
 Names follow the Maildir convention (time, microseconds, pid, a counter and
 random bits, the host name), so concurrent deliveries never collide.
+
+Everything here that touches the disk blocks: call it from a worker thread,
+never from an event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import itertools
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +40,8 @@ class Maildir:
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
+        #: The group commit of new/: deliveries renamed at about the same time share one fsync.
+        self.new_sync = DirectorySync(self.path / "new")
 
     def unique_name(self) -> str:
         now = time.time()
@@ -43,35 +49,154 @@ class Maildir:
         return f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}.{self._host}"
 
     def begin(self) -> Delivery:
+        """A new delivery; it touches no disk until its first ``write``, ``create`` or ``commit``."""
         return Delivery(self)
 
 
-class Delivery:
-    """One message on its way into new/; ``commit`` returns only once it is on disk."""
+class DirectorySync:
+    """Group commit: an fsync of a directory that every caller shares with those who came meanwhile.
 
-    def __init__(self, maildir: Maildir) -> None:
-        self.name = maildir.unique_name()
-        self.tmp = maildir.path / "tmp" / self.name
-        self.new = maildir.path / "new" / self.name
-        self.size = 0
-        self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by commit() or abort()
+    ``sync()`` returns only after an fsync of the directory that *started
+    after* ``sync()`` was called has succeeded, so whatever the caller did to
+    the directory before (a rename into it) is durable.  Callers arriving
+    while an fsync runs cannot use that one (it may have started before their
+    rename); they form the next group, and the first of them to see the disk
+    idle becomes its leader and runs one fsync for the whole group while the
+    others wait.  A lone caller on an idle disk fsyncs at once: no timer, no
+    added latency, and under load one fsync serves everyone who arrived
+    during the previous one.  If the group's fsync fails, every member gets
+    the error.
 
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self.size += len(data)
+    Why a leader among the callers rather than a committer thread of its own:
+    the callers are already worker threads (``anyio.to_thread``) that block
+    in the fsync of their own file just before, so waiting a little longer
+    there costs nothing on the event loop, works the same under asyncio and
+    trio, and needs no thread to start, stop, or re-create after fork in
+    ``--workers``.  The price is one parked worker thread per waiting
+    delivery, which anyio's thread limiter (40 by default) bounds.
 
-    def commit(self) -> Path:
-        """fsync the file, rename it into new/, fsync new/ (the rename is then durable)."""
+    The directory is opened for each fsync, not kept open, so a replaced
+    directory is never synced in place of the one renamed into.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fsyncs = 0  #: fsyncs started so far (to measure how well the groups form)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._running = False  # an fsync is under way (by some group's leader)
+        self._next = _Group()  # the group whose fsync has not started yet
+
+    def sync(self) -> None:
+        """Block until an fsync of the directory that started after this call has succeeded; raise if it failed."""
+        with self._lock:
+            group = self._next
+            while not group.done:
+                if not self._running:  # the disk is idle: lead this group
+                    self._running = True
+                    self._next = _Group()  # anyone arriving from now on needs a later fsync
+                    self.fsyncs += 1
+                    break
+                self._changed.wait()
+            else:
+                group.check()
+                return
+        group.error = OSError(errno.EIO, "the fsync did not finish", str(self.path))  # until it does
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.rename(self.tmp, self.new)
-            directory = os.open(self.new.parent, os.O_RDONLY | os.O_DIRECTORY)
+            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(directory)
             finally:
                 os.close(directory)
+            group.error = None
+        except OSError as error:
+            group.error = OSError(error.errno, error.strerror, str(self.path))
+        finally:
+            with self._lock:
+                group.done = True
+                self._running = False
+                self._changed.notify_all()
+        group.check()
+
+
+class _Group:
+    """The callers that one fsync serves, and how it went."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        """Raise the group's error, a copy for each member (they raise it in parallel threads)."""
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror, self.error.filename) from self.error
+
+
+class Delivery:
+    """One message on its way into new/; ``commit`` returns only once it is on disk.
+
+    Making one touches no disk: the file in tmp/ (and its name) comes with
+    ``create``, or with the first ``write`` or ``commit``, all of which block
+    and belong in a worker thread.  So a small message costs one trip to a
+    worker thread: ``commit(data)`` creates, writes, fsyncs, renames, and
+    waits for the (shared) fsync of new/.
+    """
+
+    def __init__(self, maildir: Maildir) -> None:
+        self.maildir = maildir
+        self.size = 0
+        self.name = ""  # the file's name, once created
+        self._fd: int | None = None
+
+    @property
+    def created(self) -> bool:
+        """Whether there is a file in tmp/ (``abort`` then has something to remove)."""
+        return self._fd is not None
+
+    @property
+    def tmp(self) -> Path:
+        return self.maildir.path / "tmp" / self.name
+
+    @property
+    def new(self) -> Path:
+        return self.maildir.path / "new" / self.name
+
+    def create(self) -> None:
+        """Create the (empty) file in tmp/, if not yet done; raises OSError when the Maildir cannot take it."""
+        if self._fd is None:
+            self.name = self.maildir.unique_name()
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+
+    def write(self, data: bytes) -> None:
+        self.create()
+        assert self._fd is not None
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):  # a short write, then the error (ENOSPC, EFBIG) on the next
+                count = os.write(self._fd, view[written:])
+                if count == 0:
+                    raise OSError(errno.ENOSPC, "the file system took no more data", str(self.tmp))
+                written += count
+        self.size += len(data)
+
+    def commit(self, data: bytes = b"") -> Path:
+        """Write ``data`` (the rest of the message), fsync the file, rename it into new/, fsync new/.
+
+        On an error the file is removed from tmp/ and the error raised.  If
+        the fsync of new/ is what failed, the message is already in new/ and
+        stays there, though it may not survive a crash: the client, told to
+        retry, may then deliver it twice, which is the safe side.
+        """
+        try:
+            self.write(data)
+            assert self._fd is not None
+            os.fsync(self._fd)
+            fd, self._fd = self._fd, -1  # closed from here on, even if close() fails
+            os.close(fd)
+            os.rename(self.tmp, self.new)
+            self.maildir.new_sync.sync()
         except BaseException:
             self.abort()
             raise
@@ -79,6 +204,10 @@ class Delivery:
 
     def abort(self) -> None:
         """Forget the message: close and remove the temporary file (if it is still there)."""
-        with contextlib.suppress(OSError):  # the disk may refuse the last flush too
-            self._file.close()
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # it is closed all the same
+                os.close(fd)
         self.tmp.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import logging
 import anyio.to_thread
 
 from smtpwire import Reply
-from smtpwire_handler import Envelope, Reject, Session
+from smtpwire_handler import Envelope, MaybeAwaitable, Reject, Session
 
 from ._authfile import Accounts, AuthFileHandler
 from ._maildir import Delivery, Maildir, storage_reply
@@ -74,71 +74,99 @@ class MaildirHandler(AuthFileHandler):
     """Streams each message into tmp/ and answers 250 only once it is durably in new/.
 
     With ``accounts``, AUTH is checked against them (see ``AuthFileHandler``).
+
+    No hook touches the disk on the event loop: every file operation runs in
+    a worker thread (``anyio.to_thread``, so asyncio and trio alike), and the
+    trips there are few, as each costs more than the work it carries.  Chunks
+    are gathered into writes of 256 KiB; a message smaller than that (most
+    are) costs one trip, at the end of data, which creates the file in tmp/,
+    writes it, fsyncs it, renames it into new/ and waits for an fsync of new/
+    that it shares with the deliveries renamed meanwhile (``DirectorySync``).
+
+    Whether DATA is refused at once (451/452 before the client sends the
+    message) when the Maildir cannot take a file: that check is a trip of its
+    own, one more per message.  Measured with 20 concurrent deliveries of
+    1 KB, it costs a fifth of the throughput, so it is made only while the
+    store is in doubt: until a delivery has succeeded, and again after a
+    storage error, until the next success.  While deliveries succeed, the file
+    is created lazily and a Maildir that breaks is first noticed at the end of
+    the data (still 451/452, never 250).
     """
 
     def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
         self.maildir = maildir
         self.hostname = hostname
         self.accounts = accounts
+        self._proven = False  # the last delivery attempt stored its message
 
-    async def data_start(self, session: Session) -> Reply | None:
+    def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
+        """A plain call while deliveries succeed; while the store is in doubt, a check in a worker thread."""
         assert session.envelope is not None
-        try:
-            delivery = await anyio.to_thread.run_sync(self.maildir.begin)
-        except OSError as error:
-            log.error("session %s: cannot create a file in %s: %s", session.id, self.maildir.path, error)
-            return storage_reply(error)
+        delivery = self.maildir.begin()
         session.state["delivery"] = delivery
         session.state["pending"] = [trace_headers(session, session.envelope, self.hostname)]
         session.state["pending_size"] = 0
+        return None if self._proven else self._create(session, delivery)
+
+    async def _create(self, session: Session, delivery: Delivery) -> Reply | None:
+        try:
+            await anyio.to_thread.run_sync(delivery.create)
+        except OSError as error:
+            log.error("session %s: cannot create a file in %s: %s", session.id, self.maildir.path, error)
+            del session.state["delivery"], session.state["pending"]
+            return storage_reply(error)
         return None
 
-    async def data_chunk(self, session: Session, data: bytes) -> None:
+    def data_chunk(self, session: Session, data: bytes) -> MaybeAwaitable[None]:
+        """Gathered in memory (a plain call); every 256 KiB, written in a worker thread."""
         session.state["pending"].append(data)
         session.state["pending_size"] += len(data)
-        if session.state["pending_size"] >= _FLUSH_AT:
-            try:
-                await self._flush(session, session.state["delivery"])
-            except OSError as error:
-                log.error("session %s: writing the message failed: %s", session.id, error)
-                raise Reject(storage_reply(error)) from error
+        return self._write(session) if session.state["pending_size"] >= _FLUSH_AT else None
+
+    async def _write(self, session: Session) -> None:
+        delivery: Delivery = session.state["delivery"]
+        try:
+            await anyio.to_thread.run_sync(delivery.write, self._take(session))
+        except OSError as error:
+            self._proven = False
+            log.error("session %s: writing the message failed: %s", session.id, error)
+            raise Reject(storage_reply(error)) from error
 
     async def message(self, session: Session, envelope: Envelope) -> Reply | None:
         delivery: Delivery = session.state.pop("delivery")
         try:
-            await self._flush(session, delivery)
-            path = await anyio.to_thread.run_sync(delivery.commit)
-        except OSError as error:
+            path = await anyio.to_thread.run_sync(delivery.commit, self._take(session))
+        except OSError as error:  # commit() removed the file from tmp/
+            self._proven = False
             log.error("session %s: storing the message failed: %s", session.id, error)
-            await anyio.to_thread.run_sync(delivery.abort)
             return storage_reply(error)
+        self._proven = True
         log_accepted(session, envelope, delivery.size, f"stored={path.name}")
         return None
 
-    async def message_aborted(self, session: Session, reply: Reply | None) -> None:
+    def message_aborted(self, session: Session, reply: Reply | None) -> MaybeAwaitable[None]:
         delivery: Delivery | None = session.state.pop("delivery", None)
-        if delivery is not None:
-            await anyio.to_thread.run_sync(delivery.abort)
+        session.state.pop("pending", None)
+        if delivery is not None and delivery.created:  # else there is nothing on disk
+            return anyio.to_thread.run_sync(delivery.abort)
+        return None
 
-    async def _flush(self, session: Session, delivery: Delivery) -> None:
+    @staticmethod
+    def _take(session: Session) -> bytes:
+        """What arrived since the last write, as one buffer."""
         data = b"".join(session.state["pending"])
         session.state["pending"], session.state["pending_size"] = [], 0
-        await anyio.to_thread.run_sync(delivery.write, data)
+        return data
 
 
 class SinkHandler(AuthFileHandler):
-    """Accepts and discards every message, like Postfix's smtp-sink."""
+    """Accepts and discards every message, like Postfix's smtp-sink; its hooks never wait, so they run inline."""
 
     def __init__(self, accounts: Accounts | None = None) -> None:
         self.accounts = accounts
 
-    async def data_start(self, session: Session) -> Reply | None:
-        session.state["size"] = 0
-        return None
+    def data_chunk(self, session: Session, data: bytes) -> None:
+        """Drop it (``envelope.size`` counts it)."""
 
-    async def data_chunk(self, session: Session, data: bytes) -> None:
-        session.state["size"] += len(data)
-
-    async def message(self, session: Session, envelope: Envelope) -> Reply | None:
-        log_accepted(session, envelope, session.state["size"], "discarded")
-        return None
+    def message(self, session: Session, envelope: Envelope) -> None:
+        log_accepted(session, envelope, envelope.size, "discarded")
