@@ -9,50 +9,22 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.stapled import MultiListener
 
-from smtpwire_handler import AsyncHandler, Handler, ServerOptions, too_many_sessions
+from smtpwire_handler import AsyncHandler, Handler, HostPort, ServerBase, ServerOptions, too_many_sessions
 
 from ._session import GONE, SessionRunner, log, wrap_tls
 
-HostPort = tuple[str, int]
 
-
-class Server:
+class Server(ServerBase[SessionRunner]):
     """An SMTP server on one or more TCP listeners, plain (STARTTLS) and implicit TLS.
 
     ``await server.serve()`` runs until ``await server.shutdown()``; start it
     with ``await task_group.start(server.serve)`` to know the bound addresses.
     """
 
-    def __init__(
-        self,
-        handler: AsyncHandler | Handler | None = None,
-        options: ServerOptions | None = None,
-        *,
-        listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
-        tls_listen: Sequence[HostPort] = (),
-        reuse_port: bool = False,
-    ) -> None:
-        self.handler: AsyncHandler | Handler = handler or AsyncHandler()
-        self.options = options or ServerOptions()
-        self.options.check_listeners(listen, tls_listen)
-        self.listen = list(listen)
-        self.tls_listen = list(tls_listen)
-        self.reuse_port = reuse_port
-        self.addresses: list[HostPort] = []
-        self.tls_addresses: list[HostPort] = []
-        self._sessions: set[SessionRunner] = set()
-        self._stopping = False
+    def _prepare(self) -> None:
         self._accepting: anyio.CancelScope | None = None
         self._all_closed = anyio.Event()
         self._stopped = anyio.Event()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def sessions(self) -> int:
-        return len(self._sessions)
 
     async def serve(self, *, task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED) -> None:
         listeners = [(await self._listen(host, port), False) for host, port in self.listen]

@@ -6,11 +6,11 @@ Handler hooks may be plain (run inline) or ``async def`` (awaited as a task,
 reading from that client paused until it answers).
 """
 
-from smtpwire_handler import AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import AsyncHandler, Envelope, Handler, HostPort, Reject, ServerOptions, Session, TLSInfo
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
 from ._protocol import SMTPProtocol
-from ._server import HostPort, Server, serve
+from ._server import Server, serve
 
 __all__ = [
     "LOOPS",

@@ -256,6 +256,9 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _arm(self, timeout: float) -> None:
         self._deadline = self._loop.time() + timeout
+        if self._timer is not None and self._timer.when() > self._deadline:  # moved earlier (DATA's end): re-arm
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._timer_fired)
 

@@ -8,17 +8,16 @@ import socket
 import ssl
 from collections.abc import Sequence
 
-from smtpwire_handler import AsyncHandler, Handler, ServerOptions
+from smtpwire_handler import AsyncHandler, Handler, HostPort, ServerBase, ServerOptions
 
 from ._protocol import SMTPProtocol, log
 
-HostPort = tuple[str, int]
 _ABORT_AFTER = 5.0  # seconds after the grace: connections still open are dropped
 _ACCEPT_RETRY = 0.5  # seconds to wait when accept() fails (EMFILE)
 _BACKLOG = 1024
 
 
-class Server:
+class Server(ServerBase[SMTPProtocol]):
     """An SMTP server on asyncio's Protocol API: plain listeners (STARTTLS) and implicit TLS.
 
     ``await server.start()`` binds (``addresses`` then holds the real ports),
@@ -26,37 +25,11 @@ class Server:
     does both around waiting until cancelled.
     """
 
-    def __init__(
-        self,
-        handler: AsyncHandler | Handler | None = None,
-        options: ServerOptions | None = None,
-        *,
-        listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
-        tls_listen: Sequence[HostPort] = (),
-        reuse_port: bool = False,
-    ) -> None:
-        self.handler: AsyncHandler | Handler = handler or AsyncHandler()
-        self.options = options or ServerOptions()
-        self.options.check_listeners(listen, tls_listen)
-        self.listen = list(listen)
-        self.tls_listen = list(tls_listen)
-        self.reuse_port = reuse_port
-        self.addresses: list[HostPort] = []
-        self.tls_addresses: list[HostPort] = []
+    def _prepare(self) -> None:
         self._listeners: list[asyncio.Server] = []
         self._tls_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()  # implicit-TLS accept loops and handshakes
-        self._sessions: set[SMTPProtocol] = set()
-        self._stopping = False
         self._all_closed: asyncio.Event | None = None
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def sessions(self) -> int:
-        return len(self._sessions)
 
     async def start(self) -> None:
         """Bind every listener; an address in use raises ``OSError`` naming it."""

@@ -19,6 +19,7 @@ from ._driver import (
 )
 from ._handler import AsyncHandler, Handler, MaybeAwaitable, Params, Reject
 from ._options import ServerOptions
+from ._server import HostPort, ServerBase
 from ._session import Address, Envelope, Session, TLSInfo, tls_info
 
 __all__ = [
@@ -33,9 +34,11 @@ __all__ = [
     "Envelope",
     "Handler",
     "HookWait",
+    "HostPort",
     "MaybeAwaitable",
     "Params",
     "Reject",
+    "ServerBase",
     "ServerOptions",
     "Session",
     "SessionDriver",
