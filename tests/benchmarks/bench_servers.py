@@ -1,15 +1,16 @@
-"""End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, a bare Protocol and Postfix's smtp-sink, over sockets.
+"""End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, bare loops over the core and Postfix's smtp-sink.
 
     python tests/benchmarks/bench_servers.py [--rounds 3] [--quick] [--only LOAD,...] [--servers NAME,...]
                                              [--maildir-parent DIR]
 
 Needs Postfix's ``smtp-source`` and ``smtp-sink`` (searched on PATH, then in
 the usual sbin directories), the ``bench`` extra (aiosmtpd), uvloop and trio.
-Only 127.0.0.1 is used.
+Only 127.0.0.1 is used.  Everything goes over sockets.
 
 Servers, each a subprocess started fresh, on a free port, for every run (so
 its CPU time is read from /proc/PID/stat, utime + stime, just around the
-load, and its peak RSS from VmHWM in /proc/PID/status):
+load, and its peak RSS from VmHWM in /proc/PID/status; with ``--workers``,
+summed over the serve process and every process under it):
 
 - ``smtpwire-asyncio``, ``smtpwire-uvloop``, ``smtpwire-trio``: ``python -m
   smtpwire_serve serve --sink`` (``--maildir DIR`` for the Maildir load,
@@ -25,11 +26,21 @@ load, and its peak RSS from VmHWM in /proc/PID/status):
   ``asyncio.Protocol`` feeding ``smtpwire.ServerConnection`` directly, every
   decision accepted, message data dropped (and ``loop.start_tls`` for
   STARTTLS).  No handler, no logging, no timeouts, no session limit.
+- ``anyio-trio``: the anyio adapter as a library user runs it on trio:
+  ``smtpwire_anyio.Server`` with a plain ``Handler`` that discards the data
+  (``data_chunk`` does nothing) and counts messages (``message``), no
+  logging configured, ``max_sessions`` above the idle count, in
+  ``anyio.run(..., backend="trio")`` (its STARTTLS through ``tls_context``).
+- ``bare-anyio-trio``: the ceiling of the core on anyio (trio): a task per
+  connection of ``anyio.create_tcp_listener`` looping over ``next_event()``,
+  sending what is queued and receiving when the core needs data, every
+  decision accepted, message data dropped.  No hooks, no timeouts, no session
+  limit, no STARTTLS, no Maildir.
 - ``smtp-sink``: Postfix's C test server (``-c`` for its message counter), the
   C ceiling.  No STARTTLS, no Maildir.
 
-The aiosmtpd and bare servers are this script itself, run as ``bench_servers.py
-_serve KIND ...``.  Loads (``--quick`` scales the counts down):
+The aiosmtpd, anyio and bare servers are this script itself, run as
+``bench_servers.py _serve KIND ...``.  Loads (``--quick`` scales the counts down):
 
 - ``persistent``: ``smtp-source -s 20 -m 20000 -l 1000 -d`` (20 sessions,
   each sending message after message); messages/s and server CPU µs/message.
@@ -49,6 +60,14 @@ _serve KIND ...``.  Loads (``--quick`` scales the counts down):
 - ``maildir``: ``smtp-source -s 20 -m 2000 -l 1000 -d`` into a fresh Maildir
   (under ``--maildir-parent``, default the temp directory: mind tmpfs, where
   fsync is free); afterwards new/ must hold exactly one file per message.
+- ``workers``: ``smtpwire serve --sink --workers 1`` and ``--workers 2`` (one
+  port, SO_REUSEPORT) on the loop serve picks by default (uvloop when
+  installed), or on each smtpwire server ``--servers`` names, under
+  ``smtp-source -s 40 -m 20000 -l 1000 -d``; messages/s, the ratio of 2
+  workers to 1 (the aim: at least 1.7 on 2 cores), the server CPU summed over
+  its processes, and smtp-source's own CPU (from the rusage of the reaped
+  client), since the load generator competes for the same cores.  Both
+  workers must log "smtpwire serving on" before the load starts.
 
 Every run is checked before its figure counts: smtp-source exits 0 (it stops
 at the first reply that is not the expected success), every smtplib session
@@ -56,11 +75,14 @@ succeeds, and the number of messages the server reports (smtpwire's log,
 the helpers' counters, smtp-sink's counter) or stores equals the number sent.
 A failed run makes its cell FAILED, never a figure; the reasons are listed
 under the table.  Rounds are interleaved (every load and server once per
-round, servers in rotating order) so drift hits all alike.  Tables give the
-median [min-max] over the rounds, the ratios to aiosmtpd of the medians, and
-``smtpwire serve`` (asyncio) CPU / bare Protocol (asyncio) CPU.  Warnings and
-errors found in the servers' logs are summarised at the end.  The tables
-(Markdown) go to stdout, progress to stderr.
+round, servers in rotating order; for ``workers`` the two counts back to
+back, in alternating order) so drift hits all alike.  Tables give the median
+[min-max] over the rounds, the ratios to aiosmtpd of the medians, and the CPU
+ratios of each server to its bare ceiling: ``smtpwire serve`` (asyncio,
+uvloop) to the bare Protocol on the same loop, the anyio adapter (trio) to
+the bare anyio loop (trio), and ``smtpwire serve`` (trio) to the anyio
+adapter (trio).  Warnings and errors found in the servers' logs are
+summarised at the end.  The tables (Markdown) go to stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -94,10 +116,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anyio.abc import SocketStream, TaskStatus
 
 MiB = 1024 * 1024
 LOCALHOST = "127.0.0.1"
@@ -115,8 +140,10 @@ STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (then SIGKILL)
 SOCKET_TIMEOUT = 15.0
 STARTTLS_PROCESSES, STARTTLS_THREADS = 2, 4
 IDLE_CONCURRENCY = 50  # connections being set up at once (aiosmtpd's listen backlog is 100)
+ANYIO_MAX_SESSIONS = 100_000  # the anyio-trio server's limit: never reached (the idle load holds 1,020)
+WORKER_COUNTS = (1, 2)  # serve --workers N for the workers load
 
-LOADS = ("persistent", "per-connection", "starttls", "big", "idle", "maildir")
+LOADS = ("persistent", "per-connection", "starttls", "big", "idle", "maildir", "workers")
 SERVERS = (
     "smtpwire-asyncio",
     "smtpwire-uvloop",
@@ -124,6 +151,8 @@ SERVERS = (
     "aiosmtpd",
     "bare-asyncio",
     "bare-uvloop",
+    "anyio-trio",
+    "bare-anyio-trio",
     "smtp-sink",
 )
 NOT_APPLICABLE = {
@@ -131,7 +160,24 @@ NOT_APPLICABLE = {
     ("smtp-sink", "maildir"): "no Maildir",
     ("bare-asyncio", "maildir"): "no storage",
     ("bare-uvloop", "maildir"): "no storage",
+    ("anyio-trio", "maildir"): "no storage",
+    ("bare-anyio-trio", "starttls"): "no STARTTLS",
+    ("bare-anyio-trio", "maildir"): "no storage",
 }
+#: CPU per message (or session) of a server ÷ that of the ceiling it is built on, printed under the tables.
+CPU_RATIOS = (
+    ("smtpwire serve (asyncio)", "smtpwire-asyncio", "bare Protocol (asyncio)", "bare-asyncio"),
+    ("smtpwire serve (uvloop)", "smtpwire-uvloop", "bare Protocol (uvloop)", "bare-uvloop"),
+    ("anyio adapter (trio)", "anyio-trio", "bare anyio (trio)", "bare-anyio-trio"),
+    ("smtpwire serve (trio)", "smtpwire-trio", "anyio adapter (trio)", "anyio-trio"),
+)
+
+
+def not_applicable(server: str, load: str) -> str | None:
+    """Why ``server`` has no run under ``load``, or None."""
+    if load == "workers" and not server.startswith("smtpwire"):
+        return "only smtpwire serve has --workers"
+    return NOT_APPLICABLE.get((server, load))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +190,13 @@ class Counts:
     big: int = 10
     idle: int = 1_020
     maildir: int = 2_000
+    workers: int = 20_000
     clients: int = 20  # concurrent smtp-source sessions (persistent, per-connection, maildir)
     big_clients: int = 2
+    workers_clients: int = 40  # enough sessions to keep two workers busy
 
 
-QUICK = Counts(persistent=2_000, per_connection=500, starttls=100, big=2, idle=1_020, maildir=200)
+QUICK = Counts(persistent=2_000, per_connection=500, starttls=100, big=2, idle=1_020, maildir=200, workers=8_000)
 
 
 class Failed(Exception):
@@ -162,6 +210,12 @@ class Failed(Exception):
 class Stats:
     sessions: int = 0
     messages: int = 0
+    count_sessions: bool = True  # False where counting would take a hook, work the server measured would not do
+
+    def report(self) -> None:
+        """The line ``server_count`` reads, written when the server stops."""
+        sessions = f" sessions={self.sessions}" if self.count_sessions else ""
+        print(f"bench-server: messages={self.messages}{sessions}", file=sys.stderr, flush=True)
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -295,21 +349,117 @@ async def serve_until_terminated(factory: Callable[[], asyncio.BaseProtocol], po
     print(f"bench server listening on {LOCALHOST}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
     server.close()
-    print(f"bench-server: sessions={stats.sessions} messages={stats.messages}", file=sys.stderr, flush=True)
+    stats.report()
+
+
+def bare_anyio(stats: Stats, port: int) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The ceiling on anyio: a task per connection looping over the core, every decision accepted, data dropped."""
+    import anyio
+
+    import smtpwire
+
+    config = smtpwire.ServerConfig(
+        hostname=HOSTNAME, extensions=smtpwire.STANDARD_EXTENSIONS, max_message_size=MAX_MESSAGE
+    )
+    gone = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+    async def session(stream: SocketStream) -> None:
+        conn = smtpwire.ServerConnection(config)
+        stats.sessions += 1
+        async with stream:
+            with contextlib.suppress(*gone):  # the peer vanished: the session just ends
+                while True:
+                    event = conn.next_event()
+                    if isinstance(event, smtpwire.Decision):
+                        stats.messages += isinstance(event, smtpwire.EndOfMessage)
+                        conn.accept()
+                    elif event is smtpwire.NEED_DATA or event is smtpwire.PAUSED:
+                        data = conn.data_to_send()
+                        if data:
+                            await stream.send(data)
+                        try:
+                            received = await stream.receive()
+                        except anyio.EndOfStream:
+                            received = b""
+                        conn.receive_data(received)
+                    elif isinstance(event, smtpwire.ConnectionClosed):
+                        data = conn.data_to_send()
+                        if data:
+                            await stream.send(data)
+                        return
+                    # MessageData (and nothing else comes without STARTTLS) is dropped
+
+    async def serve(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host=LOCALHOST, local_port=port)
+        task_status.started()
+        await listener.serve(session)
+
+    return serve
+
+
+def anyio_server(stats: Stats, port: int, tls: ssl.SSLContext | None) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """The anyio adapter as a library user runs it: ``Server`` with a plain handler that discards the data."""
+    import smtpwire
+    import smtpwire_anyio
+
+    class Discard(smtpwire_anyio.Handler):
+        def data_chunk(self, session: smtpwire_anyio.Session, data: bytes) -> None:
+            pass
+
+        def message(self, session: smtpwire_anyio.Session, envelope: smtpwire_anyio.Envelope) -> smtpwire.Reply | None:
+            stats.messages += 1  # for the check against the count sent
+            return None
+
+    config = smtpwire.ServerConfig(hostname=HOSTNAME, max_message_size=MAX_MESSAGE)
+    options = smtpwire_anyio.ServerOptions(config, tls_context=tls, max_sessions=ANYIO_MAX_SESSIONS)
+    server = smtpwire_anyio.Server(Discard(), options, listen=[(LOCALHOST, port)])
+    return server.serve
+
+
+async def serve_anyio_until_terminated(serve: Callable[..., Coroutine[Any, Any, Any]], port: int, stats: Stats) -> None:
+    """Run ``serve`` (started with ``task_status``) until SIGTERM or SIGINT, then cancel it and report."""
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as group:
+            await group.start(serve)
+            print(f"bench server listening on {LOCALHOST}:{port}", file=sys.stderr, flush=True)
+            async for _ in signals:
+                break
+            group.cancel_scope.cancel()
+    stats.report()
 
 
 def serve_main(argv: Sequence[str]) -> None:
-    """``_serve aiosmtpd|bare --port P [--loop asyncio|uvloop] [--tls CERT KEY] [--maildir DIR]``."""
+    """``_serve aiosmtpd|bare|anyio|bare-anyio --port P [--loop asyncio|uvloop|trio] [--tls CERT KEY] [--maildir DIR]``.
+
+    aiosmtpd and bare run on asyncio or uvloop, anyio and bare-anyio on trio.
+    """
     parser = argparse.ArgumentParser(prog="bench_servers.py _serve")
-    parser.add_argument("kind", choices=("aiosmtpd", "bare"))
+    parser.add_argument("kind", choices=("aiosmtpd", "bare", "anyio", "bare-anyio"))
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "trio"), default="asyncio")
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--maildir")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)  # aiosmtpd's CLI logs errors only; warnings are worth seeing here
+    on_anyio = args.kind in ("anyio", "bare-anyio")
+    if on_anyio != (args.loop == "trio"):
+        parser.error(f"{args.kind} does not run on {args.loop}")
+    if (args.maildir and args.kind != "aiosmtpd") or (args.tls and args.kind == "bare-anyio"):
+        parser.error(f"{args.kind} has no {'Maildir' if args.maildir else 'STARTTLS'} here")
     stats = Stats()
     tls = server_tls_context(*args.tls) if args.tls else None
+    if on_anyio:  # no logging configured, as a library user would leave it
+        import anyio
+
+        if args.kind == "anyio":
+            stats.count_sessions = False
+            serve = anyio_server(stats, args.port, tls)
+        else:
+            serve = bare_anyio(stats, args.port)
+        anyio.run(serve_anyio_until_terminated, serve, args.port, stats, backend="trio")
+        return
+    logging.basicConfig(level=logging.WARNING)  # aiosmtpd's CLI logs errors only; warnings are worth seeing here
     factory: Callable[[], asyncio.BaseProtocol]
     if args.kind == "aiosmtpd":
         from aiosmtpd.smtp import SMTP
@@ -352,6 +502,23 @@ def status_kib(pid: int, name: str) -> int:
             if line.startswith(name + ":"):
                 return int(line.split()[1])
     raise Failed(f"no {name} in /proc/{pid}/status")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (serve --workers: the workers and multiprocessing's resource tracker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as file:
+                    parent = int(file.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):  # gone since the scan began
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree = [pid]
+    for current in tree:  # grows as it goes; /proc holds no cycle, so it ends
+        tree += children.get(current, [])
+    return tree
 
 
 def listening(port: int) -> bool:
@@ -418,6 +585,7 @@ class Env:
     key: str = ""
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     log_notes: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    workers_servers: tuple[str, ...] = ()  # the smtpwire servers the workers load runs
 
     @property
     def has_loop(self) -> bool:
@@ -427,6 +595,10 @@ class Env:
     def has_max_sessions(self) -> bool:
         return "--max-sessions" in self.serve_help
 
+    @property
+    def has_workers(self) -> bool:
+        return "--workers" in self.serve_help
+
     def unavailable(self, server: str) -> str | None:
         """Why ``server`` cannot run here, or None."""
         if server.startswith("smtpwire") and not self.serve_help:
@@ -435,13 +607,23 @@ class Env:
             return "`serve` has no --loop yet"
         if server.endswith("uvloop") and not available("uvloop"):
             return "uvloop not importable"
-        if server == "smtpwire-trio" and not available("trio"):
+        if server.endswith("trio") and not available("trio"):
             return "trio not importable"
+        if server == "anyio-trio" and not available("smtpwire_anyio"):
+            return "smtpwire_anyio not importable"
         if server == "aiosmtpd" and not available("aiosmtpd"):
             return "aiosmtpd not importable (pip install -e '.[bench]')"
         if server == "smtp-sink" and self.smtp_sink is None:
             return "smtp-sink not found"
         return None
+
+    def skipped(self, server: str, load: str) -> str | None:
+        """Why ``server`` has no run under ``load`` here, or None."""
+        if load == "workers" and server.startswith("smtpwire") and self.serve_help and not self.has_workers:
+            return "`serve` has no --workers"
+        if load == "workers" and server.startswith("smtpwire") and server not in self.workers_servers:
+            return "not serve's default loop (name it in --servers)"
+        return not_applicable(server, load) or self.unavailable(server)
 
     def starttls_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self.pool is None:
@@ -499,6 +681,7 @@ class Running:
     log: Path
     out: Path
     maildir: Path | None
+    workers: int  # processes that each log that they serve
 
     @property
     def pid(self) -> int:
@@ -513,7 +696,7 @@ class Running:
         return " | ".join(lines) or "(empty log)"
 
 
-def server_command(env: Env, server: str, load: str, port: int, maildir: Path | None) -> list[str]:
+def server_command(env: Env, server: str, load: str, port: int, maildir: Path | None, workers: int) -> list[str]:
     address = f"{LOCALHOST}:{port}"
     tls = load == "starttls"
     if server.startswith("smtpwire"):
@@ -526,20 +709,22 @@ def server_command(env: Env, server: str, load: str, port: int, maildir: Path | 
             command += ["--loop", server.removeprefix("smtpwire-")]
         if load == "idle" and env.has_max_sessions:
             command += ["--max-sessions", str(env.counts.idle * 2)]
+        if load == "workers":
+            command += ["--workers", str(workers)]
         return command
     if server == "smtp-sink":
         assert env.smtp_sink is not None
         user = ["-u", pwd.getpwuid(os.geteuid()).pw_name] if os.geteuid() == 0 else []  # required as root
         return [env.smtp_sink, *user, "-c", "-m", str(max(256, env.counts.idle * 2)), address, "1024"]
-    kind, _, loop = server.partition("-")
-    command = [sys.executable, SCRIPT, "_serve", kind, "--port", str(port), "--loop", loop or "asyncio"]
+    kind, _, loop = server.rpartition("-") if "-" in server else (server, "", "asyncio")  # bare-anyio-trio, aiosmtpd
+    command = [sys.executable, SCRIPT, "_serve", kind, "--port", str(port), "--loop", loop]
     command += ["--tls", env.cert, env.key] if tls else []
     command += ["--maildir", str(maildir)] if maildir else []
     return command
 
 
 def kind_of(server: str) -> str:
-    """smtpwire, aiosmtpd, bare or smtp-sink."""
+    """smtpwire, aiosmtpd, bare (on asyncio or anyio), anyio or smtp-sink."""
     return server if server == "smtp-sink" else server.partition("-")[0]
 
 
@@ -548,24 +733,25 @@ READY = {
     "smtpwire": re.compile(r"smtpwire serving on (\S+?):(\d+)"),
     "aiosmtpd": re.compile(r"bench server listening on (\S+?):(\d+)"),
     "bare": re.compile(r"bench server listening on (\S+?):(\d+)"),
+    "anyio": re.compile(r"bench server listening on (\S+?):(\d+)"),
 }
 
 
 @contextlib.contextmanager
-def started(env: Env, server: str, load: str, run_dir: Path) -> Iterator[Running]:
+def started(env: Env, server: str, load: str, run_dir: Path, workers: int = 1) -> Iterator[Running]:
     """The server, listening on a free port; stopped (SIGTERM, then SIGKILL of its group) on the way out."""
     port = free_port()
     maildir = run_dir / "Maildir" if load == "maildir" else None
     log, out = run_dir / "server.log", run_dir / "server.out"
     with open(log, "wb") as log_file, open(out, "wb") as out_file:
         process = subprocess.Popen(
-            server_command(env, server, load, port, maildir),
+            server_command(env, server, load, port, maildir, workers),
             stdin=subprocess.DEVNULL,
             stdout=out_file,
             stderr=log_file,
             start_new_session=True,
         )
-    running = Running(server, process, port, log, out, maildir)
+    running = Running(server, process, port, log, out, maildir, workers)
     try:
         wait_until_listening(running)
         yield running
@@ -590,10 +776,11 @@ def wait_until_listening(running: Running) -> None:
             if listening(port):
                 return
         else:
-            match = ready.search(running.log.read_text(errors="replace"))
-            if match:
-                if int(match[2]) != port:
-                    raise Failed(f"the server says it listens on {match[0]}, not port {port}")
+            matches = list(ready.finditer(running.log.read_text(errors="replace")))  # a line per worker
+            wrong = [match[0] for match in matches if int(match[2]) != port]
+            if wrong:
+                raise Failed(f"the server says it listens on {wrong[0]}, not port {port}")
+            if len(matches) >= running.workers:
                 return
         time.sleep(0.02)
     raise Failed(f"the server was not listening after {START_TIMEOUT} s: {running.tail()}")
@@ -610,10 +797,10 @@ def server_count(running: Running, load: str) -> int:
     if kind == "smtp-sink":
         counters = re.findall(r"mesg=(\d+)", running.out.read_text(errors="replace"))
         return int(counters[-1]) if counters else 0
-    match = re.search(r"bench-server: sessions=(\d+) messages=(\d+)", running.log.read_text(errors="replace"))
+    match = re.search(r"bench-server: messages=(\d+)", running.log.read_text(errors="replace"))
     if match is None:
         raise Failed(f"the server did not report its counts: {running.tail()}")
-    return int(match[2])
+    return int(match[1])
 
 
 NOTEWORTHY = re.compile(r"\b(WARNING|ERROR|CRITICAL|fatal|warning|panic)\b")
@@ -638,8 +825,19 @@ def collect_notes(env: Env, running: Running) -> None:
 # -- clients -----------------------------------------------------------------------------------------------
 
 
-def run_client(command: list[str], timeout: float) -> None:
-    """Run a client to completion; Failed unless it exits 0 within ``timeout`` seconds."""
+def children_cpu() -> float:
+    """utime + stime of this process's reaped children, so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_client(command: list[str], timeout: float) -> float:
+    """Run a client to completion; its CPU seconds.  Failed unless it exits 0 within ``timeout`` seconds.
+
+    The CPU is that of the children reaped meanwhile: the client alone, as
+    the servers and the STARTTLS pool live on until later.
+    """
+    cpu_before = children_cpu()
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -652,14 +850,16 @@ def run_client(command: list[str], timeout: float) -> None:
     if process.returncode != 0:
         message = (stderr or stdout).decode(errors="replace").strip().replace("\n", " | ")[:300]
         raise Failed(f"{Path(command[0]).name} exited with status {process.returncode}: {message}")
+    return children_cpu() - cpu_before
 
 
-def smtp_source(env: Env, port: int, *, clients: int, messages: int, length: int, persistent: bool) -> None:
+def smtp_source(env: Env, port: int, *, clients: int, messages: int, length: int, persistent: bool) -> float:
+    """Send with smtp-source; its CPU seconds."""
     assert env.smtp_source is not None
     command = [env.smtp_source, "-s", str(clients), "-m", str(messages), "-l", str(length)]
     command += ["-d"] if persistent else []
     command += ["-f", SENDER, "-t", RECIPIENT, f"{LOCALHOST}:{port}"]
-    run_client(command, timeout=60 + messages / 50 + messages * length / (5 * MiB))
+    return run_client(command, timeout=60 + messages / 50 + messages * length / (5 * MiB))
 
 
 STARTTLS_MESSAGE = (
@@ -797,25 +997,28 @@ class Outcome:
     refused: int = 0
     idle_kib: float = 0.0  # KiB per held idle session
     rss_before_kib: int = 0
+    workers: int = 1  # serve --workers (the workers load)
+    server_share: float = 0.0  # server CPU seconds per second of the load (1.0: one core busy)
+    client_share: float = 0.0  # the same for smtp-source
     error: str | None = None
 
 
-def run_once(env: Env, server: str, load: str) -> Outcome:
+def run_once(env: Env, server: str, load: str, workers: int = 1) -> Outcome:
     parent = env.maildir_parent if load == "maildir" else env.work
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{server}-{load}-", dir=parent))
     try:
-        return measure(env, server, load, run_dir)
+        return measure(env, server, load, run_dir, workers)
     except Failed as error:
-        return Outcome(error=str(error))
+        return Outcome(workers=workers, error=str(error))
     except Exception as error:  # e.g. the server gone between two reads of /proc: this run fails, not the benchmark
-        return Outcome(error=f"{type(error).__name__}: {error}")
+        return Outcome(workers=workers, error=f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def measure(env: Env, server: str, load: str, run_dir: Path) -> Outcome:
+def measure(env: Env, server: str, load: str, run_dir: Path, workers: int) -> Outcome:
     counts = env.counts
-    outcome = Outcome()
+    outcome = Outcome(workers=workers)
     expected = {
         "persistent": counts.persistent,
         "per-connection": counts.per_connection,
@@ -823,16 +1026,31 @@ def measure(env: Env, server: str, load: str, run_dir: Path) -> Outcome:
         "big": counts.big,
         "idle": 0,
         "maildir": counts.maildir,
+        "workers": counts.workers,
     }[load]
-    with started(env, server, load, run_dir) as running:
+    client_cpu = 0.0
+    with started(env, server, load, run_dir, workers) as running:
         port = running.port
-        cpu_before, started_at = cpu_seconds(running.pid), time.perf_counter()
+        processes = process_tree(running.pid)  # the server, or serve and its workers
+        if workers > 1 and len(processes) <= workers:
+            raise Failed(f"{len(processes) - 1} processes under serve --workers {workers}")
+        cpu_before, started_at = sum(map(cpu_seconds, processes)), time.perf_counter()
         if load in ("persistent", "maildir"):
-            smtp_source(env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=True)
+            client_cpu = smtp_source(
+                env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=True
+            )
+        elif load == "workers":
+            client_cpu = smtp_source(
+                env, port, clients=counts.workers_clients, messages=expected, length=MESSAGE_LENGTH, persistent=True
+            )
         elif load == "per-connection":
-            smtp_source(env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=False)
+            client_cpu = smtp_source(
+                env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=False
+            )
         elif load == "big":
-            smtp_source(env, port, clients=counts.big_clients, messages=expected, length=BIG_LENGTH, persistent=False)
+            client_cpu = smtp_source(
+                env, port, clients=counts.big_clients, messages=expected, length=BIG_LENGTH, persistent=False
+            )
         elif load == "starttls":
             starttls_load(env, port, expected)
         else:
@@ -845,8 +1063,9 @@ def measure(env: Env, server: str, load: str, run_dir: Path) -> Outcome:
             outcome.idle_kib = (idle.rss_after - idle.rss_before) / idle.held
         elapsed = time.perf_counter() - started_at
         running.alive()
-        cpu = cpu_seconds(running.pid) - cpu_before
-        outcome.peak_kib = status_kib(running.pid, "VmHWM")
+        cpu = sum(map(cpu_seconds, processes)) - cpu_before
+        outcome.peak_kib = sum(status_kib(pid, "VmHWM") for pid in processes)
+    outcome.server_share, outcome.client_share = cpu / elapsed, client_cpu / elapsed
     reported = server_count(running, load)
     if reported != expected:
         raise Failed(f"the server reports {reported} messages, {expected} were sent")
@@ -910,6 +1129,14 @@ def tables(counts: Counts) -> dict[str, Table]:
             "CPU µs/msg",
             1e6,
         ),
+        "workers": Table(
+            f"Worker processes: `serve --sink --workers N` on one port (SO_REUSEPORT), {c.workers_clients} "
+            f"smtp-source sessions (-d), {c.workers:,} messages of {MESSAGE_LENGTH:,} bytes, {os.cpu_count()} CPUs "
+            "shared with smtp-source",
+            "msg/s",
+            "CPU µs/msg",
+            1e6,
+        ),
     }
 
 
@@ -957,7 +1184,7 @@ def report(env: Env, load: str, servers: Sequence[str], results: Results, rounds
         print("|---|---|---|---|---|---|")
     for server in servers:
         runs = results.get((server, load), [])
-        reason = NOT_APPLICABLE.get((server, load)) or env.unavailable(server)
+        reason = env.skipped(server, load)
         if not runs:
             print(f"| {server} | n/a ({reason or 'not run'}) | | | | |")
             continue
@@ -984,12 +1211,53 @@ def report(env: Env, load: str, servers: Sequence[str], results: Results, rounds
             f"| {ratio(cpu, median('aiosmtpd', lambda r: r.cpu))} |"
         )
     if load != "idle":
-        ours, bare = median("smtpwire-asyncio", lambda r: r.cpu), median("bare-asyncio", lambda r: r.cpu)
-        if ours is not None and bare is not None:
+        lines = []
+        for ours_name, ours_server, bare_name, bare_server in CPU_RATIOS:
+            ours, bare = median(ours_server, lambda r: r.cpu), median(bare_server, lambda r: r.cpu)
+            if ours is not None and bare is not None:
+                lines.append(f"{ours_name} CPU per {table.cpu_unit.split('/')[-1]} ÷ {bare_name}: {ratio(ours, bare)}")
+        if lines:
+            print("\n" + "  \n".join(lines))  # a Markdown line break each
+    for failure in failures:
+        print(f"\n- FAILED {failure}")
+    sys.stdout.flush()
+
+
+def report_workers(env: Env, results: Results) -> None:
+    """The workers load: a row per server and worker count, and the speed-up of 2 workers over 1."""
+    table = tables(env.counts)["workers"]
+    print(f"\n### {table.title}\n")
+    print(
+        f"| server | workers | {table.unit} | {table.cpu_unit} | server CPU, % of a core "
+        f"| smtp-source CPU, % of a core | peak RSS, MiB (all processes) | {table.unit} ÷ 1 worker |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    if not env.workers_servers:
+        print("| (no smtpwire server chosen) | | | | | | | |")
+    failures: list[str] = []
+    for server in env.workers_servers:
+        runs = results.get((server, "workers"), [])
+        if not runs:
+            print(f"| {server} | | n/a ({env.skipped(server, 'workers') or 'not run'}) | | | | | |")
+            continue
+        by_count = {n: [run for run in runs if run.workers == n] for n in WORKER_COUNTS}
+        failures += [f"{server} --workers {run.workers}: {run.error}" for run in runs if run.error]
+        one = by_count[1]
+        one_rate = statistics.median(run.rate for run in one) if one and not any(r.error for r in one) else None
+        for n, chosen in by_count.items():
+            bad = sum(1 for run in chosen if run.error)
+            if not chosen or bad:
+                print(f"| {server} | {n} | FAILED ({bad} of {len(chosen)} runs) | | | | | |")
+                continue
+            rate = statistics.median(run.rate for run in chosen)
             print(
-                f"\nsmtpwire serve (asyncio) CPU per {table.cpu_unit.split('/')[-1]} ÷ bare Protocol (asyncio): "
-                f"{ratio(ours, bare)}"
+                f"| {server} | {n} | {spread([run.rate for run in chosen])} "
+                f"| {figure(statistics.median(run.cpu for run in chosen) * table.cpu_scale)} "
+                f"| {spread([run.server_share * 100 for run in chosen])} "
+                f"| {spread([run.client_share * 100 for run in chosen])} "
+                f"| {figure(statistics.median(run.peak_kib for run in chosen) / 1024)} | {ratio(rate, one_rate)} |"
             )
+    print(f"\nThe aim: 2 workers at least 1.7x the messages/s of 1 on 2 cores; this machine has {os.cpu_count()}.")
     for failure in failures:
         print(f"\n- FAILED {failure}")
     sys.stdout.flush()
@@ -1005,12 +1273,14 @@ def header(env: Env, rounds: int) -> str:
     versions = ", ".join(
         f"{name} {package_version(name)}" for name in ("smtpwire", "aiosmtpd", "uvloop", "trio", "anyio")
     )
+    flags = (("--loop", env.has_loop), ("--max-sessions", env.has_max_sessions), ("--workers", env.has_workers))
+    options = ", ".join(f"{flag}: {'yes' if present else 'no'}" for flag, present in flags)
     return (
         f"Python {sys.version.split()[0]} ({platform.python_implementation()}) on {platform.system()} "
         f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs; {versions}, Postfix {postfix}; "
-        f"serve --loop: {'yes' if env.has_loop else 'no'}, --max-sessions: {'yes' if env.has_max_sessions else 'no'}; "
+        f"serve {options if env.serve_help else 'not run'}; "
         f"Maildir on {filesystem(env.maildir_parent)}; {rounds} rounds: median [min-max]; "
-        "ratios of the medians; CPU is the server process's utime+stime during the load"
+        "ratios of the medians; CPU is the server's utime+stime during the load (summed over its processes)"
     )
 
 
@@ -1058,13 +1328,20 @@ def main() -> None:
     )
     if env.smtp_source is None and set(loads) - {"starttls", "idle"}:
         raise SystemExit("smtp-source (Postfix) not found on PATH nor in " + ", ".join(SBIN))
+    # the workers load: the smtpwire servers named, or the loop serve picks by default (uvloop when installed)
+    named = [server for server in servers if server.startswith("smtpwire")] if args.servers else []
+    default = next((s for s in ("smtpwire-uvloop", "smtpwire-asyncio") if env.unavailable(s) is None), None)
+    if args.servers:
+        env.workers_servers = tuple(named)
+    elif default is not None:
+        env.workers_servers = (default,)
     results: Results = {}
     try:
         if {"starttls"} & set(loads):
             env.cert, env.key = write_certificate(work)
         print(header(env, args.rounds), flush=True)
         runnable = [server for server in servers if env.unavailable(server) is None]
-        if "starttls" in loads and set(runnable) - {"smtp-sink"}:
+        if "starttls" in loads and any(env.skipped(server, "starttls") is None for server in runnable):
             env.starttls_pool()  # its client processes start now, not in a timed run
         for server in servers:
             if server not in runnable:
@@ -1073,25 +1350,35 @@ def main() -> None:
             for load in loads:
                 shift = number % len(runnable) if runnable else 0
                 for server in runnable[shift:] + runnable[:shift]:
-                    if (server, load) in NOT_APPLICABLE:
+                    if env.skipped(server, load):
                         continue
-                    begun = time.monotonic()
-                    outcome = run_once(env, server, load)
-                    results.setdefault((server, load), []).append(outcome)
-                    table = tables(env.counts)[load]
-                    shown = outcome.error or (
-                        f"{outcome.held} held, {outcome.refused} refused, {outcome.idle_kib:.1f} KiB each"
-                        if load == "idle"
-                        else f"{figure(outcome.rate)} {table.unit}, {figure(outcome.cpu * table.cpu_scale)} "
-                        f"{table.cpu_unit}"
-                    )
-                    print(
-                        f"round {number + 1}/{args.rounds} {load} {server}: {shown} ({time.monotonic() - begun:.1f} s)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    # the workers load: both counts back to back, which first alternating by round
+                    counts = WORKER_COUNTS[:: -1 if number % 2 else 1] if load == "workers" else (1,)
+                    for workers in counts:
+                        begun = time.monotonic()
+                        outcome = run_once(env, server, load, workers)
+                        results.setdefault((server, load), []).append(outcome)
+                        table = tables(env.counts)[load]
+                        shown = outcome.error or (
+                            f"{outcome.held} held, {outcome.refused} refused, {outcome.idle_kib:.1f} KiB each"
+                            if load == "idle"
+                            else f"{figure(outcome.rate)} {table.unit}, {figure(outcome.cpu * table.cpu_scale)} "
+                            f"{table.cpu_unit}"
+                        )
+                        if load == "workers":
+                            shown += f", server CPU {outcome.server_share:.0%}, smtp-source {outcome.client_share:.0%}"
+                        print(
+                            f"round {number + 1}/{args.rounds} {load} {server}"
+                            f"{f' --workers {workers}' if load == 'workers' else ''}: {shown} "
+                            f"({time.monotonic() - begun:.1f} s)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         for load in loads:
-            report(env, load, servers, results, args.rounds)
+            if load == "workers":
+                report_workers(env, results)
+            else:
+                report(env, load, servers, results, args.rounds)
         if env.log_notes:
             print("\nWarnings and errors in the servers' logs (numbers blanked to N; count over all runs):\n")
             for (server, text), count in sorted(env.log_notes.items()):
