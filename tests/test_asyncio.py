@@ -125,10 +125,14 @@ class Client:
         self.writer.write(line + b"\r\n")
         return await self.reply()
 
-    async def send_message(self, mail_from: bytes = b"alice@example.org") -> bytes:
+    async def start_message(self, mail_from: bytes = b"alice@example.org") -> None:
+        """MAIL, RCPT and DATA, each accepted: the server now waits for the message."""
         for line in (b"MAIL FROM:<" + mail_from + b">", b"RCPT TO:<bob@example.net>"):
             assert (await self.command(line)).startswith(b"250 ")
         assert (await self.command(b"DATA")).startswith(b"354 ")
+
+    async def send_message(self, mail_from: bytes = b"alice@example.org") -> bytes:
+        await self.start_message(mail_from)
         self.writer.write(ON_THE_WIRE)
         return await self.reply()
 
@@ -512,8 +516,7 @@ def test_graceful_shutdown_lets_a_transaction_finish(loop: str) -> None:
             await idle.command(b"EHLO idle.example")
             busy = await Client.connect(server.addresses[0])
             await busy.command(b"EHLO busy.example")
-            for line in (b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.net>", b"DATA"):
-                await busy.command(line)
+            await busy.start_message()
             busy.writer.write(ON_THE_WIRE[:20])
             address = server.addresses[0]
             shutdown = asyncio.create_task(server.shutdown(TIMEOUT))
@@ -541,8 +544,7 @@ def test_after_the_grace_an_open_transaction_is_told_421(loop: str) -> None:
         async with serving(handler) as server:
             busy = await Client.connect(server.addresses[0])
             await busy.command(b"EHLO busy.example")
-            for line in (b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.net>", b"DATA"):
-                await busy.command(line)
+            await busy.start_message()
             busy.writer.write(ON_THE_WIRE[:20])
             await server.shutdown(0.3)
             assert await busy.reply() == SHUTTING_DOWN
@@ -599,8 +601,7 @@ def test_the_command_timeout_applies_again_after_a_message(loop: str) -> None:
         async with serving(Gate(), ServerOptions(command_timeout=0.3, data_timeout=5)) as server:
             client = await Client.connect(server.addresses[0])
             await client.command(b"EHLO c.example")
-            for line in (b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.net>", b"DATA"):
-                await client.command(line)
+            await client.start_message()
             client.writer.write(ON_THE_WIRE[:20])
             await asyncio.sleep(0.5)  # longer than a command may take: the timer now waits for the data timeout
             client.writer.write(ON_THE_WIRE[20:])

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import math
-import ssl
 from typing import TYPE_CHECKING, cast
 
 from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, HookWait, SessionDriver, tls_info, too_many_sessions
@@ -39,6 +38,7 @@ class SMTPProtocol(asyncio.Protocol):
         "_deadline",
         "_early",
         "_ended",
+        "_failed",
         "_hook",
         "_implicit_tls",
         "_loop",
@@ -60,6 +60,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._reading = True  # the transport delivers bytes
         self._writing = True  # the client takes what we write (no pause_writing in force)
         self._ended = False  # the transport is closed or closing: nothing more goes out
+        self._failed = False  # an unexpected error ended the session: a second one gives up
         self._hook: asyncio.Future[object] | None = None
         self._early: list[bytes] | None = None  # during the STARTTLS upgrade: what the TLS layer already decrypted
         self._deadline = math.inf
@@ -178,19 +179,11 @@ class SMTPProtocol(asyncio.Protocol):
             log.exception("session %s: unexpected error, closing the connection", driver.session.id)
             self._ended = True
             transport.abort()
-            if not driver.closed:
-                self._finish_after_error()
-
-    def _finish_after_error(self) -> None:
-        """The closing hooks still run (plain ones now, async ones in a task)."""
-        driver = self.driver
-        assert driver is not None
-        self._busy = False
-        driver.connection_lost()
-        try:
-            self._advance()
-        except Exception:  # pragma: no cover - a second failure while closing: give up on this session
-            log.exception("session %s: unexpected error while closing", driver.session.id)
+            if not driver.closed and not self._failed:  # the closing hooks still run, once
+                self._failed = True
+                self._busy = False
+                driver.connection_lost()
+                self._advance()
 
     def _hook_done(self, step: HookWait, future: asyncio.Future[object]) -> None:
         driver = self.driver
@@ -213,7 +206,7 @@ class SMTPProtocol(asyncio.Protocol):
             upgraded = await self._loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=driver.timeout
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as error:
+        except (OSError, RuntimeError) as error:  # ssl.SSLError, TimeoutError, ConnectionError are OSErrors
             driver.tls_failed(repr(error))
             self._ended = True
             transport.abort()

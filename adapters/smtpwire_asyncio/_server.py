@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import Sequence
 
 from smtpwire_handler import AsyncHandler, Handler, HostPort, ServerBase, ServerOptions
@@ -141,7 +140,7 @@ class Server(ServerBase[SMTPProtocol]):
                 ssl=self.options.tls_context,
                 ssl_handshake_timeout=self.options.tls_handshake_timeout,
             )
-        except (OSError, ssl.SSLError, TimeoutError) as error:
+        except OSError as error:  # ssl.SSLError and TimeoutError included
             log.warning("TLS handshake with %s failed: %r", peer, error)
             conn.close()
 

@@ -115,7 +115,6 @@ class SessionDriver:
         self._calls: deque[tuple[str, tuple[Any, ...], smtpwire.Event | None]] = deque()
         self._waiting: HookWait | None = None
         self._tls_due = implicit_tls  # a handshake is due: before the greeting (implicit TLS) or after STARTTLS
-        self._implicit_tls = implicit_tls
         self._closing = False  # the conversation is over: closing hooks, then CLOSED
         self._lost = False  # the peer is gone: nothing more can be sent
         self._done = False
@@ -224,7 +223,7 @@ class SessionDriver:
         self._tls_due = False
         self.session.tls = info
         self.log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
-        if self._implicit_tls and self.conn.state is smtpwire.State.GREETING:  # RFC 8314: nothing to reset
+        if self.conn.state is smtpwire.State.GREETING:  # implicit TLS (RFC 8314): nothing to reset
             self.session.implicit_tls = True
             return
         self.conn.tls_established()

@@ -92,7 +92,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import datetime
 import email.utils
 import functools
 import importlib.util
@@ -642,32 +641,11 @@ def serve_help() -> str:
 
 
 def write_certificate(directory: Path) -> tuple[str, str]:
-    """A throwaway P-256 self-signed certificate, the kind ``smtpwire serve --self-signed`` makes."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A throwaway P-256 self-signed certificate: the one ``smtpwire serve --self-signed`` makes."""
+    from smtpwire_serve._devcert import write_self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert, key_file = directory / "cert.pem", directory / "key.pem"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert), str(key_file)
+    cert, key = write_self_signed(directory, HOSTNAME)
+    return str(cert), str(key)
 
 
 # -- starting and stopping a server ------------------------------------------------------------------------
@@ -1035,21 +1013,17 @@ def measure(env: Env, server: str, load: str, run_dir: Path, workers: int) -> Ou
         if workers > 1 and len(processes) <= workers:
             raise Failed(f"{len(processes) - 1} processes under serve --workers {workers}")
         cpu_before, started_at = sum(map(cpu_seconds, processes)), time.perf_counter()
-        if load in ("persistent", "maildir"):
+        source = {  # smtp-source's sessions, message length, and whether they stay connected
+            "persistent": (counts.clients, MESSAGE_LENGTH, True),
+            "maildir": (counts.clients, MESSAGE_LENGTH, True),
+            "workers": (counts.workers_clients, MESSAGE_LENGTH, True),
+            "per-connection": (counts.clients, MESSAGE_LENGTH, False),
+            "big": (counts.big_clients, BIG_LENGTH, False),
+        }.get(load)
+        if source is not None:
+            clients, length, persistent = source
             client_cpu = smtp_source(
-                env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=True
-            )
-        elif load == "workers":
-            client_cpu = smtp_source(
-                env, port, clients=counts.workers_clients, messages=expected, length=MESSAGE_LENGTH, persistent=True
-            )
-        elif load == "per-connection":
-            client_cpu = smtp_source(
-                env, port, clients=counts.clients, messages=expected, length=MESSAGE_LENGTH, persistent=False
-            )
-        elif load == "big":
-            client_cpu = smtp_source(
-                env, port, clients=counts.big_clients, messages=expected, length=BIG_LENGTH, persistent=False
+                env, port, clients=clients, messages=expected, length=length, persistent=persistent
             )
         elif load == "starttls":
             starttls_load(env, port, expected)
