@@ -27,6 +27,9 @@ log = logging.getLogger("smtpwire.anyio")
 #: Peers that vanish or break the stream end the session like an orderly close.
 GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _CLOSE_TIMEOUT = 5.0
+#: The deadline is moved only when it would fire early or more than a tenth late, so an
+#: active session moves it once every twentieth of the timeout, not at every read.
+_SLACK, _SLACK_SET = 1.1, 1.05
 
 
 class SessionRunner:
@@ -34,8 +37,9 @@ class SessionRunner:
 
     The runner reads only when the core needs data, so after STARTTLS no byte
     of the client's handshake is ever read as plaintext.  One cancel scope
-    covers the session; its deadline is armed only while the runner waits
-    for the client, so hooks are never cut short by a read timeout.
+    covers the session.  Its deadline bounds every read and write, is lifted
+    while an async hook runs (a read timeout never cuts a hook short), and is
+    moved only when it would fire early or more than a tenth late.
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class SessionRunner:
         while True:
             step = driver.next_step()
             if isinstance(step, HookWait):
+                assert self._scope is not None
+                self._scope.deadline = math.inf  # a read timeout never cuts a hook short
                 try:
                     result = await step.awaitable
                 except Exception as error:
@@ -105,7 +111,10 @@ class SessionRunner:
         driver, scope = self.driver, self._scope
         assert scope is not None
         data = driver.data_to_send()
-        scope.deadline = anyio.current_time() + (driver.timeout if read else self.options.command_timeout)
+        timeout = driver.timeout if read else self.options.command_timeout
+        now = anyio.current_time()
+        if not now + timeout <= scope.deadline <= now + timeout * _SLACK:  # moved only when it drifts
+            scope.deadline = now + timeout * _SLACK_SET
         try:
             if data:
                 self._waiting_for = "send"
@@ -118,7 +127,6 @@ class SessionRunner:
         except GONE as error:
             driver.connection_lost(error)
         self._waiting_for = None  # not reached when the deadline or stop() cancelled the wait
-        scope.deadline = math.inf
 
     def _interrupted(self) -> None:
         """The session's scope was cancelled: by ``stop()`` while reading, or by the deadline."""

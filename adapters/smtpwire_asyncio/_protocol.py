@@ -45,6 +45,7 @@ class SMTPProtocol(asyncio.Protocol):
         "_reading",
         "_server",
         "_timer",
+        "_timer_at",
         "_writing",
         "driver",
         "transport",
@@ -65,6 +66,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._early: list[bytes] | None = None  # during the STARTTLS upgrade: what the TLS layer already decrypted
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # when the timer fires
 
     # -- asyncio's callbacks -------------------------------------------------------
 
@@ -249,10 +251,11 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _arm(self, timeout: float) -> None:
         self._deadline = self._loop.time() + timeout
-        if self._timer is not None and self._timer.when() > self._deadline:  # moved earlier (DATA's end): re-arm
+        if self._timer is not None and self._timer_at > self._deadline:  # moved earlier (DATA's end): re-arm
             self._timer.cancel()
             self._timer = None
         if self._timer is None:
+            self._timer_at = self._deadline
             self._timer = self._loop.call_at(self._deadline, self._timer_fired)
 
     def _timer_fired(self) -> None:
@@ -260,6 +263,7 @@ class SMTPProtocol(asyncio.Protocol):
         if self._deadline == math.inf:  # a hook or handshake runs: the next read re-arms
             return
         if self._loop.time() < self._deadline:
+            self._timer_at = self._deadline
             self._timer = self._loop.call_at(self._deadline, self._timer_fired)
             return
         driver, transport = self.driver, self.transport

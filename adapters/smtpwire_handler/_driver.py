@@ -117,7 +117,9 @@ class SessionDriver:
         self._tls_due = implicit_tls  # a handshake is due: before the greeting (implicit TLS) or after STARTTLS
         self._closing = False  # the conversation is over: closing hooks, then CLOSED
         self._lost = False  # the peer is gone: nothing more can be sent
-        self._done = False
+        #: True once the closing hooks are queued: the next steps run them, then CLOSED.
+        self.closed = False
+        self._transcript = transcript.isEnabledFor(logging.DEBUG)  # decided when the session starts
         self._in_message = False  # DATA was accepted and the message not yet answered
         self._refusal: Reply | None = None  # data_chunk failed: it decides the end of data
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
@@ -140,10 +142,6 @@ class SessionDriver:
         """Between transactions (none open, not inside DATA): a graceful shutdown may close it now."""
         return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
 
-    @property
-    def closed(self) -> bool:
-        return self._done
-
     def request_stop(self, *, force: bool = False) -> bool:
         """A graceful shutdown asks the session to close with 421 4.3.2; True when it should be woken now."""
         self._stop = "now" if force else self._stop or "when idle"
@@ -165,7 +163,7 @@ class SessionDriver:
                 wait = self._call(*self._calls.popleft())
                 if wait is not None:
                     return wait
-            elif self._done:
+            elif self.closed:
                 return CLOSED
             elif self._closing:
                 self._finish()
@@ -176,7 +174,7 @@ class SessionDriver:
                 if event is smtpwire.NEED_DATA:
                     if self._lost:
                         self._closing = True
-                    elif self.should_stop:
+                    elif self._stop is not None and self.should_stop:
                         self.conn.shutdown()
                     else:
                         return NEED_DATA
@@ -190,13 +188,13 @@ class SessionDriver:
 
     def data_to_send(self) -> bytes:
         data = self.conn.data_to_send()
-        if data and transcript.isEnabledFor(logging.DEBUG):
+        if data and self._transcript:
             transcript.debug("session %s >>> %r", self.session.id, data[:1024])
         return b"" if self._lost else data
 
     def receive(self, data: bytes) -> None:
         """The client's bytes (``b""``: it closed its side)."""
-        if data and transcript.isEnabledFor(logging.DEBUG):
+        if data and self._transcript:
             transcript.debug("session %s <<< %s", self.session.id, self._shown(data))
         self.conn.receive_data(data)
 
@@ -210,7 +208,7 @@ class SessionDriver:
 
     def connection_lost(self, error: BaseException | None = None) -> None:
         """The connection broke or the peer vanished: end the session (closing hooks still run)."""
-        if not self._lost and not self._done:
+        if not self._lost and not self.closed:
             self.log.info("session %s: connection lost: %r", self.session.id, error)
         self._lost = True
         self._end_handshake()
@@ -334,7 +332,7 @@ class SessionDriver:
         if self._in_message:  # a message started and was never answered
             self._aborted(None)
         self._queue("disconnect", (self.session,), None)
-        self._done = True
+        self.closed = True
         messages = f"{self._messages} message(s)"
         self.log.info("session %s: closed (%s, peer %s)", self.session.id, messages, self.session.peer_host)
 

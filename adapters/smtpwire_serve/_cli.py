@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,11 +173,26 @@ def run_workers(settings: Settings, workers: int) -> None:
         sys.exit(1)
 
 
+class _Formatter(logging.Formatter):
+    """logging's own time stamps, the date and time part formatted once a second rather than once a line."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format
+
+
 def configure_logging(verbose: bool) -> None:
     """One line per record on stderr; what the format does not show is not gathered (logging's own advice)."""
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no stack walk for a file name nobody prints
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
