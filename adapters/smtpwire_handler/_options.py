@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,10 +61,15 @@ class ServerOptions:
 
     def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
         """A core connection for a new client; STARTTLS is registered when a TLS context is set."""
+        return smtpwire.ServerConnection(self.connection_config, tls_active=implicit_tls)
+
+    @functools.cached_property
+    def connection_config(self) -> smtpwire.ServerConfig:
+        """``config``, with STARTTLS registered when a TLS context is set: made once, not per connection."""
         config = self.config
         if self.tls_context is not None and "STARTTLS" not in {e.keyword for e in config.extensions}:
             config = dataclasses.replace(config, extensions=(*config.extensions, smtpwire.StartTLS()))
-        return smtpwire.ServerConnection(config, tls_active=implicit_tls)
+        return config
 
     def read_timeout(self, conn: smtpwire.ServerConnection) -> float:
         """How long to wait for the client's next bytes in the connection's state."""

@@ -19,6 +19,10 @@ class State(enum.Enum):
     TLS_HANDSHAKE = "STARTTLS accepted; waiting for the adapter's handshake"
     CLOSED = "closed"
 
+    #: Members are singletons compared by identity, so the identity hash is the right one; Enum's own
+    #: hashes the name in Python, and the connection looks its reader up by state for every event.
+    __hash__ = object.__hash__
+
 
 _SESSION = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT})
 
