@@ -14,6 +14,7 @@ from ._protocol import SMTPProtocol, log
 _ABORT_AFTER = 5.0  # seconds after the grace: connections still open are dropped
 _ACCEPT_RETRY = 0.5  # seconds to wait when accept() fails (EMFILE)
 _BACKLOG = 1024
+_RECEIVE_SIZE = 64 * 1024
 
 
 class Server(ServerBase[SMTPProtocol]):
@@ -29,6 +30,8 @@ class Server(ServerBase[SMTPProtocol]):
         self._tls_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()  # implicit-TLS accept loops and handshakes
         self._all_closed: asyncio.Event | None = None
+        #: What every session reads into before its bytes are copied out (see SMTPProtocol).
+        self.receive_buffer = memoryview(bytearray(_RECEIVE_SIZE))
 
     async def start(self) -> None:
         """Bind every listener; an address in use raises ``OSError`` naming it."""
