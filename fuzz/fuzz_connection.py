@@ -32,7 +32,8 @@ Input format (a byte past the end of the input reads as 0)::
                                               (or None) for a CredentialsLookup
       9    REPLY    code:u8 text:u8 enh:u8    send() a valid reply for the pending decision
       10   INVALID  kind:u8 sel:u8            a deliberately wrong call: must raise LocalProtocolError
-                                              (kind % 5; kind 3 also covers accept() on a
+                                              (kind % 5; kind 2 also covers receive_data() of
+                                              something not bytes, kind 3 accept() on a
                                               CredentialsLookup and wrong or unexpected supply())
       11   TLS      ok:u8                     tls_established() (ok odd) or tls_failed()
       12   TIMEOUT                            timed_out()
@@ -48,8 +49,10 @@ After every operation the events are drained (bounded) and these invariants
 are asserted:
 
 - only ``LocalProtocolError`` is raised, exactly for the deliberately invalid
-  calls (ACCEPT/REPLY with nothing pending, INVALID, TLS outside a handshake),
-  and a call that raised changed nothing and queued nothing;
+  calls (ACCEPT/REPLY with nothing pending, INVALID, TLS outside a handshake,
+  a positive EHLO answer while the broken extension is registered), and a
+  call that raised changed nothing and queued nothing (an EHLO answered 250
+  then gets the 451 an adapter falls back to);
 - every output line matches ``[2-5]\\d\\d[ -]`` (or is a bare code: an empty
   text is RFC 5321's ``Reply-code CRLF``), ends with CRLF, holds no other
   CR or LF and is at most 512 octets; a multi-line reply keeps one code;
@@ -60,6 +63,10 @@ are asserted:
   command line, no complete one (or at most 4 held bytes in DATA);
 - every message matches a reference dot-unstuffer: its content, its size
   verdict and its bare CR/LF verdict;
+- HELO/EHLO names are a domain or an address literal of at most 255 octets;
+  no command argument in an event (names, addresses, parameters, VRFY, HELP)
+  holds a control, line separator or bidi control; local parts are at most
+  64 octets, domains 255 and paths 256 (RFC 5321 4.5.3.1.1-3);
 - the state machine moves as RFC 5321 / RFC 3207 say after each answer, no
   MAIL/RCPT/DATA decision is ever asked for without TLS under require_tls,
   and plaintext sent before the TLS handshake is never executed after it;
@@ -84,6 +91,7 @@ import base64
 import hmac
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 try:
@@ -104,6 +112,29 @@ MAX_OPS = 400
 MAX_RESPONSE_LINE = 12288 + 2
 #: RFC 5321 4.2: Reply-code [ SP textstring ] CRLF, or Reply-code "-" [ textstring ] CRLF.
 REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])[^\r\n]*)?\r\n")
+
+#: RFC 5321 4.1.1.1 ``Domain / address-literal`` (the literal's inside is the core's to check).
+LABEL = "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+HELLO_NAME = re.compile(rf"{LABEL}(\.{LABEL})*|\[[!-Z^-~]+\]")
+#: Bidi classes of the embeddings, overrides and isolates; the marks (LRM, RLM, ALM) are listed.
+BIDI_CONTROLS = frozenset({"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"})
+BIDI_MARKS = frozenset("\u200e\u200f\u061c")
+
+
+def unsafe(text: str) -> bool:
+    """Whether ``text`` holds what would break or disguise a header field or log line."""
+    return any(
+        (unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t")
+        or c in BIDI_MARKS
+        or unicodedata.bidirectional(c) in BIDI_CONTROLS
+        for c in text
+        if not " " <= c <= "~"
+    )
+
+
+def octets(text: str) -> int:
+    return len(text.encode())
+
 
 COMMAND_STATES = frozenset({State.REFUSED, State.GREETED, State.READY, State.MAIL, State.RCPT})
 #: The verb of the line each command event comes from.
@@ -149,6 +180,19 @@ CRAM_USERS = {"tim": "tanstaaftanstaaf"}
 ANY_SECRETS: tuple[object, ...] = (None, "pencil", SCRAM_USERS["user"], b"pencil", 42)
 
 
+class BrokenEhloLine(smtpwire.Extension):
+    """An application's extension whose keyword line would inject a reply into the EHLO answer."""
+
+    keyword = "X-BROKEN"
+
+    def ehlo_line(self, conn: smtpwire.ServerConnection) -> str:
+        return "X-BROKEN\r\n250 INJECTED"
+
+
+#: What the adapters answer when the application's answer raised LocalProtocolError.
+FALLBACK = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
+
+
 def extension_sets() -> tuple[tuple[smtpwire.Extension, ...], ...]:
     standard = smtpwire.STANDARD_EXTENSIONS
     return (
@@ -190,6 +234,7 @@ EXTENSIONS = (
     smtpwire.Pipelining(),
     AUTH_OPEN,
     AUTH_TLS,
+    BrokenEhloLine(),
 )
 
 
@@ -259,6 +304,12 @@ CANNED = (
     b"AUTH PLAIN not*base64\r\n",
     b"AUTH X-UNKNOWN\r\n",
     b"AUTH PLAIN " + b64("user\0user\0pencil") + b"\r\n",
+    b"EHLO [1.2.3.4])(by.trusted.example\r\n",
+    b"EHLO [IPv6:2001:db8::1]\r\n",
+    "MAIL FROM:<jo\u0085rg@example.org> SMTPUTF8\r\n".encode(),
+    "RCPT TO:<\u202egpj.exe@example.org>\r\n".encode(),
+    b"MAIL FROM:<" + b"l" * 65 + b"@example.org>\r\n",
+    b"RCPT TO:<a@" + b"d" * 253 + b">\r\n",
 )
 
 # -- the reply model (RFC 5321 4.3.2), written independently of the core ------
@@ -318,7 +369,14 @@ BAD_REPLIES: tuple[tuple[object, ...], ...] = (
     (250, "OK", (2, 1000, 0)),
     (True, "bool code"),
     (250, ("fine", 7)),
+    (250, b"bytes"),
+    (250, 7),
+    (250, "OK", (2, 0)),
+    (250, "OK", [2, 0, 0]),
+    (250, "OK", (2, True, 0)),
 )
+#: What receive_data() must refuse: not bytes (None and "" must not read as the end of the stream).
+NOT_BYTES: tuple[object, ...] = (None, "", "EHLO x\r\n", 0, [b"x"])
 
 
 # -- the application's side ------------------------------------------------------
@@ -326,7 +384,16 @@ BAD_REPLIES: tuple[tuple[object, ...], ...] = (
 
 def snapshot(conn: smtpwire.ServerConnection) -> tuple[object, ...]:
     """What a call that raised must leave unchanged."""
-    return (conn.state, conn.pending, conn.transaction, conn.tls_active, conn.helo_name, conn.authenticated)
+    return (
+        conn.state,
+        conn.pending,
+        conn.transaction,
+        conn.tls_active,
+        conn.helo_name,
+        conn.authenticated,
+        buffered(conn),
+        conn._peer_closed,
+    )
 
 
 def secret_for(event: smtpwire.CredentialsLookup) -> smtpwire.ScramCredentials | str | None:
@@ -498,6 +565,10 @@ class Harness:
         if reply is None and isinstance(event, smtpwire.CredentialsLookup):
             self.supply(event)
             return
+        if isinstance(event, smtpwire.Ehlo) and "X-BROKEN" in conn.extensions and (reply is None or reply.code == 250):
+            positive = reply
+            self.expect_error(conn.accept if positive is None else lambda: conn.send(positive))
+            reply = FALLBACK  # what an adapter answers instead; the decision is still pending
         before = conn.state
         try:
             if reply is None:
@@ -604,6 +675,9 @@ class Harness:
         if kind == 1:
             arguments = BAD_REPLIES[selector % len(BAD_REPLIES)]
             self.expect_error(lambda: Reply(*arguments))  # type: ignore[arg-type]
+        elif kind == 2 and selector & 1:
+            data = NOT_BYTES[(selector >> 1) % len(NOT_BYTES)]
+            self.expect_error(lambda: conn.receive_data(data))  # type: ignore[arg-type]
         elif kind == 2:
             self.expect_error(lambda: conn.send("250 OK"))  # type: ignore[arg-type]
         elif kind == 3 and isinstance(event, smtpwire.CredentialsLookup):
@@ -762,7 +836,13 @@ class Harness:
                 assert len(conn.transaction.recipients) < self.config.max_recipients
                 assert event.address.isascii() or conn.transaction.smtputf8
             if isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
-                assert re.fullmatch("[\x21-\x7e]+", event.name), event
+                assert HELLO_NAME.fullmatch(event.name) and len(event.name) <= 255, event
+            if isinstance(event, (smtpwire.MailFrom, smtpwire.RcptTo)):
+                self.check_address(event)
+            if isinstance(event, smtpwire.Vrfy):
+                assert not unsafe(event.argument), event
+        elif isinstance(event, smtpwire.Help):
+            assert not unsafe(event.topic), event
         elif isinstance(event, smtpwire.StartTLSRequested):
             assert conn.state is State.TLS_HANDSHAKE and not conn.tls_active
             assert "STARTTLS" in conn.extensions
@@ -783,6 +863,13 @@ class Harness:
             self.approved = None
         if isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
             self.check_message(event)
+
+    def check_address(self, event: smtpwire.MailFrom | smtpwire.RcptTo) -> None:
+        """RFC 5321 4.5.3.1.1-3 and nothing that breaks a header field or log line."""
+        address = event.address
+        assert not unsafe(address) and not any(unsafe(f"{k}={v}") for k, v in event.params.items()), event
+        local_part, _, domain = address.rpartition("@")
+        assert octets(local_part) <= 64 and octets(domain) <= 255 and octets(address) + 2 <= 256, event
 
     def check_report(self, event: object) -> None:
         """After supply() or an accepted AuthCredentials the outcome is the very next event."""
@@ -1117,6 +1204,53 @@ SEEDS: dict[str, bytes] = {
     + lines("EHLO c.example", *LOGIN_LINES[:2])
     + toggle(AUTH_OPEN)
     + lines(LOGIN_LINES[2], "MAIL FROM:<a@example.org> AUTH=<>", "QUIT"),
+    # -- what reaches header fields and log lines (RFC 5321 4.1.1.1, 4.5.3.1) --
+    "hello-names": config(AUTO)
+    + lines("EHLO [1.2.3.4])(by.trusted.example", "EHLO a_b.example", "EHLO host.example.", "EHLO -a", "EHLO a..b")
+    + lines("EHLO [300.1.1.1]", "EHLO [IPv6:zz::1]", "EHLO [tag:x]y", "EHLO " + ".".join(["h" * 63] * 4) + "h")
+    + lines("HELO myhost", "HELO [127.0.0.1]", "EHLO [IPv6:2001:db8::1]", "EHLO [x-tag:opaque]")
+    + lines("EHLO " + ".".join(["h" * 63] * 4), "EHLO localhost", "QUIT"),
+    "regress-ehlo-unclosed-literal": config(AUTO) + lines("EHLO [192.0.2.12", "HELO [IPv6:::1", "EHLO [192.0.2.1]"),
+    "address-length-limits": config(AUTO, command_line=3)
+    + lines("EHLO c.example", "MAIL FROM:<" + "l" * 1030 + "@example.org>", "MAIL FROM:<" + "l" * 65 + "@b.example>")
+    + lines("MAIL FROM:<a@" + "d" * 256 + ">", "MAIL FROM:<ab@" + "d" * 252 + ">", "MAIL FROM:<a@" + "d" * 252 + ">")
+    + lines("RCPT TO:<" + "l" * 64 + "@b.example>", "RCPT TO:<" + "l" * 65 + "@b.example>")
+    + lines("RCPT TO:<@" + "r" * 250 + ":a@b.example>", 'RCPT TO:<"' + "\u00fc" * 32 + '"@b.example>')
+    + lines("RSET", "MAIL FROM:<\u00fc@b.example> SMTPUTF8", 'RCPT TO:<"' + "\u00fc" * 31 + '"@b.example>', "QUIT"),
+    "unsafe-characters": config(AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<jo\u0085rg@example.org> SMTPUTF8")
+    + lines("MAIL FROM:<a\u2028b@example.org> SMTPUTF8")
+    + lines("MAIL FROM:<j\u00f6rg@example.org> SMTPUTF8", "RCPT TO:<\u202egpj.exe@example.org>")
+    + lines("RCPT TO:<a@\u2066b.example>", "RCPT TO:<b@example.org> X=\u200f", "VRFY \u061cbob", "HELP \u2029")
+    + lines("VRFY b\u0080ob", "RCPT TO:<\u0645\u062d\u0645\u062f@example.org>", "QUIT"),
+    "ehlo-broken-extension": config()
+    + ACCEPT
+    + toggle(BrokenEhloLine.keyword)
+    + lines("EHLO c.example")
+    + ACCEPT  # raises, changes nothing; 451 instead
+    + lines("HELO c.example", "EHLO again.example")
+    + ACCEPT
+    + reply(smtpwire.Helo, 250)
+    + reply(smtpwire.Ehlo, 250)  # raises, changes nothing; 451 instead
+    + toggle(BrokenEhloLine.keyword)
+    + lines("EHLO c.example")
+    + ACCEPT
+    + lines("QUIT"),
+    "misuse-receive-data": config()
+    + invalid(2, 1)
+    + invalid(2, 3)
+    + ACCEPT
+    + invalid(2, 5)
+    + invalid(1, 14)
+    + invalid(1, 15)
+    + invalid(1, 16)
+    + lines("EHLO c.example")
+    + invalid(2, 7)
+    + invalid(2, 9)
+    + invalid(1, 17)
+    + invalid(1, 18)
+    + ACCEPT
+    + lines("QUIT"),
 }
 
 

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 from ._extensions import Extension
 from ._reply import Reply
-from ._sasl import MECHANISMS, MIN_ITERATIONS, Failure, FailureKind, Mechanism, check_iterations, sasl_mechanism
+from ._sasl import (
+    MECHANISMS,
+    MIN_ITERATIONS,
+    Failure,
+    FailureKind,
+    Mechanism,
+    check_iterations,
+    check_salt_key,
+    sasl_mechanism,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._connection import ServerConnection
@@ -57,6 +66,10 @@ class Auth(Extension):
     CRAM-MD5 challenge (default: 18 random bytes per attempt).
     ``scram_iterations`` is the count an unknown SCRAM user is answered with:
     make it the count your stored credentials use, so users cannot be told apart.
+    ``scram_salt_key`` (at least 16 random bytes, secret, never changed)
+    derives an unknown user's salt: give every process and every restart the
+    same key, so that salt never changes, as a real user's does not; without
+    one it changes from process to process, which tells the two apart.
     """
 
     keyword = "AUTH"
@@ -70,6 +83,7 @@ class Auth(Extension):
         require_tls: bool = True,
         nonce: Callable[[], str] | None = None,
         scram_iterations: int = MIN_ITERATIONS,
+        scram_salt_key: bytes | None = None,
     ) -> None:
         requested = tuple(mechanisms)
         names = tuple(name.upper() for name in requested if isinstance(name, str) and name.isascii())
@@ -80,6 +94,9 @@ class Auth(Extension):
         self._nonce = nonce
         check_iterations(scram_iterations)
         self.scram_iterations = scram_iterations
+        if scram_salt_key is not None:
+            check_salt_key(scram_salt_key)
+        self._scram_salt_key = scram_salt_key  # secret: in no repr
 
     def offered(self, conn: ServerConnection) -> bool:
         """Whether AUTH may be used right now (``require_tls`` is met)."""
@@ -98,7 +115,13 @@ class Auth(Extension):
         if not name.isascii() or name.upper() not in self.mechanisms:
             return None
         nonce = None if self._nonce is None else self._nonce()
-        return sasl_mechanism(name, nonce=nonce, allow_cram_md5=True, scram_iterations=self.scram_iterations)
+        return sasl_mechanism(
+            name,
+            nonce=nonce,
+            allow_cram_md5=True,
+            scram_iterations=self.scram_iterations,
+            scram_salt_key=self._scram_salt_key,
+        )
 
     def __repr__(self) -> str:
         return f"<Auth {' '.join(self.mechanisms)} require_tls={self.require_tls}>"

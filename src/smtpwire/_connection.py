@@ -8,7 +8,6 @@ the order rules live in ``_state``, the grammar in ``_grammar``, DATA in
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,14 @@ from ._config import ServerConfig
 from ._dotreader import DotReader
 from ._errors import LocalProtocolError
 from ._extensions import Extensions
-from ._grammar import GrammarError, PathArgument, parse_path_argument
+from ._grammar import (
+    FORBIDDEN_IN_COMMAND,
+    GrammarError,
+    PathArgument,
+    parse_path_argument,
+    valid_ehlo_line,
+    valid_hello_name,
+)
 from ._receivebuffer import ReceiveBuffer
 from ._reply import Reply, cached_reply
 from ._sasl import (
@@ -48,8 +54,7 @@ NextEvent = ev.Event | Sentinel
 MessageEnd = ev.EndOfMessage | ev.MessageRejected
 
 _EXTENSION_VERBS = frozenset({"STARTTLS", "AUTH"})
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
-_DOMAIN_TOKEN = re.compile("[\x21-\x7e]{1,255}")  # RFC 5321 4.5.3.1.2: a domain is at most 255 octets
+_RECEIVABLE = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,27 @@ UNSUPPORTED_PARAMETER = _reply(555, "Unsupported parameter", (5, 5, 4))
 TLS_UNAVAILABLE = _reply(454, "TLS not available", (4, 7, 0))
 TLS_ACTIVE = _reply(503, "TLS already active", (5, 5, 1))
 OK = _reply(250, "OK", (2, 0, 0))
+#: RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad recipient's; 501 as RFC 5321 4.5.3.1.9 has it.
+_ADDRESS_STATUS = {"MAIL": (5, 1, 7), "RCPT": (5, 1, 3)}
+_ADDRESS_TEXT = {
+    "address": "Bad address syntax",
+    "local part": "Local part too long (at most 64 octets, RFC 5321 4.5.3.1.1)",
+    "domain": "Domain too long (at most 255 octets, RFC 5321 4.5.3.1.2)",
+    "path": "Path too long (at most 256 octets, RFC 5321 4.5.3.1.3)",
+}
+ADDRESS_ERRORS = {
+    (verb, what): _reply(501, text, status)
+    for verb, status in _ADDRESS_STATUS.items()
+    for what, text in _ADDRESS_TEXT.items()
+}
 
 
 def _syntax(usage: str) -> Reply:
     return Reply(501, f"Syntax: {usage}", (5, 5, 4))
+
+
+HELO_SYNTAX = _syntax("HELO domain or [address literal]")
+EHLO_SYNTAX = _syntax("EHLO domain or [address literal]")
 
 
 class ServerConnection:
@@ -98,6 +120,8 @@ class ServerConnection:
     """
 
     def __init__(self, config: ServerConfig | None = None, *, tls_active: bool = False) -> None:
+        if config is not None and not isinstance(config, ServerConfig):
+            raise LocalProtocolError(f"ServerConnection() takes a ServerConfig or None, not {type(config).__name__}")
         self.config = config or ServerConfig()
         self.extensions = Extensions(self.config.extensions)
         self._tls_active = tls_active
@@ -155,12 +179,14 @@ class ServerConnection:
 
     # -- bytes in, bytes out -------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side.
 
         Bytes arriving while a TLS handshake is due are plaintext the client
         must not have sent (RFC 3207 4.2), so they are dropped.
         """
+        if not isinstance(data, _RECEIVABLE):  # None or "" must not read as the end of the stream
+            raise LocalProtocolError(f"receive_data() takes bytes (b'' for end of stream), not {type(data).__name__}")
         if not data:
             self._peer_closed = True
         elif self._state not in (State.TLS_HANDSHAKE, State.CLOSED):
@@ -184,7 +210,11 @@ class ServerConnection:
     # -- answering decisions ---------------------------------------------
 
     def send(self, reply: Reply) -> None:
-        """Answer the pending decision event with ``reply``."""
+        """Answer the pending decision event with ``reply``.
+
+        Everything that can raise comes before the first change: a call that
+        raised leaves the decision pending, to be answered again.
+        """
         event = self._pending
         if event is None:
             raise LocalProtocolError("no event is waiting for a reply")
@@ -192,10 +222,10 @@ class ServerConnection:
             raise LocalProtocolError(f"send() takes a Reply, not {type(reply).__name__}")
         if not event.answered_by(reply.code):
             raise LocalProtocolError(f"{reply.code} is not an answer to {type(event).__name__}")
-        self._pending = None
         accepted = reply.code in event.accepts
         if accepted and isinstance(event, ev.Ehlo):
             reply = cached_reply(reply.code, reply.lines + self._ehlo_keywords())
+        self._pending = None
         self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
             self._state = State.CLOSED
@@ -262,8 +292,19 @@ class ServerConnection:
             raise LocalProtocolError(f"no TLS handshake is due in state {self._state.name}")
 
     def _ehlo_keywords(self) -> tuple[str, ...]:
-        lines = (extension.ehlo_line(self) for extension in self.extensions)
-        return tuple(line for line in lines if line is not None)
+        """The keyword lines the extensions offer now, each checked: they go on the wire as they are."""
+        keywords = []
+        for extension in self.extensions:
+            line = extension.ehlo_line(self)
+            if line is None:
+                continue
+            if not isinstance(line, str) or not valid_ehlo_line(line):
+                raise LocalProtocolError(
+                    f"{extension!r}.ehlo_line() must give None or an RFC 5321 4.1.1.1 ehlo-line"
+                    f" (a keyword, then printable ASCII parameters after single spaces), not {line!r}"
+                )
+            keywords.append(line)
+        return tuple(keywords)
 
     def _forget_session(self) -> None:
         self._helo_name = None
@@ -316,7 +357,7 @@ class ServerConnection:
         if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
             return self._reject("", UNRECOGNIZED)
         verb = verb.upper()
-        if _CONTROL.search(text):
+        if FORBIDDEN_IN_COMMAND.search(text):
             return self._reject(verb, BAD_CHARACTERS)
         return self._dispatch(verb, argument.strip(" "))
 
@@ -391,13 +432,13 @@ class ServerConnection:
         return event
 
     def _helo(self, argument: str) -> ev.Event:
-        if not _DOMAIN_TOKEN.fullmatch(argument):
-            return self._reject("HELO", _syntax("HELO domain"))
+        if not valid_hello_name(argument):
+            return self._reject("HELO", HELO_SYNTAX)
         return self._decide(ev.Helo(argument))
 
     def _ehlo(self, argument: str) -> ev.Event:
-        if not _DOMAIN_TOKEN.fullmatch(argument):
-            return self._reject("EHLO", _syntax("EHLO domain"))
+        if not valid_hello_name(argument):
+            return self._reject("EHLO", EHLO_SYNTAX)
         return self._decide(ev.Ehlo(argument))
 
     def _mail(self, argument: str) -> ev.Event:
@@ -430,9 +471,7 @@ class ServerConnection:
         try:
             parsed = parse_path_argument(argument, prefix, null_ok=null_ok, postmaster_ok=not null_ok)
         except GrammarError as error:
-            if error.what == "address":
-                return Reply(501, "Bad address syntax", (5, 1, 7) if verb == "MAIL" else (5, 1, 3))
-            return _syntax(f"{verb} {prefix}<address> [parameters]")
+            return ADDRESS_ERRORS.get((verb, error.what)) or _syntax(f"{verb} {prefix}<address> [parameters]")
         for name, value in parsed.params.items():
             owner = next(
                 (

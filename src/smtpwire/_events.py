@@ -75,7 +75,11 @@ class ConnectionOpened(Decision):
 
 @dataclass(frozen=True)
 class Helo(Decision):
-    """HELO: the client greeted without asking for extensions."""
+    """HELO: the client greeted without asking for extensions.
+
+    ``name`` is a domain or an address literal of at most 255 octets (RFC 5321
+    4.1.1.1, 4.5.3.1.2), so it can go into a ``Received:`` field as it is.
+    """
 
     name: str
     accepts: ClassVar[frozenset[int]] = frozenset({250})
@@ -87,7 +91,7 @@ class Helo(Decision):
 
 @dataclass(frozen=True)
 class Ehlo(Decision):
-    """EHLO: a positive answer gets the extension keywords appended by the core."""
+    """EHLO: a positive answer gets the extension keywords appended by the core; ``name`` as for HELO."""
 
     name: str
     accepts: ClassVar[frozenset[int]] = frozenset({250})

@@ -1,14 +1,19 @@
-"""The RFC 5321 4.1.2 path grammar, with RFC 6531 UTF-8, as anchored regexes.
+"""The RFC 5321 4.1 grammar (paths, HELO/EHLO names), with RFC 6531 UTF-8, as anchored regexes.
 
 Each regex is built piece by piece from the ABNF it names, so the grammar can
 be read against the RFC; nothing here is a loose "looks like an address" test.
+What is accepted ends up in Received: and Return-Path: header fields and in
+log lines, so the grammar is also the server's defence against injection.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+
+from ._reply import MAX_TEXT_OCTETS
 
 UTF8_NON_ASCII = "\u0080-\U0010ffff"  # RFC 6531 UTF8-non-ascii, as decoded text
 ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~\\-" + UTF8_NON_ASCII
@@ -30,6 +35,27 @@ ESMTP_PARAM = re.compile(
     f"(?P<keyword>[A-Za-z0-9][A-Za-z0-9\\-]*)(?:=(?P<value>[\\x21-\\x3c\\x3e-\\x7e{UTF8_NON_ASCII}]+))?"
 )
 IPV4_LITERAL = re.compile("[0-9]{1,3}(?:\\.[0-9]{1,3}){3}")
+
+# HELO/EHLO names are ASCII: the client cannot know yet whether a transaction will say SMTPUTF8.
+ASCII_SUB_DOMAIN = "[A-Za-z0-9](?:[A-Za-z0-9\\-]*[A-Za-z0-9])?"
+ASCII_DOMAIN = re.compile(f"{ASCII_SUB_DOMAIN}(?:\\.{ASCII_SUB_DOMAIN})*")
+BRACKETED = re.compile(ADDRESS_LITERAL)
+GENERAL_ADDRESS_LITERAL = re.compile("\\[[A-Za-z0-9\\-]*[A-Za-z0-9]:[\\x21-\\x5a\\x5e-\\x7e]+\\]")
+#: RFC 5321 4.1.1.1 ``ehlo-line = ehlo-keyword *( SP ehlo-param )``, what an extension may advertise.
+EHLO_LINE = re.compile("[A-Za-z0-9][A-Za-z0-9\\-]*(?: [\\x21-\\x7e]+)*")
+
+# RFC 5321 4.5.3.1.1-3, in octets: the sizes every server must take, enforced as maxima. Anything
+# longer is no real mailbox, and a path of 1000 octets makes a Return-Path: line longer than
+# RFC 5322 2.1.1 allows.
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_PATH = 256  # "<" and ">" (and any source route) included
+
+#: What no command line may hold: C0 controls but HTAB, DEL, the C1 controls (U+0085 NEL among
+#: them), the line and paragraph separators and the bidi controls. Arguments reach header fields
+#: and log lines as they are; these would end a line there (str.splitlines() splits on NEL and
+#: U+2028) or make it read differently from what it holds (CVE-2021-42574, "Trojan Source").
+FORBIDDEN_IN_COMMAND = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 class GrammarError(ValueError):
@@ -62,6 +88,30 @@ def valid_address_literal(literal: str) -> bool:
     return False
 
 
+def valid_hello_name(name: str) -> bool:
+    """RFC 5321 4.1.1.1: HELO/EHLO name a ``Domain`` or an ``address-literal``, of at most 255 octets.
+
+    A General-address-literal (``[tag:content]``) is taken as the ABNF has it,
+    bar the IPv6 tag, whose content must be an IPv6 address; it stays one
+    RFC 5322 domain-literal wherever it is written.
+    """
+    if len(name) > MAX_DOMAIN:
+        return False
+    if name[:1] != "[":
+        return ASCII_DOMAIN.fullmatch(name) is not None
+    if not BRACKETED.fullmatch(name):  # valid_address_literal() looks only between the brackets
+        return False
+    if valid_address_literal(name):
+        return True
+    return name[1:6].lower() != "ipv6:" and GENERAL_ADDRESS_LITERAL.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def valid_ehlo_line(line: str) -> bool:
+    """An RFC 5321 4.1.1.1 ehlo-line that fits a reply line; remembered, as every EHLO asks again."""
+    return len(line) <= MAX_TEXT_OCTETS and EHLO_LINE.fullmatch(line) is not None
+
+
 def parse_path_argument(argument: str, prefix: str, *, null_ok: bool, postmaster_ok: bool) -> PathArgument:
     """Parse ``FROM:<...> params`` (``prefix="FROM:"``) or ``TO:<...> params``."""
     head = argument[: len(prefix)]
@@ -79,10 +129,24 @@ def parse_path_argument(argument: str, prefix: str, *, null_ok: bool, postmaster
         address, end = match["mailbox"], match.end()
         if address.endswith("]") and not valid_address_literal(address[address.rindex("@") + 1 :]):
             raise GrammarError("address")
+        check_lengths(argument[position:end], address)
     rest = argument[end:]
     if rest and rest[0] != " ":
         raise GrammarError("address")
     return PathArgument(address, parse_parameters(rest))
+
+
+def check_lengths(path: str, mailbox: str) -> None:
+    """RFC 5321 4.5.3.1.1-3: local part, domain and the whole path, in octets as sent."""
+    if len(path) <= MAX_LOCAL_PART and path.isascii():
+        return  # no part of it can be too long: most paths, without encoding anything
+    local_part, _, domain = mailbox.rpartition("@")  # a quoted local part may hold "@"; a domain never
+    if len(local_part.encode()) > MAX_LOCAL_PART:
+        raise GrammarError("local part")
+    if len(domain.encode()) > MAX_DOMAIN:
+        raise GrammarError("domain")
+    if len(path.encode()) > MAX_PATH:
+        raise GrammarError("path")
 
 
 def parse_parameters(text: str) -> dict[str, str | None]:

@@ -15,7 +15,7 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._data += data
 
     def extract_line(self) -> bytes | None:

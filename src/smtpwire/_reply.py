@@ -32,23 +32,21 @@ class Reply:
     enhanced: EnhancedCode | None = None
 
     def __post_init__(self) -> None:
-        lines = (self.text,) if isinstance(self.text, str) else tuple(self.text)
+        lines = _lines_of(self.text)
         object.__setattr__(self, "text", lines)
         if not isinstance(self.code, int) or not 200 <= self.code <= 599 or self.code % 100 // 10 > 5:
             raise LocalProtocolError(f"invalid reply code {self.code!r}")
         if not lines:
             raise LocalProtocolError("a reply needs at least one line")
         for line in lines:
-            if not isinstance(line, str) or _CONTROL.search(line):
+            if not isinstance(line, str):
+                raise LocalProtocolError(f"reply lines must be str, not {type(line).__name__}")
+            if _CONTROL.search(line):
                 raise LocalProtocolError(f"reply line must be text without control characters: {line!r}")
             if len(line.encode()) > MAX_TEXT_OCTETS:
                 raise LocalProtocolError(f"reply line longer than {MAX_TEXT_OCTETS} octets")
         if self.enhanced is not None:
-            if self.code // 100 == 3:
-                raise LocalProtocolError("3xx replies carry no enhanced status code")
-            klass, subject, detail = self.enhanced
-            if klass != self.code // 100 or not (0 <= subject <= 999 and 0 <= detail <= 999):
-                raise LocalProtocolError(f"enhanced code {self.enhanced} does not fit reply {self.code}")
+            _check_enhanced(self.code, self.enhanced)
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -79,6 +77,33 @@ class Reply:
             f"{self.code}{' ' if i == last else '-'}{prefix}{line}".rstrip(" ") + "\r\n"
             for i, line in enumerate(self.lines)
         ).encode()
+
+
+def _lines_of(text: str | Sequence[str]) -> tuple[str, ...]:
+    """One line or a sequence of them; bytes would read as a sequence of ints, so they are refused."""
+    if isinstance(text, str):
+        return (text,)
+    if not isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            return tuple(text)
+        except TypeError:
+            pass
+    raise LocalProtocolError(f"reply text must be a str or a sequence of str, not {type(text).__name__}")
+
+
+def _check_enhanced(code: int, enhanced: object) -> None:
+    """RFC 3463 2: three ints, class.subject.detail; the class is the reply's, subject and detail 0-999."""
+    if (
+        not isinstance(enhanced, tuple)
+        or len(enhanced) != 3
+        or not all(isinstance(number, int) and not isinstance(number, bool) for number in enhanced)
+    ):
+        raise LocalProtocolError(f"enhanced status code must be a tuple of three ints, not {enhanced!r}")
+    if code // 100 == 3:
+        raise LocalProtocolError("3xx replies carry no enhanced status code")
+    klass, subject, detail = enhanced
+    if klass != code // 100 or not (0 <= subject <= 999 and 0 <= detail <= 999):
+        raise LocalProtocolError(f"enhanced code {enhanced} does not fit reply {code}")
 
 
 @functools.lru_cache(maxsize=256)

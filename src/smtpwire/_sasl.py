@@ -67,10 +67,15 @@ class CheckPassword:
 
 @dataclass(frozen=True)
 class LookupScram:
-    """Find the user's stored ``ScramCredentials`` and call ``found()``.
+    """Find the user's stored ``ScramCredentials`` and call ``found()``; asked twice per attempt.
 
-    ``None`` answers both "no such user" and "``username`` may not act as
-    ``authzid``": the attempt then fails on the proof, telling the client nothing.
+    First with ``authzid`` ``""``, for the salt: ``None`` means no such user
+    (the client is answered as if there were one and fails on the proof).
+    Then, only once the client has proved it knows the password, with the
+    ``authzid`` it asked for (``""``: none): the credentials again let it in,
+    ``None`` refuses (535), as for "``username`` may not act as ``authzid``".
+    The salt never depends on the authzid, or a refused authzid would show
+    that the user exists.
     """
 
     authzid: str
@@ -333,9 +338,22 @@ class Login(Mechanism):
         return CheckPassword("", self._username, value)
 
 
-# Unknown SCRAM users get a stable fake salt, so the server-first message does
-# not tell them apart from real users (RFC 5802 9); fixed for this process.
-_UNKNOWN_USER_KEY = secrets.token_bytes(32)
+#: Octets a key for unknown users' salts needs at least (``scram_salt_key``).
+MIN_SALT_KEY = 16
+# Without a key from the application, unknown users' salts are stable only
+# within this process: another process or a restart gives them other salts.
+_PROCESS_SALT_KEY = secrets.token_bytes(32)
+
+
+def check_salt_key(key: object) -> None:
+    """``ValueError`` unless ``key`` can derive unknown users' salts: random bytes, at least 16 of them."""
+    if not isinstance(key, bytes) or len(key) < MIN_SALT_KEY:
+        raise ValueError(f"scram_salt_key must be at least {MIN_SALT_KEY} random bytes")
+
+
+def decoy_salt(key: bytes, username: str) -> bytes:
+    """The salt an unknown SCRAM user is answered with: stable per name and key, unguessable without the key."""
+    return hmac.digest(key, b"smtpwire decoy salt\0" + username.encode(), "sha256")[:16]
 
 
 SecretT = TypeVar("SecretT", ScramCredentials, str)
@@ -363,19 +381,22 @@ class ScramSha256(_LookupMechanism[ScramCredentials]):
     """RFC 5802 and RFC 7677, without channel binding (no -PLUS variant is offered).
 
     The user name goes through SASLprep as a query string (RFC 5802 5.1).
-    An unknown user is answered like a known one (a stable fake salt and
-    ``unknown_iterations``, which should be what the store uses) and fails
-    only on the proof.
+    An unknown user is answered like a known one and fails only on the proof:
+    ``unknown_iterations`` should be the count the store uses, and its salt
+    comes from ``salt_key`` and the name, so it stays the same, like a real
+    user's, wherever the same key is given (all processes, every restart);
+    without one, a key random to this process.
     """
 
     name = "SCRAM-SHA-256"
     _secret_type = ScramCredentials
     _secret_described = "ScramCredentials"
 
-    def __init__(self, nonce: str, unknown_iterations: int = MIN_ITERATIONS) -> None:
+    def __init__(self, nonce: str, unknown_iterations: int = MIN_ITERATIONS, salt_key: bytes | None = None) -> None:
         super().__init__()
         self._server_nonce = nonce
         self._unknown_iterations = unknown_iterations
+        self._salt_key = _PROCESS_SALT_KEY if salt_key is None else salt_key
         self._phase = "client-first"
         self._gs2_header = ""
         self._authzid = ""
@@ -383,6 +404,7 @@ class ScramSha256(_LookupMechanism[ScramCredentials]):
         self._client_first_bare = ""
         self._nonce = ""
         self._server_first = ""
+        self._auth_message = b""
         self._credentials: ScramCredentials | None = None
         self._unknown = False
 
@@ -426,12 +448,14 @@ class ScramSha256(_LookupMechanism[ScramCredentials]):
         self._authzid, self._username = authzid, username
         self._client_first_bare = bare
         self._nonce = nonce[2:] + self._server_nonce
-        return LookupScram(authzid, username)
+        return LookupScram("", username)
 
     def _found(self, credentials: ScramCredentials | None) -> Step:
+        if self._phase == "authorize":
+            return self._authorized(credentials is not None)
         if credentials is None:
             self._unknown = True
-            salt = hmac.digest(_UNKNOWN_USER_KEY, self._username.encode(), "sha256")[:16]
+            salt = decoy_salt(self._salt_key, self._username)
             fake_key = secrets.token_bytes(32)
             credentials = ScramCredentials(salt, self._unknown_iterations, fake_key, fake_key)
         self._credentials = credentials
@@ -458,7 +482,16 @@ class ScramSha256(_LookupMechanism[ScramCredentials]):
         ok = hmac.compare_digest(hashlib.sha256(client_key).digest(), self._credentials.stored_key)
         if not ok or self._unknown:
             return Failure("credentials")
-        server_signature = hmac.digest(self._credentials.server_key, auth_message, "sha256")
+        self._auth_message = auth_message
+        self._phase = "authorize"
+        return LookupScram(self._authzid, self._username)
+
+    def _authorized(self, ok: bool) -> Step:
+        """The second lookup's answer: the proof was right; may the user act as the authzid?"""
+        if not ok:
+            return Failure("credentials")
+        assert self._credentials is not None
+        server_signature = hmac.digest(self._credentials.server_key, self._auth_message, "sha256")
         self._phase = "acknowledge"
         return Challenge(b"v=" + base64.b64encode(server_signature))
 
@@ -536,6 +569,7 @@ def sasl_mechanism(
     nonce: str | None = None,
     allow_cram_md5: bool = False,
     scram_iterations: int = MIN_ITERATIONS,
+    scram_salt_key: bytes | None = None,
 ) -> Mechanism | None:
     """A fresh mechanism for the name the client asked for (any case); ``None`` if not offered.
 
@@ -544,10 +578,16 @@ def sasl_mechanism(
     CRAM-MD5 needs stored plaintext passwords, so only ``allow_cram_md5``
     creates it.  ``scram_iterations`` is what an unknown SCRAM user is
     answered with: the count the store uses, so users cannot be told apart.
+    ``scram_salt_key`` (16 random bytes or more, kept secret and unchanged)
+    makes an unknown user's salt the same in every process and after a
+    restart, as a real user's is; without it, the salt is stable only
+    within this process.
     """
     if nonce is not None and not (_is_nonce(nonce) and len(nonce) <= MAX_SERVER_NONCE):
         raise ValueError(f"nonce must be 1 to {MAX_SERVER_NONCE} printable ASCII characters without commas")
     check_iterations(scram_iterations, MIN_ITERATIONS)
+    if scram_salt_key is not None:
+        check_salt_key(scram_salt_key)
     key = name.upper() if name.isascii() else ""  # no "login" from a dotless i
     if key == "PLAIN":
         return Plain()
@@ -555,7 +595,7 @@ def sasl_mechanism(
         return Login()
     server_nonce = secrets.token_urlsafe(18) if nonce is None else nonce
     if key == "SCRAM-SHA-256":
-        return ScramSha256(server_nonce, scram_iterations)
+        return ScramSha256(server_nonce, scram_iterations, scram_salt_key)
     if key == "CRAM-MD5" and allow_cram_md5:
         return CramMd5(f"<{server_nonce}@smtpwire>".encode())
     return None
