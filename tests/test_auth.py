@@ -317,6 +317,7 @@ def test_scram_rfc7677_example_on_the_wire() -> None:
         b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
     )
     assert d.say(b64(client_final)) == f"334 {b64(b'v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=')}\r\n"
+    assert events_of(d, smtpwire.CredentialsLookup) == [smtpwire.CredentialsLookup("SCRAM-SHA-256", "", "user")] * 2
     assert d.say("") == "235 2.7.0 Authentication successful\r\n"
     assert d.conn.authenticated == smtpwire.Authenticated("SCRAM-SHA-256", "", "user")
     assert events_of(d, smtpwire.Authenticated) == [d.conn.authenticated]
@@ -501,3 +502,69 @@ def test_unknown_scram_users_get_the_configured_iteration_count() -> None:
         d.say("*")
     with pytest.raises(ValueError, match="iterations must be an integer from 4096"):
         Auth(scram_iterations=1000)
+
+
+def may_act_as(stored: dict[str, smtpwire.ScramCredentials]) -> Callable[[smtpwire.CredentialsLookup], object]:
+    """The documented lookup: the user's keys, None for no such user or an authzid they may not act as."""
+    return lambda e: stored.get(e.username) if e.authzid in ("", e.username) else None
+
+
+def server_first(d: Driver, client_first: str) -> bytes:
+    out = d.say("AUTH SCRAM-SHA-256 " + b64(client_first))
+    assert out.startswith("334 ")
+    d.say("*")
+    return base64.b64decode(out[4:])
+
+
+def test_scram_salt_is_the_same_with_or_without_an_authzid() -> None:
+    """Issue 11 (2): with an authzid a real user got a decoy salt, without one the real salt."""
+    stored = {"tim": smtpwire.scram_credentials("tanstaaf")}
+    auth = Auth(nonce=lambda: "N")
+    d = Driver(config(auth, max_auth_failures=10), lookup=may_act_as(stored), tls_active=True)  # type: ignore[arg-type]
+    d.say("EHLO client.test")
+    for user in ("tim", "nobody"):
+        assert server_first(d, f"n,,n={user},r=abc") == server_first(d, f"n,a=admin,n={user},r=abc")
+    assert b",s=" + base64.b64encode(stored["tim"].salt) + b"," in server_first(d, "n,a=admin,n=tim,r=abc")
+
+
+def client_final(gs2_header: str, bare: str, server_first: str, password: str) -> str:
+    """A SCRAM-SHA-256 client's final message (RFC 5802 3), with any authzid in ``gs2_header``."""
+    attributes = dict(item.split("=", 1) for item in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attributes["s"]), int(attributes["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    without_proof = f"c={b64(gs2_header)},r={attributes['r']}"
+    auth_message = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+    return f"{without_proof},p={b64(bytes(a ^ b for a, b in zip(client_key, signature, strict=True)))}"
+
+
+def test_scram_a_refused_authzid_is_535_after_a_right_proof() -> None:
+    stored = {"tim": smtpwire.scram_credentials("tanstaaf")}
+    d = Driver(config(Auth()), lookup=may_act_as(stored), tls_active=True)  # type: ignore[arg-type]
+    d.say("EHLO client.test")
+    out = d.say("AUTH SCRAM-SHA-256 " + b64("n,a=admin,n=tim,r=abc"))
+    final = client_final("n,a=admin,", "n=tim,r=abc", base64.b64decode(out[4:]).decode(), "tanstaaf")
+    assert d.say(b64(final)) == "535 5.7.8 Authentication credentials invalid\r\n"
+    lookups = events_of(d, smtpwire.CredentialsLookup)
+    assert lookups == [smtpwire.CredentialsLookup("SCRAM-SHA-256", a, "tim") for a in ("", "admin")]
+    assert d.conn.authenticated is None
+    out = d.say("AUTH SCRAM-SHA-256 " + b64("n,a=tim,n=tim,r=abc"))  # acting as themself is fine
+    final = client_final("n,a=tim,", "n=tim,r=abc", base64.b64decode(out[4:]).decode(), "tanstaaf")
+    assert d.say(b64(final)).startswith("334 ") and d.say("") == "235 2.7.0 Authentication successful\r\n"
+    assert d.conn.authenticated == smtpwire.Authenticated("SCRAM-SHA-256", "tim", "tim")
+
+
+def test_scram_unknown_users_salt_is_stable_wherever_the_key_is_the_same() -> None:
+    """Issue 11 (2): two workers (or a restart) gave an unknown user two salts; a real user has one."""
+
+    def salt_of(auth: Auth) -> bytes:
+        d = Driver(config(auth), tls_active=True)
+        d.say("EHLO client.test")
+        return server_first(d, "n,,n=nobody,r=abc").split(b",")[1]
+
+    key = bytes(range(32))
+    assert salt_of(Auth(scram_salt_key=key)) == salt_of(Auth(scram_salt_key=bytes(key)))
+    assert salt_of(Auth(scram_salt_key=key)) != salt_of(Auth(scram_salt_key=key[::-1]))
+    assert str(tuple(key)) not in repr(Auth(scram_salt_key=key)) and repr(key) not in repr(Auth(scram_salt_key=key))
+    with pytest.raises(ValueError, match="scram_salt_key must be at least 16 random bytes"):
+        Auth(scram_salt_key=b"too short")

@@ -7,12 +7,13 @@ import os
 import pathlib
 import pickle
 import stat
+import types
 
 import anyio
 import pytest
 
 import smtpwire
-from smtpwire import AuthCredentials, CredentialsLookup
+from smtpwire import AuthCredentials, CredentialsLookup, Reply
 from smtpwire_serve import _authfile
 from smtpwire_serve._authfile import Accounts, AuthFileError, AuthFileHandler, load, prepare_username, set_user
 from smtpwire_serve._cli import Settings
@@ -52,7 +53,8 @@ def test_round_trip_through_a_new_file(tmp_path: pathlib.Path) -> None:
     assert users["bob"].iterations == 5000 and users["bob"].verify("other")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert PASSWORD not in path.read_text() and "other" not in path.read_text()
-    assert [p.name for p in tmp_path.iterdir()] == ["users"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users", "users.saltkey"]  # no temporary file left
+    assert stat.S_IMODE((tmp_path / "users.saltkey").stat().st_mode) == 0o600
 
 
 def test_replacing_keeps_every_other_line(tmp_path: pathlib.Path) -> None:
@@ -99,7 +101,7 @@ def test_a_failed_rewrite_leaves_the_file_as_it_was(tmp_path: pathlib.Path, monk
     with pytest.raises(OSError, match="No space left"):
         set_user(path, "alice", smtpwire.scram_credentials("changed"))
     assert path.read_text() == LINE + "\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["users"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users", "users.saltkey"]
 
 
 def test_a_malformed_file_is_not_rewritten(tmp_path: pathlib.Path) -> None:
@@ -192,6 +194,7 @@ def test_an_empty_file_has_no_users(tmp_path: pathlib.Path) -> None:
 
 
 ACCOUNTS = Accounts({"alice": KEYS, "IX": KEYS})
+SESSION = types.SimpleNamespace(peer_host="192.0.2.1", state={})
 
 
 @pytest.mark.parametrize(
@@ -224,20 +227,28 @@ def test_who_may_log_in_as_whom(authzid: str, username: str, found: bool) -> Non
 )
 def test_passwords_are_checked_against_the_keys(authzid: str, username: str, password: str, ok: bool) -> None:
     credentials = AuthCredentials("PLAIN", authzid, username, password)
-    assert anyio.run(_handler(ACCOUNTS).authenticate, None, credentials) is ok
+    accounts = Accounts(ACCOUNTS.users)
+    assert anyio.run(_handler(accounts).authenticate, SESSION, credentials) is ok
 
 
 def test_scram_lookups() -> None:
     handler = _handler(ACCOUNTS)
-    assert anyio.run(handler.credentials, None, CredentialsLookup("SCRAM-SHA-256", "", "alice")) is KEYS
-    assert anyio.run(handler.credentials, None, CredentialsLookup("SCRAM-SHA-256", "bob", "alice")) is None
-    assert anyio.run(handler.credentials, None, CredentialsLookup("CRAM-MD5", "", "alice")) is None  # no password
+
+    def lookup(authzid: str, username: str, mechanism: str = "SCRAM-SHA-256") -> object:
+        session = types.SimpleNamespace(peer_host="192.0.2.1", state={})
+        return anyio.run(handler.credentials, session, CredentialsLookup(mechanism, authzid, username))
+
+    assert lookup("", "alice") is KEYS
+    assert lookup("bob", "alice") is None
+    assert lookup("", "alice", "CRAM-MD5") is None  # no password
 
 
 def test_without_accounts_nobody_gets_in() -> None:
     handler = AuthFileHandler()
-    assert anyio.run(handler.authenticate, None, AuthCredentials("PLAIN", "", "alice", PASSWORD)) is False
-    assert anyio.run(handler.credentials, None, CredentialsLookup("SCRAM-SHA-256", "", "alice")) is None
+    assert anyio.run(handler.authenticate, SESSION, AuthCredentials("PLAIN", "", "alice", PASSWORD)) is False
+    assert anyio.run(handler.credentials, SESSION, CredentialsLookup("SCRAM-SHA-256", "", "alice")) is None
+    handler.error(SESSION, "AUTH", Reply(535, "no", (5, 7, 8)))  # type: ignore[arg-type]
+    handler.disconnect(SESSION)  # type: ignore[arg-type]
 
 
 def test_settings_with_users_cross_to_a_worker_process() -> None:
@@ -258,11 +269,86 @@ def test_settings_with_users_cross_to_a_worker_process() -> None:
         auth_file="users",
         users=(("alice", KEYS),),
         require_auth=True,
+        salt_key=b"k" * 32,
     )
     assert pickle.loads(pickle.dumps(settings)) == settings
+    assert "kkkk" not in repr(settings)
 
 
 def _handler(accounts: Accounts) -> AuthFileHandler:
     handler = AuthFileHandler()
     handler.accounts = accounts
     return handler
+
+
+# -- the key of unknown users' SCRAM salts: FILE.saltkey -------------------------------
+
+
+def test_passwd_makes_the_salt_key_once_protected_like_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "users"
+    path.write_text(LINE + "\n")
+    path.chmod(0o640)
+    set_user(path, "bob", KEYS)
+    key_file = tmp_path / "users.saltkey"
+    key = key_file.read_bytes()
+    assert len(base64.b64decode(key.rstrip(b"\n"), validate=True)) == 32 and key.endswith(b"\n")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o640
+    set_user(path, "carol", KEYS)
+    assert key_file.read_bytes() == key  # never replaced
+    assert _authfile.salt_key(path, load(path)) == _authfile.SaltKey(base64.b64decode(key.rstrip(b"\n")))
+
+
+def test_serve_makes_a_missing_salt_key_and_finds_it_again(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "users"
+    path.write_text(LINE + "\n")  # written by hand, or by an older passwd
+    made = _authfile.salt_key(path, load(path))
+    assert made.note == f"created {path}.saltkey: the secret key of unknown users' SCRAM salts; keep it with {path}"
+    assert not made.warning and len(made.key) == 32 and repr(made.key) not in repr(made)
+    assert _authfile.salt_key(path, load(path)) == _authfile.SaltKey(made.key)  # the next start, every worker
+
+
+def test_a_salt_key_made_meanwhile_by_another_process_wins(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "users"
+    other = b"o" * 32
+    link = os.link
+
+    def raced(source: str, target: pathlib.Path) -> None:
+        target.write_bytes(base64.b64encode(other) + b"\n")
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", raced)
+    assert _authfile.salt_key(path, {}).key == other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.saltkey"]
+
+
+def test_where_no_salt_key_can_be_made_it_is_derived_from_the_users(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "link", refused)
+    path = tmp_path / "users"
+    users = {"alice": KEYS}
+    derived = _authfile.salt_key(path, users)
+    assert derived.warning and derived.note is not None
+    assert derived.note.startswith(f"cannot create {path}.saltkey (Permission denied): unknown users' SCRAM salts")
+    assert derived.key == _authfile.salt_key(path, dict(users)).key  # stable while the file is
+    assert derived.key != _authfile.salt_key(path, {"alice": KEYS, "bob": KEYS}).key
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("content", [b"", b"c2hvcnQ=\n", b"not base64!\n"])
+def test_a_bad_salt_key_file_is_an_error_that_quotes_nothing(tmp_path: pathlib.Path, content: bytes) -> None:
+    (tmp_path / "users.saltkey").write_bytes(content)
+    with pytest.raises(AuthFileError) as error:
+        _authfile.salt_key(tmp_path / "users", {})
+    assert str(error.value) == (
+        f"{tmp_path}/users.saltkey: expected 32 random bytes in base64 (remove it to get a new one)"
+    )
+    (tmp_path / "users.saltkey").unlink()
+    (tmp_path / "users.saltkey").mkdir()
+    with pytest.raises(AuthFileError, match=r"cannot read the salt key file .*users.saltkey: Is a directory"):
+        _authfile.salt_key(tmp_path / "users", {})

@@ -305,7 +305,24 @@ def test_scram_order() -> None:
     with pytest.raises(LocalProtocolError, match="takes ScramCredentials"):
         scram.found("pencil")
     scram.found(PENCIL)
+    with pytest.raises(LocalProtocolError, match="expected respond"):
+        scram.found(PENCIL)
+    assert scram.respond(RFC7677_CLIENT_FINAL) == Failure("malformed")  # made for another server nonce
     with pytest.raises(LocalProtocolError):
+        scram.found(PENCIL)
+
+
+def test_scram_order_around_the_second_lookup() -> None:
+    scram = ScramSha256(RFC7677_SERVER_NONCE)
+    scram.start(RFC7677_CLIENT_FIRST)
+    scram.found(PENCIL)
+    assert scram.respond(RFC7677_CLIENT_FINAL) == LookupScram("", "user")
+    with pytest.raises(LocalProtocolError, match="expected found"):
+        scram.respond(b"")
+    with pytest.raises(LocalProtocolError, match="takes ScramCredentials"):
+        scram.found("pencil")
+    assert scram.found(PENCIL) == Challenge(RFC7677_SERVER_FINAL)
+    with pytest.raises(LocalProtocolError, match="expected respond"):
         scram.found(PENCIL)
 
 
@@ -331,7 +348,8 @@ def test_scram_rfc7677_example() -> None:
     scram = ScramSha256(RFC7677_SERVER_NONCE)
     assert scram.start(RFC7677_CLIENT_FIRST) == LookupScram("", "user")
     assert scram.found(PENCIL) == Challenge(RFC7677_SERVER_FIRST)
-    assert scram.respond(RFC7677_CLIENT_FINAL) == Challenge(RFC7677_SERVER_FINAL)
+    assert scram.respond(RFC7677_CLIENT_FINAL) == LookupScram("", "user")  # the proof is right: may they?
+    assert scram.found(PENCIL) == Challenge(RFC7677_SERVER_FINAL)
     assert scram.respond(b"") == Success("", "user")
 
 
@@ -342,7 +360,8 @@ def test_scram_rfc7677_example_through_the_factory_without_initial_response() ->
     assert scram.respond(RFC7677_CLIENT_FIRST) == LookupScram("", "user")
     assert scram.found(PENCIL) == Challenge(RFC7677_SERVER_FIRST)
     assert scram_client_final(RFC7677_CLIENT_FIRST, RFC7677_SERVER_FIRST, "pencil") == RFC7677_CLIENT_FINAL
-    assert scram.respond(RFC7677_CLIENT_FINAL) == Challenge(RFC7677_SERVER_FINAL)
+    assert scram.respond(RFC7677_CLIENT_FINAL) == LookupScram("", "user")
+    assert scram.found(PENCIL) == Challenge(RFC7677_SERVER_FINAL)
     assert scram.respond(b"") == Success("", "user")
 
 
@@ -352,17 +371,29 @@ def test_scram_client_must_answer_server_final_with_empty_line(ack: bytes) -> No
     scram.start(RFC7677_CLIENT_FIRST)
     scram.found(PENCIL)
     scram.respond(RFC7677_CLIENT_FINAL)
+    scram.found(PENCIL)
     assert scram.respond(ack) == Failure("malformed")
 
 
-def run_scram(client_first: bytes, password: str, stored: ScramCredentials | None, extra: str = "") -> list[Step]:
-    scram = mechanism("SCRAM-SHA-256")
+def run_scram(
+    client_first: bytes,
+    password: str,
+    stored: ScramCredentials | None,
+    extra: str = "",
+    *,
+    authorized: bool = True,
+    scram: Mechanism | None = None,
+) -> list[Step]:
+    """The whole exchange; the application finds ``stored``, then says ``authorized`` once the proof is right."""
+    scram = scram or mechanism("SCRAM-SHA-256")
     steps = [scram.start(client_first)]
     steps.append(scram.found(stored))
     server_first = steps[-1]
     assert isinstance(server_first, Challenge)
     final = scram_client_final(client_first, server_first.data, password, extra)
     steps.append(scram.respond(final))
+    if isinstance(steps[-1], LookupScram):
+        steps.append(scram.found(stored if authorized else None))
     if isinstance(steps[-1], Challenge):
         assert steps[-1].data == scram_server_final(server_first.data, final, password, client_first)
         steps.append(scram.respond(b""))
@@ -373,8 +404,9 @@ def test_scram_with_authzid_flag_y_escapes_and_extensions() -> None:
     client_first = b"y,a=admin=2Cops=3D1,n=us=3Der=2Cx,r=abc,x=extension"
     stored = scram_credentials("p\u00e4ss", iterations=5000)
     steps = run_scram(client_first, "p\u00e4ss", stored, extra=",z=ext")
-    assert steps[0] == LookupScram("admin,ops=1", "us=er,x")
+    assert steps[0] == LookupScram("", "us=er,x")  # the salt never depends on the authzid
     assert isinstance(steps[1], Challenge) and steps[1].data.endswith(b",i=5000")
+    assert steps[2] == LookupScram("admin,ops=1", "us=er,x")  # asked once the proof is right
     assert steps[-1] == Success("admin,ops=1", "us=er,x")
 
 
@@ -384,7 +416,55 @@ def test_scram_username_goes_through_saslprep() -> None:
 
 
 def test_scram_wrong_password() -> None:
-    assert run_scram(b"n,,n=user,r=abc", "pencil!", PENCIL)[-1] == Failure("credentials")
+    steps = run_scram(b"n,,n=user,r=abc", "pencil!", PENCIL)
+    assert steps[-1] == Failure("credentials") and len(steps) == 3  # no second lookup for a wrong proof
+
+
+def who_may_act_as(authzid: str, username: str) -> ScramCredentials | None:
+    """An application's lookup: the user's keys, or None when they may not act as the authzid."""
+    return STORED.get(username) if authzid in ("", username) else None
+
+
+@pytest.mark.parametrize("username", ["user", "nobody"])
+def test_scram_salt_does_not_depend_on_the_authzid(username: str) -> None:
+    """Issue 11 (2): a refused authzid gave a real user a decoy salt, so two sessions told real users apart."""
+    challenges = []
+    for client_first in (f"n,,n={username},r=abc", f"n,a=admin,n={username},r=abc"):
+        scram = mechanism("SCRAM-SHA-256")
+        lookup = scram.start(client_first.encode())
+        assert isinstance(lookup, LookupScram)
+        challenges.append(scram.found(who_may_act_as(lookup.authzid, lookup.username)))
+    assert challenges[0] == challenges[1]
+
+
+def test_scram_a_refused_authzid_fails_on_the_second_lookup_even_with_the_right_password() -> None:
+    steps = run_scram(b"n,a=admin,n=user,r=abc", "pencil", PENCIL, authorized=False)
+    assert steps[2] == LookupScram("admin", "user") and steps[-1] == Failure("credentials")
+    steps = run_scram(b"n,a=admin,n=user,r=abc", "pencil", PENCIL)
+    assert steps[-1] == Success("admin", "user")
+
+
+def decoy_challenge(username: str, salt_key: bytes | None) -> Step:
+    scram = sasl_mechanism("SCRAM-SHA-256", nonce="N", scram_salt_key=salt_key)
+    assert scram is not None
+    scram.start(f"n,,n={username},r=abc".encode())
+    return scram.found(None)
+
+
+def test_scram_unknown_users_salt_comes_from_the_key_given() -> None:
+    """Issue 11 (2): with a key per process, an unknown user's salt changed across workers and restarts."""
+    key = b"k" * 16
+    assert decoy_challenge("nobody", key) == decoy_challenge("nobody", bytes(key))  # another "process", same key
+    expected = base64.b64encode(hmac.digest(key, b"smtpwire decoy salt\0nobody", "sha256")[:16])
+    assert decoy_challenge("nobody", key) == Challenge(b"r=abcN,s=" + expected + b",i=4096")
+    assert decoy_challenge("nobody", b"l" * 16) != decoy_challenge("nobody", key)
+    assert decoy_challenge("nobody", None) == decoy_challenge("nobody", None) != decoy_challenge("nobody", key)
+
+
+@pytest.mark.parametrize("key", [b"short", "a str of 16 chars", bytearray(16)])
+def test_scram_salt_key_is_checked(key: object) -> None:
+    with pytest.raises(ValueError, match="scram_salt_key must be at least 16 random bytes"):
+        sasl_mechanism("SCRAM-SHA-256", scram_salt_key=key)  # type: ignore[arg-type]
 
 
 def test_scram_unknown_user_fails_only_at_the_end_and_looks_like_a_real_one() -> None:
@@ -763,11 +843,12 @@ def test_scram_round_trip_with_any_names(username: str, password: str, authzid: 
     client_first = f"{gs2}n={escape(username)},r=clientnonce".encode()
     stored = scram_credentials(password)
     scram = mechanism("SCRAM-SHA-256")
-    assert scram.start(client_first) == LookupScram(authzid, prepared)
+    assert scram.start(client_first) == LookupScram("", prepared)
     server_first = scram.found(stored)
     assert isinstance(server_first, Challenge)
     final = scram_client_final(client_first, server_first.data, password)
-    assert scram.respond(final) == Challenge(scram_server_final(server_first.data, final, password, client_first))
+    assert scram.respond(final) == LookupScram(authzid, prepared)
+    assert scram.found(stored) == Challenge(scram_server_final(server_first.data, final, password, client_first))
     assert scram.respond(b"") == Success(authzid, prepared)
 
 

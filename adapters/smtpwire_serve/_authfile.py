@@ -9,6 +9,9 @@ One user a line, in the RFC 5803 layout PostgreSQL also uses::
 passwords are checked against the same keys, so the file never holds
 anything a password can be read back from; it does hold what a SCRAM server
 needs, so it stays readable by its owner (and at most a group) only.
+
+Next to it, ``FILE.saltkey`` holds the key unknown users' SCRAM salts are
+derived from (see ``salt_key``), with the same protection.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import binascii
 import collections
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 
-from smtpwire import AuthCredentials, CredentialsLookup, ScramCredentials, saslprep
-from smtpwire_handler import AsyncHandler, Session
+from smtpwire import AuthCredentials, CredentialsLookup, Reply, ScramCredentials, saslprep
+from smtpwire_handler import AsyncHandler, Reject, Session
+
+from ._authlimit import Attempt, FailureBudget
 
 SCHEME = "SCRAM-SHA-256"
 #: RFC 7677 4: at least 4096 iterations.
@@ -40,6 +48,13 @@ _ENTRY = re.compile(
     rf"SCRAM-SHA-256\$(?P<iterations>[0-9]{{1,10}}):(?P<salt>{_B64})\$(?P<stored>{_B64}):(?P<server>{_B64})"
 )
 _LAYOUT = "expected USER:SCRAM-SHA-256$ITERATIONS:SALT$STOREDKEY:SERVERKEY"
+SALT_KEY_SUFFIX = ".saltkey"
+SALT_KEY_SIZE = 32  # octets; 16 at least are accepted
+#: PBKDF2 runs at once, in threads of their own: guessing cannot take the Maildir's threads.
+PBKDF2_THREADS = min(4, os.cpu_count() or 1)
+#: RFC 4954 6: the budget of failed attempts of this client is spent (``_authlimit``).
+TOO_MANY_FAILURES = Reply(454, "Too many failed authentication attempts, try again later", (4, 7, 0))
+_ATTEMPT = "smtpwire_serve.auth_attempt"  # session.state: a SCRAM attempt between its two lookups
 
 
 class AuthFileError(ValueError):
@@ -173,6 +188,8 @@ def set_user(path: str | os.PathLike[str], username: str, credentials: ScramCred
     entry = format_entry(username, credentials)
     user = prepare_username(username)
     target = Path(path).resolve()  # through a symlink: replace what it points to
+    if not os.path.lexists(salt_key_path(path)):  # first, so that a failure changes nothing
+        _create_salt_key(salt_key_path(path), _stat_or_none(target))
     with _locked_directory(target.parent) as directory:
         try:
             before = os.stat(target)
@@ -190,17 +207,8 @@ def set_user(path: str | os.PathLike[str], username: str, credentials: ScramCred
         if not replaced:
             lines.append(entry)
         content = ("\n".join(lines) + "\n").encode()
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+        temporary, mode = _written_aside(target, content, before)
         try:
-            mode = 0o600
-            if before is not None:
-                mode = stat.S_IMODE(before.st_mode) & 0o640
-                mode = _keep_owner(fd, before, mode)
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as file:
-                file.write(content)
-                file.flush()
-                os.fsync(file.fileno())
             os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -208,6 +216,33 @@ def set_user(path: str | os.PathLike[str], username: str, credentials: ScramCred
             raise
         os.fsync(directory)
     return Saved(replaced, mode, None if before is None else stat.S_IMODE(before.st_mode))
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _written_aside(target: Path, content: bytes, like: os.stat_result | None) -> tuple[str, int]:
+    """A temporary file next to ``target`` holding ``content``, fsynced, protected like ``like`` (new: 0600).
+
+    Only the owner's and the group's read and write bits are kept, the owner and group where allowed.
+    """
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as file:
+            mode = 0o600 if like is None else _keep_owner(fd, like, stat.S_IMODE(like.st_mode) & 0o640)
+            os.fchmod(fd, mode)
+            file.write(content)
+            file.flush()
+            os.fsync(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return temporary, mode
 
 
 def _keep_owner(fd: int, before: os.stat_result, mode: int) -> int:
@@ -229,15 +264,111 @@ def usual_iterations(users: Mapping[str, ScramCredentials]) -> int:
     return counts.most_common(1)[0][0] if counts else MIN_ITERATIONS
 
 
+def salt_key_path(auth_file: str | os.PathLike[str]) -> Path:
+    """Where the key of unknown users' salts lives: next to the auth file, named after it."""
+    path = Path(auth_file)
+    return path.with_name(path.name + SALT_KEY_SUFFIX)
+
+
+@dataclass(frozen=True)
+class SaltKey:
+    """The key of unknown users' SCRAM salts, and what the operator should hear about it."""
+
+    key: bytes = field(repr=False)
+    note: str | None = None
+    warning: bool = False  # the note says the key is not as stable as it should be
+
+
+def salt_key(auth_file: str | os.PathLike[str], users: Mapping[str, ScramCredentials]) -> SaltKey:
+    """The key ``serve`` derives unknown users' SCRAM salts from: ``FILE.saltkey``, made now if missing.
+
+    An unknown user must get the same salt from every worker and after every
+    restart, as a real user does, so the key is kept; and it is kept apart
+    from the users' lines, so adding a user or changing a password changes
+    no other name's salt.  Whoever can read it could tell unknown names from
+    real ones, which the auth file itself tells them: it gets the file's
+    protection.  Where it cannot be written, the key is derived from the
+    users' keys: stable while the file is unchanged (with a note saying so).
+    """
+    path = salt_key_path(auth_file)
+    try:
+        return SaltKey(_read_salt_key(path))
+    except FileNotFoundError:
+        pass
+    try:
+        key = _create_salt_key(path, _stat_or_none(Path(auth_file)))
+    except OSError as error:
+        note = (
+            f"cannot create {path} ({error.strerror or error}): unknown users' SCRAM salts will change"
+            f" whenever {auth_file} changes, which tells them from real users; 'smtpwire passwd' creates it"
+        )
+        return SaltKey(derived_salt_key(users), note, warning=True)
+    return SaltKey(key, f"created {path}: the secret key of unknown users' SCRAM salts; keep it with {auth_file}")
+
+
+def derived_salt_key(users: Mapping[str, ScramCredentials]) -> bytes:
+    """A key from the users' secrets: as stable and as secret as the file, changing with it."""
+    digest = hashlib.sha256(b"smtpwire salt key\0")
+    for name in sorted(users):
+        keys = users[name]
+        digest.update(b"\0".join((name.encode(), keys.salt, keys.stored_key, keys.server_key, b"")))
+    return digest.digest()
+
+
+def _read_salt_key(path: Path) -> bytes:
+    """The key in ``path`` (``FileNotFoundError`` if there is none); ``AuthFileError`` if it is unusable."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise AuthFileError(f"cannot read the salt key file {path}: {error.strerror or error}") from None
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) < 16:
+        raise AuthFileError(f"{path}: expected {SALT_KEY_SIZE} random bytes in base64 (remove it to get a new one)")
+    return key
+
+
+def _create_salt_key(path: Path, like: os.stat_result | None) -> bytes:
+    """A new random key in ``path``, protected like the auth file; if another process made one first, that one."""
+    key = secrets.token_bytes(SALT_KEY_SIZE)
+    temporary, _ = _written_aside(path, base64.b64encode(key) + b"\n", like)
+    try:
+        os.link(temporary, path)  # never replaces a key: every worker and restart must see the same one
+    except FileExistsError:
+        return _read_salt_key(path)
+    finally:
+        os.unlink(temporary)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return key
+
+
 class Accounts:
     """The users of a credentials file, as the serve handlers check AUTH against them.
 
     Names are compared after SASLprep.  ``authzid`` must be empty or the user
-    themself: nobody may act as someone else.
+    themself: nobody may act as someone else.  ``budget`` counts failed
+    attempts per client (default: ``FailureBudget()``); PBKDF2 runs in at
+    most ``pbkdf2_threads`` threads of its own.
     """
 
-    def __init__(self, users: Mapping[str, ScramCredentials]) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, ScramCredentials],
+        *,
+        budget: FailureBudget | None = None,
+        pbkdf2_threads: int = PBKDF2_THREADS,
+    ) -> None:
         self.users = dict(users)
+        self.budget = FailureBudget() if budget is None else budget
+        self.pbkdf2 = anyio.CapacityLimiter(pbkdf2_threads)  # not anyio.to_thread's: the Maildir's
         # An unknown user costs as much as a wrong password, so timing does not tell them apart.
         self._decoy = ScramCredentials(b"\0" * 16, usual_iterations(self.users), b"\0" * 32, b"\0" * 32)
 
@@ -256,21 +387,71 @@ class Accounts:
         return self.users.get(user)
 
     async def check(self, credentials: AuthCredentials) -> bool:
-        """PLAIN or LOGIN: whether the password derives the stored keys (PBKDF2, in a worker thread)."""
+        """PLAIN or LOGIN: whether the password derives the stored keys (PBKDF2, in a thread of ``pbkdf2``).
+
+        Unknown users and refused authzids run PBKDF2 too, with the usual
+        iteration count, so the time taken does not tell them from a wrong password.
+        """
         keys = self.find(credentials.authzid, credentials.username)
-        ok = await anyio.to_thread.run_sync((keys or self._decoy).verify, credentials.password)
+        verify = (keys or self._decoy).verify
+        ok = await anyio.to_thread.run_sync(verify, credentials.password, limiter=self.pbkdf2)
         return ok and keys is not None
+
+    async def begin(self, session: Session) -> Attempt:
+        """An attempt from this client starts: wait as its failures ask, or refuse it with 454 4.7.0."""
+        attempt = self.budget.begin(session.peer_host)
+        try:
+            if attempt.delay:
+                await anyio.sleep(attempt.delay)  # the session waits, the event loop does not
+        except BaseException:
+            self.budget.end(attempt, failed=False)
+            raise
+        if attempt.refused:
+            raise Reject(TOO_MANY_FAILURES)
+        return attempt
 
 
 class AuthFileHandler(AsyncHandler):
-    """The AUTH hooks of the ``smtpwire serve`` handlers: users from ``accounts``, or nobody."""
+    """The AUTH hooks of the ``smtpwire serve`` handlers: users from ``accounts``, or nobody.
+
+    Every attempt goes through the accounts' failure budget.  PLAIN and LOGIN
+    are checked in ``authenticate``; SCRAM-SHA-256 is checked by the core
+    between two lookups, so its outcome arrives as the second lookup (the
+    proof was right), an ``error`` (535: it was wrong) or the end of the session.
+    """
 
     accounts: Accounts | None = None
 
     async def authenticate(self, session: Session, credentials: AuthCredentials) -> bool:
-        return self.accounts is not None and await self.accounts.check(credentials)
+        if self.accounts is None:
+            return False
+        attempt = await self.accounts.begin(session)
+        ok = False
+        try:
+            ok = await self.accounts.check(credentials)
+        finally:
+            self.accounts.budget.end(attempt, failed=not ok)
+        return ok
 
     async def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | None:
         if self.accounts is None or lookup.mechanism != SCHEME:
             return None
+        attempt: Attempt | None = session.state.pop(_ATTEMPT, None)
+        if attempt is not None:  # the second lookup: the proof was right; may the user act as the authzid?
+            keys = self.accounts.find(lookup.authzid, lookup.username)
+            self.accounts.budget.end(attempt, failed=keys is None)
+            return keys
+        session.state[_ATTEMPT] = await self.accounts.begin(session)
         return self.accounts.find(lookup.authzid, lookup.username)
+
+    def error(self, session: Session, command: str, reply: Reply) -> None:
+        """A SCRAM attempt that ends here failed on its proof (535) or was given up (501, 500)."""
+        attempt: Attempt | None = session.state.pop(_ATTEMPT, None) if command == "AUTH" else None
+        if attempt is not None and self.accounts is not None:
+            self.accounts.budget.end(attempt, failed=reply.code == 535)
+
+    def disconnect(self, session: Session) -> None:
+        """A SCRAM attempt cut off by the end of the session made no guess."""
+        attempt: Attempt | None = session.state.pop(_ATTEMPT, None)
+        if attempt is not None and self.accounts is not None:
+            self.accounts.budget.end(attempt, failed=False)
