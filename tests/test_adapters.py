@@ -117,7 +117,7 @@ class Picky(Recorder):
         super().data_chunk(session, data)
 
     def vrfy(self, session: Session, argument: str) -> Reply | None:
-        return "250 yes" if argument == "text" else Reply(354, "not an answer to VRFY")  # type: ignore[return-value]
+        return "yes, of course" if argument == "text" else Reply(354, "not an answer to VRFY")  # type: ignore[return-value]
 
 
 def test_reject_from_data_chunk_answers_at_the_end_of_data(kind: str) -> None:

@@ -6,12 +6,24 @@ import ssl
 from collections.abc import Sequence
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.stapled import MultiListener
 
-from smtpwire_handler import AsyncHandler, Handler, HostPort, ServerBase, ServerOptions, too_many_sessions
+from smtpwire_handler import (
+    ACCEPT_RETRY,
+    AcceptErrors,
+    AsyncHandler,
+    Handler,
+    HostPort,
+    ServerBase,
+    ServerOptions,
+    too_many_sessions,
+)
 
 from ._session import GONE, SessionRunner, log, wrap_tls
+
+#: Connections over a limit being told 421 at once; beyond that they are closed without a word.
+_REFUSALS = 16
 
 
 class Server(ServerBase[SessionRunner]):
@@ -19,12 +31,17 @@ class Server(ServerBase[SessionRunner]):
 
     ``await server.serve()`` runs until ``await server.shutdown()``; start it
     with ``await task_group.start(server.serve)`` to know the bound addresses.
+    A failing accept() (out of descriptors, say) is retried after a pause and
+    never ends the server; refusals over the session limits run in at most
+    a few tasks at a time.
     """
 
     def _prepare(self) -> None:
         self._accepting: anyio.CancelScope | None = None
         self._all_closed = anyio.Event()
         self._stopped = anyio.Event()
+        self._refusing = 0  # refusals under way
+        self._accept_errors = AcceptErrors(log)
 
     async def serve(self, *, task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED) -> None:
         listeners = [(await self._listen(host, port), False) for host, port in self.listen]
@@ -39,7 +56,9 @@ class Server(ServerBase[SessionRunner]):
             with anyio.CancelScope() as self._accepting:
                 async with anyio.create_task_group() as accepting:
                     for listener, implicit_tls in listeners:
-                        accepting.start_soon(self._accept, listener, implicit_tls, sessions)
+                        for sub in listener.listeners:
+                            assert isinstance(sub, SocketListener)  # a TCP listener
+                            accepting.start_soon(self._accept, sub, implicit_tls, sessions)
                     task_status.started(self)
             for listener, _ in listeners:
                 await listener.aclose()
@@ -73,42 +92,60 @@ class Server(ServerBase[SessionRunner]):
         except OSError as error:
             raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
 
-    async def _accept(self, listener: anyio.abc.Listener[SocketStream], implicit_tls: bool, group: TaskGroup) -> None:
-        async def serve_one(stream: SocketStream) -> None:
-            await self._session(stream, implicit_tls)
+    async def _accept(self, listener: SocketListener, implicit_tls: bool, group: TaskGroup) -> None:
+        """Accept until cancelled; a session, or a refusal, starts for each connection."""
+        where = listener.extra(SocketAttribute.local_address)
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, anyio.BrokenResourceError) as error:  # EMFILE and the like: the sessions go on
+                cause = error if isinstance(error, OSError) else error.__cause__
+                if not isinstance(cause, OSError):
+                    raise
+                self._accept_errors.failed(where, cause)
+                await anyio.sleep(ACCEPT_RETRY)
+                continue
+            self._accept_errors.accepted()
+            await self._start(stream, implicit_tls, group)
 
-        await listener.serve(serve_one, group)
-
-    async def _session(self, stream: SocketStream, implicit_tls: bool) -> None:
-        if self._stopping:
-            await stream.aclose()
-            return
-        if len(self._sessions) >= self.options.max_sessions:
-            await self._refuse(stream, implicit_tls)
-            return
+    async def _start(self, stream: SocketStream, implicit_tls: bool, group: TaskGroup) -> None:
         runner = SessionRunner(stream, self.handler, self.options, implicit_tls=implicit_tls)
-        self._sessions.add(runner)
-        self._all_closed = anyio.Event() if len(self._sessions) == 1 else self._all_closed
+        peer = runner.session.peer
+        refusal = "shutting down" if self._stopping else self._admit(runner, peer)
+        if refusal is None:
+            self._all_closed = anyio.Event() if len(self._sessions) == 1 else self._all_closed
+            group.start_soon(self._session, runner)
+        elif self._refusing < _REFUSALS:
+            log.warning("refusing a connection from %s: %s", peer, refusal)
+            self._refusing += 1
+            group.start_soon(self._refuse, stream, implicit_tls)
+        else:
+            log.warning("closing a connection from %s: %s, and too many refusals under way", peer, refusal)
+            await stream.aclose()
+
+    async def _session(self, runner: SessionRunner) -> None:
         try:
             await runner.run()
         except Exception:
             log.exception("session %s: unexpected error", runner.session.id)
         finally:
-            self._sessions.discard(runner)
+            self._release(runner)
             if not self._sessions:
                 self._all_closed.set()
 
     async def _refuse(self, stream: SocketStream, implicit_tls: bool) -> None:
-        """Over the session limit: 421 4.7.0 (after the handshake on a TLS listener), then close."""
-        log.warning("refusing a connection: %d sessions already", len(self._sessions))
-        with anyio.move_on_after(self.options.tls_handshake_timeout):
-            try:
-                channel = await wrap_tls(stream, self.options) if implicit_tls else stream
-                await channel.send(too_many_sessions(self.options))
-            except (ssl.SSLError, *GONE):
-                pass
-        with anyio.move_on_after(1, shield=True):
-            await stream.aclose()
+        """Over a session limit: 421 4.7.0 (after the handshake on a TLS listener), then close."""
+        try:
+            with anyio.move_on_after(self.options.tls_handshake_timeout):
+                try:
+                    channel = await wrap_tls(stream, self.options) if implicit_tls else stream
+                    await channel.send(too_many_sessions(self.options))
+                except (ssl.SSLError, *GONE):
+                    pass
+            with anyio.move_on_after(1, shield=True):
+                await stream.aclose()
+        finally:
+            self._refusing -= 1
 
 
 async def serve(

@@ -10,6 +10,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from smtpwire import State
 from smtpwire_handler import (
     CLOSED,
     NEED_DATA,
@@ -17,6 +18,7 @@ from smtpwire_handler import (
     AsyncHandler,
     Handler,
     HookWait,
+    PendingInput,
     ServerOptions,
     SessionDriver,
     tls_info,
@@ -39,7 +41,10 @@ class SessionRunner:
     of the client's handshake is ever read as plaintext.  One cancel scope
     covers the session.  Its deadline bounds every read and write, is lifted
     while an async hook runs (a read timeout never cuts a hook short), and is
-    moved only when it would fire early or more than a tenth late.
+    moved only when it would fire early or more than a tenth late.  A large
+    read is given to the driver ``FEED_SIZE`` at a time, and the replies to
+    each slice are sent before the next is fed: a client that pipelines
+    without reading holds one slice's replies in our memory, not a read's.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class SessionRunner:
         self.session = self.driver.session
         self._scope: anyio.CancelScope | None = None
         self._waiting_for: str | None = None  # "read" or "send" while the deadline is armed
+        self._pending = PendingInput()  # received, not yet given to the driver
 
     def stop(self, *, force: bool = False) -> None:
         """Close at the next moment the session is idle (or at once with ``force``)."""
@@ -104,6 +110,7 @@ class SessionRunner:
             if step is CLOSED:
                 return
             if step is START_TLS:
+                self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
                 await self._start_tls()
 
     async def _exchange(self, read: bool) -> None:
@@ -120,8 +127,10 @@ class SessionRunner:
                 self._waiting_for = "send"
                 await self.stream.send(data)
             if read and not driver.should_stop:
-                self._waiting_for = "read"
-                driver.receive(await self.stream.receive())
+                if not self._pending:
+                    self._waiting_for = "read"
+                    self._pending.put(await self.stream.receive())
+                driver.receive(self._pending.take(driver.conn.state is State.DATA))
         except anyio.EndOfStream:
             driver.receive(b"")
         except GONE as error:

@@ -16,7 +16,18 @@ import logging
 import math
 from typing import TYPE_CHECKING, cast
 
-from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, HookWait, SessionDriver, tls_info, too_many_sessions
+from smtpwire import State
+from smtpwire_handler import (
+    CLOSED,
+    FEED_SIZE,
+    NEED_DATA,
+    START_TLS,
+    HookWait,
+    PendingInput,
+    SessionDriver,
+    tls_info,
+    too_many_sessions,
+)
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -34,8 +45,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     Reading pauses while a hook or the TLS upgrade runs and while the client
     does not take its replies (``pause_writing``), so neither input nor
-    output grows without bound.  One timer per session, re-armed by moving
-    its deadline, covers the read, handshake and closing timeouts.
+    output grows without bound.  A large read is given to the driver
+    ``FEED_SIZE`` at a time, and no more of it while the client does not
+    take the replies: one read of pipelined commands cannot queue many times
+    its size in replies.  One timer per session, re-armed by moving its
+    deadline, covers the read, handshake and closing timeouts.
     """
 
     __slots__ = (
@@ -47,6 +61,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         "_hook",
         "_implicit_tls",
         "_loop",
+        "_pending",
         "_reading",
         "_server",
         "_timer",
@@ -69,6 +84,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._failed = False  # an unexpected error ended the session: a second one gives up
         self._hook: asyncio.Future[object] | None = None
         self._early: list[bytes] | None = None  # during the STARTTLS upgrade: what the TLS layer already decrypted
+        self._pending = PendingInput()  # received, not yet given to the driver
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires
@@ -79,14 +95,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, only alike
         self.transport = transport
         server = self._server
-        if server.stopping or not server.admit(self):
-            self._refuse(transport)
+        peer = transport.get_extra_info("peername")
+        refusal = "shutting down" if server.stopping else server.admit(self, peer)
+        if refusal is not None:
+            self._refuse(transport, peer, refusal)
             return
         self.driver = SessionDriver(
             server.handler,
             server.options,
             log=log,
-            peer=transport.get_extra_info("peername"),
+            peer=peer,
             local=transport.get_extra_info("sockname"),
             implicit_tls=self._implicit_tls,
         )
@@ -108,7 +126,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if self._early is not None:  # decrypted before start_tls() returned: after the handshake, in order
             self._early.append(data)
             return
-        driver.receive(data)
+        if not data:  # the peer closed: after what is still pending
+            if self._pending:
+                driver.receive(self._pending.take_rest())
+            driver.receive(data)
+        elif self._busy or self._pending or len(data) > FEED_SIZE:
+            self._pending.put(data)
+        else:
+            driver.receive(data)
         if not self._busy:
             self._advance()
 
@@ -139,7 +164,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing = True
-        if not self._busy:
+        if self._busy:
+            return
+        if self._pending:  # the rest of a read waits to be fed
+            self._advance()
+        else:
             self._resume_reading()
 
     # -- what the server asks ---------------------------------------------------------
@@ -171,6 +200,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 if data and not self._ended:
                     transport.write(data)
                 if step is NEED_DATA:
+                    if self._pending and self._writing:
+                        driver.receive(self._pending.take(driver.conn.state is State.DATA))
+                        continue
                     self._arm(driver.timeout)
                     if not self._reading and self._writing:
                         self._resume_reading()
@@ -182,6 +214,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._deadline = math.inf
                 self._pause_reading()
                 if step is START_TLS:
+                    self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
                     self._loop.create_task(self._start_tls())
                     return
                 assert isinstance(step, HookWait)
@@ -232,7 +265,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         early, self._early = self._early, None
         if not driver.closed:
             for data in early:
-                driver.receive(data)
+                self._pending.put(data)
         self._busy = False
         self._advance()
 
@@ -287,9 +320,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         driver.timed_out()
         self._advance()
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
-        """Over the session limit (or shutting down): 421 4.7.0, then close."""
-        log.warning("refusing a connection: %d sessions already", self._server.sessions)
+    def _refuse(self, transport: asyncio.Transport, peer: object, reason: str) -> None:
+        """Over a session limit (or shutting down): 421 4.7.0, then close."""
+        log.warning("refusing a connection from %s: %s", peer, reason)
         self._ended = True
         transport.write(too_many_sessions(self._server.options))
         transport.close()

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Sequence
 
-from smtpwire_handler import AsyncHandler, Handler, HostPort, ServerBase, ServerOptions
+from smtpwire_handler import (
+    ACCEPT_RETRY,
+    AcceptErrors,
+    AsyncHandler,
+    ClientCounter,
+    Handler,
+    HostPort,
+    ServerBase,
+    ServerOptions,
+    client_key,
+)
 
 from ._protocol import SMTPProtocol, log
 
 _ABORT_AFTER = 5.0  # seconds after the grace: connections still open are dropped
-_ACCEPT_RETRY = 0.5  # seconds to wait when accept() fails (EMFILE)
+#: Implicit-TLS handshakes beyond the session limit, for the 421 of those over it.
+_REFUSING_HANDSHAKES = 16
 _BACKLOG = 1024
 _RECEIVE_SIZE = 64 * 1024
 
@@ -29,6 +41,9 @@ class Server(ServerBase[SMTPProtocol]):
         self._listeners: list[asyncio.Server] = []
         self._tls_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()  # implicit-TLS accept loops and handshakes
+        self._handshakes = 0  # implicit-TLS handshakes under way
+        self._handshaking = ClientCounter(self.options.max_sessions_per_client)
+        self._accept_errors = AcceptErrors(log)
         self._all_closed: asyncio.Event | None = None
         #: What every session reads into before its bytes are copied out (see SMTPProtocol).
         self.receive_buffer = memoryview(bytearray(_RECEIVE_SIZE))
@@ -76,19 +91,16 @@ class Server(ServerBase[SMTPProtocol]):
         self._stop_listening()
         for protocol in list(self._sessions):
             protocol.abort()
-        self._sessions.clear()
+            self._release(protocol)
 
     # -- what the protocols call ---------------------------------------------------
 
-    def admit(self, protocol: SMTPProtocol) -> bool:
-        """Count a new session in, unless the limit is reached."""
-        if len(self._sessions) >= self.options.max_sessions:
-            return False
-        self._sessions.add(protocol)
-        return True
+    def admit(self, protocol: SMTPProtocol, peer: object) -> str | None:
+        """Count a new session in; ``None`` when admitted, else why not (a limit is reached)."""
+        return self._admit(protocol, peer)
 
     def release(self, protocol: SMTPProtocol) -> None:
-        self._sessions.discard(protocol)
+        self._release(protocol)
         if not self._sessions and self._all_closed is not None:
             self._all_closed.set()
 
@@ -120,19 +132,36 @@ class Server(ServerBase[SMTPProtocol]):
         """Accept on an implicit-TLS listener; each handshake runs in its own task, then becomes a session.
 
         ``connect_accepted_socket`` does the handshake before the protocol sees
-        a byte, so no ClientHello can ever reach the SMTP session.
+        a byte, so no ClientHello can ever reach the SMTP session.  Handshakes
+        under way are bounded like sessions (in all, and per client), so a
+        flood of silent clients cannot make tasks without bound; beyond that
+        a connection is closed at once.  A failing accept() (out of
+        descriptors, say) is retried after a pause, never ends the listener.
         """
         loop = asyncio.get_running_loop()
+        where = _host_port(sock)
         while True:
             try:
                 conn, peer = await loop.sock_accept(sock)
-            except OSError as error:  # out of descriptors, say: wait, then go on accepting
-                log.error("cannot accept a connection: %r", error)
-                await asyncio.sleep(_ACCEPT_RETRY)
+            except OSError as error:
+                self._accept_errors.failed(where, error)
+                await asyncio.sleep(ACCEPT_RETRY)
                 continue
+            self._accept_errors.accepted()
+            key = client_key(peer)
+            if self._handshakes >= self.options.max_sessions + _REFUSING_HANDSHAKES or not self._handshaking.add(key):
+                log.warning("closing a connection from %s: too many TLS handshakes under way", peer)
+                conn.close()
+                continue
+            self._handshakes += 1
             task = loop.create_task(self._handshake(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._handshake_done, key))
+
+    def _handshake_done(self, key: str | None, task: asyncio.Task[None]) -> None:
+        self._handshakes -= 1
+        self._handshaking.remove(key)
 
     async def _handshake(self, conn: socket.socket, peer: object) -> None:
         loop = asyncio.get_running_loop()

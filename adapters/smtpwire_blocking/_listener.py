@@ -6,6 +6,8 @@ import socket
 import threading
 from collections.abc import Callable
 
+from smtpwire_handler import ACCEPT_RETRY, AcceptErrors
+
 from ._log import log
 from ._wait import readable
 from ._wakeup import Wakeup
@@ -14,8 +16,6 @@ HostPort = tuple[str, int]
 
 #: What the server does with an accepted socket, in the accept thread: (socket, implicit TLS).
 OnAccept = Callable[[socket.socket, bool], None]
-
-_ACCEPT_ERROR_PAUSE = 0.1  # out of descriptors, say: do not spin on the error
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -45,6 +45,7 @@ class Listener:
         self.implicit_tls = implicit_tls
         self._on_accept = on_accept
         self._stopping = stopping
+        self._errors = AcceptErrors(log)  # out of descriptors, say: logged once, retried after a pause
         kind = "tls" if implicit_tls else "plain"
         self._thread = threading.Thread(
             target=self._loop, name=f"smtpwire-accept-{kind}-{_show(self.address)}", daemon=True
@@ -71,9 +72,10 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as error:
-                log.warning("accept on %s failed: %r", _show(self.address), error)
-                readable([self._stopping.readable], _ACCEPT_ERROR_PAUSE)
+                self._errors.failed(_show(self.address), error)
+                readable([self._stopping.readable], ACCEPT_RETRY)
                 continue
+            self._errors.accepted()
             try:
                 self._on_accept(client, self.implicit_tls)
             except Exception:

@@ -1,4 +1,4 @@
-"""Connections over ``max_sessions``: 421 4.7.0 and close, never a silent close or a hang.
+"""Connections over a session limit: 421 4.7.0 and close, never a silent close or a hang.
 
 A plain connection is answered in the accept thread: the reply is one short
 line into an empty socket buffer, with a one-second bound.  An implicit-TLS
@@ -36,9 +36,9 @@ class Refuser:
         """The server is going away: connections still waiting for a refusal thread are just closed."""
         self._stopped.set()
 
-    def refuse(self, sock: socket.socket, implicit_tls: bool) -> None:
-        """Called in the accept thread for a connection over the limit."""
-        log.warning("refusing a connection from %s: %d sessions already", _peer(sock), self.options.max_sessions)
+    def refuse(self, sock: socket.socket, implicit_tls: bool, reason: str) -> None:
+        """Called in the accept thread for a connection over a limit (``reason`` says which)."""
+        log.warning("refusing a connection from %s: %s", _peer(sock), reason)
         if not implicit_tls:
             self._send(sock)
             return

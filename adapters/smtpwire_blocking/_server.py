@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from smtpwire_handler import AsyncHandler, Handler, ServerOptions
+from smtpwire_handler import AsyncHandler, ClientCounter, Handler, ServerOptions, check_handler, client_key
 
 from ._listener import HostPort, Listener
 from ._log import log
@@ -47,6 +47,8 @@ class Server:
         self._wanted += [(*_check_address("tls_listen", a), True) for a in tls_listen]
         self._listeners: list[Listener] = []
         self._sessions: dict[BlockingSession, threading.Thread] = {}
+        self._clients = ClientCounter(self.options.max_sessions_per_client)
+        self._client_of: dict[BlockingSession, str | None] = {}  # whom each session counts for
         self._lock = threading.Condition()
         self._stopping = Wakeup()  # set once, never cleared: every accept thread sees it
         self._refuser = Refuser(self.options)
@@ -144,16 +146,26 @@ class Server:
     # -- accepting (in the accept threads) -------------------------------------------
 
     def _accepted(self, sock: socket.socket, implicit_tls: bool) -> None:
+        key = client_key(_peer(sock))
         with self._lock:
-            full = len(self._sessions) >= self.options.max_sessions
-            if not full:
-                session = BlockingSession(sock, self.handler, self.options, implicit_tls=implicit_tls)
+            if len(self._sessions) >= self.options.max_sessions:
+                refusal: str | None = f"{len(self._sessions)} sessions already"
+            elif not self._clients.add(key):
+                refusal = f"{self.options.max_sessions_per_client} sessions from {key} already"
+            else:
+                refusal = None
+                try:
+                    session = BlockingSession(sock, self.handler, self.options, implicit_tls=implicit_tls)
+                except BaseException:  # out of descriptors for its wake-up, say
+                    self._clients.remove(key)
+                    raise
                 thread = threading.Thread(
                     target=self._run, args=(session,), name=f"smtpwire-session-{session.session.id}", daemon=True
                 )
                 self._sessions[session] = thread
-        if full:
-            self._refuser.refuse(sock, implicit_tls)
+                self._client_of[session] = key
+        if refusal is not None:
+            self._refuser.refuse(sock, implicit_tls, refusal)
             return
         try:
             thread.start()
@@ -170,7 +182,8 @@ class Server:
 
     def _forget(self, session: BlockingSession) -> None:
         with self._lock:
-            self._sessions.pop(session, None)
+            if self._sessions.pop(session, None) is not None:
+                self._clients.remove(self._client_of.pop(session))
             self._lock.notify_all()
 
     # -- shutting down ------------------------------------------------------------------
@@ -210,6 +223,14 @@ class Server:
             return list(self._sessions)
 
 
+def _peer(sock: socket.socket) -> object:
+    """The client's address (None when it already left)."""
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
 def _check_handler(handler: object) -> None:
     if isinstance(handler, AsyncHandler) or any(
         inspect.iscoroutinefunction(getattr(type(handler), name, None)) for name in vars(Handler) if name[0] != "_"
@@ -217,6 +238,7 @@ def _check_handler(handler: object) -> None:
         raise ValueError("the blocking adapter calls plain hooks: use a Handler with def hooks, not async def")
     if not isinstance(handler, Handler):
         raise ValueError(f"handler must be a smtpwire_blocking.Handler, not {type(handler).__name__}")
+    check_handler(handler, can_await=False)
 
 
 def _check_address(what: str, address: object) -> HostPort:

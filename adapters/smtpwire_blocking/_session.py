@@ -6,7 +6,18 @@ import socket
 import ssl
 import time
 
-from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, Address, Handler, ServerOptions, SessionDriver, tls_info
+from smtpwire import State
+from smtpwire_handler import (
+    CLOSED,
+    NEED_DATA,
+    START_TLS,
+    Address,
+    Handler,
+    PendingInput,
+    ServerOptions,
+    SessionDriver,
+    tls_info,
+)
 
 from ._log import log
 from ._tls import HandshakeFailed, handshake
@@ -27,7 +38,10 @@ class BlockingSession:
     byte of the client's handshake is ever read as plaintext.  Waiting for the
     client is a ``poll`` on the socket and a wake-up socket pair, bounded by
     the command or data timeout; ``stop()`` (from any thread) interrupts it.
-    Writes are ``sendall`` bounded by the command timeout.
+    Writes are ``sendall`` bounded by the command timeout.  A large read is
+    given to the driver ``FEED_SIZE`` at a time, each slice's replies sent
+    before the next, so a client that never reads cannot make us hold many
+    times a read's size in replies.
     """
 
     def __init__(
@@ -41,6 +55,7 @@ class BlockingSession:
         )
         self.session = self.driver.session
         self._wakeup = Wakeup()
+        self._pending = PendingInput()  # received, not yet given to the driver
 
     def stop(self, *, force: bool = False) -> None:
         """Say 421 4.3.2 and close as soon as no transaction is open (with ``force``: now); thread-safe."""
@@ -73,6 +88,7 @@ class BlockingSession:
             if step is NEED_DATA:
                 self._receive()
             elif step is START_TLS:
+                self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
                 self._start_tls()
             elif step is CLOSED:
                 return
@@ -88,6 +104,9 @@ class BlockingSession:
 
     def _receive(self) -> None:
         """Give the core the client's next bytes, or tell the driver why there are none."""
+        if self._pending:
+            self.driver.receive(self._pending.take(self.driver.conn.state is State.DATA))
+            return
         timeout = self.driver.timeout
         try:
             data = self._read(timeout)
@@ -98,7 +117,8 @@ class BlockingSession:
         except OSError as error:  # reset, or TLS broken mid-session (ssl.SSLError is an OSError)
             self.driver.connection_lost(error)
         else:
-            self.driver.receive(data)
+            self._pending.put(data)
+            self.driver.receive(self._pending.take(self.driver.conn.state is State.DATA))
 
     def _read(self, timeout: float) -> bytes:
         """One ``recv`` of what the client sent (``b""``: it closed), waiting at most ``timeout`` seconds."""

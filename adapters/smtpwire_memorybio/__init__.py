@@ -5,18 +5,33 @@ Twisted): ``SMTPSession`` takes what the transport received and returns what
 to write.  ``asyncio_example`` shows a whole server on asyncio's Protocol API.
 """
 
-from smtpwire_handler import Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import (
+    FEED_SIZE,
+    ClientCounter,
+    Envelope,
+    Handler,
+    PendingInput,
+    Reject,
+    ServerOptions,
+    Session,
+    TLSInfo,
+    client_key,
+)
 from smtpwire_handler import too_many_sessions as too_many
 
 from ._session import SMTPSession
 
 __all__ = [
+    "FEED_SIZE",
+    "ClientCounter",
     "Envelope",
     "Handler",
+    "PendingInput",
     "Reject",
     "SMTPSession",
     "ServerOptions",
     "Session",
     "TLSInfo",
+    "client_key",
     "too_many",
 ]

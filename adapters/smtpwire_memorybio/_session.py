@@ -5,7 +5,17 @@ from __future__ import annotations
 import logging
 import ssl
 
-from smtpwire_handler import CLOSED, NEED_DATA, START_TLS, Address, Handler, ServerOptions, SessionDriver, tls_info
+from smtpwire_handler import (
+    CLOSED,
+    NEED_DATA,
+    START_TLS,
+    Address,
+    Handler,
+    ServerOptions,
+    SessionDriver,
+    check_handler,
+    tls_info,
+)
 
 from ._tls import TLSChannel
 
@@ -31,6 +41,7 @@ class SMTPSession:
         peer: Address | None = None,
         local: Address | None = None,
     ) -> None:
+        check_handler(handler, can_await=False)
         self.options = options or ServerOptions()
         if implicit_tls and self.options.tls_context is None:
             raise ValueError("implicit TLS needs options.tls_context")

@@ -12,15 +12,26 @@ import dataclasses
 import logging
 import ssl
 
-from smtpwire_memorybio import Envelope, Handler, ServerOptions, Session, SMTPSession, too_many
+from smtpwire_memorybio import (
+    ClientCounter,
+    Envelope,
+    Handler,
+    PendingInput,
+    ServerOptions,
+    Session,
+    SMTPSession,
+    client_key,
+    too_many,
+)
 
 log = logging.getLogger("smtpwire.memorybio")
 
 
 @dataclasses.dataclass
 class Sessions:
-    """The open sessions of one server: for ``max_sessions`` and the graceful shutdown."""
+    """The open sessions of one server: for the session limits and the graceful shutdown."""
 
+    clients: ClientCounter
     open: set[SMTPProtocol] = dataclasses.field(default_factory=set)
     stopping: bool = False
     all_closed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -30,7 +41,13 @@ _servers: dict[asyncio.Server, Sessions] = {}
 
 
 class SMTPProtocol(asyncio.Protocol):
-    """One connection: received bytes go into the SMTPSession, what it returns goes out."""
+    """One connection: received bytes go into the SMTPSession, what it returns goes out.
+
+    Flow control keeps memory bounded: received bytes go to the session
+    ``FEED_SIZE`` at a time, and while the transport's buffer is over its
+    high-water mark (``pause_writing``) nothing more is fed or read, so a
+    client that sends without reading its replies is held back.
+    """
 
     smtp: SMTPSession
     transport: asyncio.Transport
@@ -38,27 +55,61 @@ class SMTPProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, options: ServerOptions, sessions: Sessions, tls: bool) -> None:
         self.handler, self.options, self.sessions, self.tls = handler, options, sessions, tls
         self.timer: asyncio.TimerHandle | None = None
+        self.pending = PendingInput()  # received, not yet given to the session
+        self.eof = False  # the peer closed its side (after the pending bytes)
+        self.writing = True  # no pause_writing in force
+        self.client: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if self.sessions.stopping or len(self.sessions.open) >= self.options.max_sessions:
-            log.warning("refusing a connection: %d sessions already", len(self.sessions.open))
-            if not self.tls:  # on a TLS port a plaintext 421 would be noise: just close
-                transport.write(too_many(self.options))
-            transport.close()
+        sessions, peer = self.sessions, transport.get_extra_info("peername")
+        if sessions.stopping or len(sessions.open) >= self.options.max_sessions:
+            self.refuse(peer, f"{len(sessions.open)} sessions already")
             return
-        self.sessions.open.add(self)
-        self.sessions.all_closed.clear()
-        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-        self.smtp = SMTPSession(self.handler, self.options, implicit_tls=self.tls, peer=peer, local=local)
+        self.client = client_key(peer)
+        if not sessions.clients.add(self.client):
+            self.refuse(peer, f"{self.options.max_sessions_per_client} sessions from {self.client} already")
+            return
+        sessions.open.add(self)
+        sessions.all_closed.clear()
+        self.smtp = SMTPSession(
+            self.handler, self.options, implicit_tls=self.tls, peer=peer, local=transport.get_extra_info("sockname")
+        )
         self.write(self.smtp.start())
 
+    def refuse(self, peer: object, reason: str) -> None:
+        log.warning("refusing a connection from %s: %s", peer, reason)
+        if not self.tls:  # on a TLS port a plaintext 421 would be noise: just close
+            self.transport.write(too_many(self.options))
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
-        self.write(self.smtp.receive(data))
+        self.pending.put(data)
+        self.feed()
 
     def eof_received(self) -> None:
-        self.write(self.smtp.receive(b""))
+        self.eof = True
+        self.feed()
+
+    def feed(self) -> None:
+        """Give the session what is pending, a slice at a time, while the client takes the replies."""
+        while self.pending and self.writing and not self.smtp.closed:
+            self.write(self.smtp.receive(self.pending.take()))
+        if self.eof and not self.pending and not self.smtp.closed:
+            self.write(self.smtp.receive(b""))
+        elif self.pending:
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self.writing = False
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing = True
+        self.feed()
+        if not self.pending and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self not in self.sessions.open:  # refused in connection_made
@@ -68,6 +119,7 @@ class SMTPProtocol(asyncio.Protocol):
         if not self.smtp.closed:  # the peer vanished: the session still ends (closing hooks)
             self.smtp.receive(b"")
         self.sessions.open.discard(self)
+        self.sessions.clients.remove(self.client)
         if not self.sessions.open:
             self.sessions.all_closed.set()
 
@@ -89,6 +141,10 @@ class SMTPProtocol(asyncio.Protocol):
             self.timer = asyncio.get_running_loop().call_later(self.smtp.timeout, self.timed_out)
 
     def timed_out(self) -> None:
+        if not self.writing:  # the client does not take its replies: a 421 would never reach it
+            log.info("session %s: the client does not take its replies, dropping it", self.smtp.session.id)
+            self.transport.abort()
+            return
         self.write(self.smtp.timed_out())
 
 
@@ -98,7 +154,7 @@ async def start_server(
     """Listen on ``host:port``; ``tls=True`` serves implicit TLS (RFC 8314) through SMTPSession."""
     if tls and options.tls_context is None:
         raise ValueError("tls=True needs options.tls_context")
-    sessions = Sessions()
+    sessions = Sessions(ClientCounter(options.max_sessions_per_client))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTPProtocol(handler, options, sessions, tls), host, port)
     _servers[server] = sessions
