@@ -3,6 +3,13 @@
 Names follow the Maildir convention (time, microseconds, pid, a counter and
 random bits, the host name), so concurrent deliveries never collide.
 
+Mail is private to the server's user, whatever the umask: message files are
+created 0600 and the folders it creates 0700, by the call that creates them
+(``os.open``/``mkdir`` with the mode), so there is no moment when another
+local user could open them.  An existing Maildir keeps the permissions its
+operator gave it (a group-shared Maildir is a deliberate set-up);
+``Maildir.open_to_others`` names what other users may read, for a warning.
+
 Everything here that touches the disk blocks: call it from a worker thread,
 never from an event loop.
 """
@@ -15,6 +22,7 @@ import itertools
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -24,6 +32,9 @@ from smtpwire import Reply
 STORAGE_FULL = Reply(452, "Insufficient system storage", (4, 3, 1))
 STORAGE_FAILED = Reply(451, "Requested action aborted: error in storing the message", (4, 3, 0))
 _FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+FILE_MODE = 0o600  #: message files: the server's user only
+FOLDER_MODE = 0o700  #: the folders the server creates
+_SUBFOLDERS = ("tmp", "new", "cur")
 _counter = itertools.count()
 
 
@@ -33,13 +44,18 @@ def storage_reply(error: OSError) -> Reply:
 
 
 class Maildir:
-    """A Maildir directory, created (with tmp/, new/, cur/) if missing."""
+    """A Maildir directory, created (with tmp/, new/, cur/, each 0700) if missing.
+
+    Missing parents of the Maildir are made as ``mkdir -p`` makes them: they
+    are the operator's directories, not the mail's.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-        for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        for sub in _SUBFOLDERS:
+            (self.path / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
         #: The group commit of new/: deliveries renamed at about the same time share one fsync.
         self.new_sync = DirectorySync(self.path / "new")
 
@@ -47,6 +63,15 @@ class Maildir:
         now = time.time()
         seconds, micro = int(now), int(now % 1 * 1_000_000)
         return f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}.{self._host}"
+
+    def open_to_others(self) -> list[str]:
+        """The Maildir's folders that other users may enter or read, with their modes (an operator-made Maildir)."""
+        loose = []
+        for folder in (self.path, *(self.path / sub for sub in _SUBFOLDERS)):
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            if mode & 0o007:
+                loose.append(f"{folder} (mode {mode:04o})")
+        return loose
 
     def begin(self) -> Delivery:
         """A new delivery; it touches no disk until its first ``write``, ``create`` or ``commit``."""
@@ -167,7 +192,7 @@ class Delivery:
         """Create the (empty) file in tmp/, if not yet done; raises OSError when the Maildir cannot take it."""
         if self._fd is None:
             self.name = self.maildir.unique_name()
-            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
     def write(self, data: bytes) -> None:
         self.create()

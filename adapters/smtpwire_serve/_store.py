@@ -5,6 +5,8 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import logging
+import re
+from collections.abc import Callable
 
 import anyio.to_thread
 
@@ -16,6 +18,16 @@ from ._maildir import Delivery, Maildir, storage_reply
 
 log = logging.getLogger("smtpwire.serve")
 _FLUSH_AT = 256 * 1024  # batch small chunks into one write per worker-thread trip
+
+#: What no header may carry: C0 and C1 controls (CR, LF, NUL, NEL ...), the Unicode line and
+#: paragraph separators, the bidi controls (they reorder what a mail reader shows) and lone surrogates.
+_UNSAFE_UTF8 = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_ASCII = re.compile("[^\x20-\x7e]")  # a message without SMTPUTF8 has ASCII headers (RFC 5322)
+_SUB_DOMAIN = "[A-Za-z0-9\x80-\U0010ffff](?:[A-Za-z0-9\x80-\U0010ffff-]*[A-Za-z0-9\x80-\U0010ffff])?"
+_DOMAIN = re.compile(f"{_SUB_DOMAIN}(?:\\.{_SUB_DOMAIN})*")  # RFC 5321 4.1.2, U-labels as RFC 6531 3.3 allows
+_GENERAL_ADDRESS_LITERAL = re.compile("\\[[A-Za-z0-9-]*[A-Za-z0-9]:[\\x21-\\x5a\\x5e-\\x7e]+\\]")
+_MAX_HELO = 255  # octets: RFC 5321 4.5.3.1.2, the longest domain
+_MAX_ADDRESS = 512  # octets: twice RFC 5321's longest path, so no valid address is ever cut
 
 
 def protocol_name(session: Session, smtputf8: bool) -> str:
@@ -37,18 +49,83 @@ def address_literal(host: str) -> str:
     return f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
 
 
+def is_address_literal(text: str) -> bool:
+    """``[192.0.2.7]``, ``[IPv6:2001:db8::7]`` or ``[tag:content]`` (RFC 5321 4.1.3), an RFC 5322 domain-literal."""
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else ""
+    if inner[:5].lower() == "ipv6:":
+        return "%" not in inner and _parses(ipaddress.IPv6Address, inner[5:])
+    return _parses(ipaddress.IPv4Address, inner) or _GENERAL_ADDRESS_LITERAL.fullmatch(text) is not None
+
+
+def _parses(parse: Callable[[str], object], text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def header_safe(text: str, utf8: bool) -> str:
+    """``text`` with each character no header line may carry replaced by "?".
+
+    "?" is atext, qtext and dtext alike, so an address stays an address and a
+    line stays one line; the log (escaped, not replaced) keeps what it was.
+    """
+    return (_UNSAFE_UTF8 if utf8 else _UNSAFE_ASCII).sub("?", text)
+
+
+def cut(text: str, octets: int) -> str:
+    """``text`` if it fits in ``octets`` octets of UTF-8, else its head and "..." (never half a character)."""
+    encoded = text.encode()
+    if len(encoded) <= octets:
+        return text
+    return encoded[: octets - 3].decode(errors="ignore") + "..."
+
+
+def helo_shown(name: str | None, utf8: bool) -> str:
+    """The HELO name for ``Received: from`` (RFC 5321 4.4): as given if it is a domain or an address literal.
+
+    Anything else (``[1.2.3.4])(by.trusted.example``) is shown as an RFC 5322
+    quoted string, so no parenthesis, bracket or semicolon in it can open a
+    comment or end a clause of the header.
+    """
+    name = name or ""
+    safe = cut(header_safe(name, utf8), _MAX_HELO)
+    if safe == name and (_DOMAIN.fullmatch(name) or is_address_literal(name)):
+        return name
+    return '"' + safe.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def address_shown(address: str, utf8: bool) -> str:
+    """An envelope address for a header: unsafe characters replaced; one too long for any RFC is cut.
+
+    A cut address loses its quotes and backslashes as well, so the cut never
+    leaves a quoted string open to swallow the rest of the header.
+    """
+    safe = header_safe(address, utf8)
+    shown = cut(safe, _MAX_ADDRESS)
+    return shown if shown == safe else shown.replace('"', "?").replace("\\", "?")
+
+
 def trace_headers(session: Session, envelope: Envelope, hostname: str) -> bytes:
-    """Return-Path and a Received header (RFC 5321 4.4) for the top of the stored message."""
+    """Return-Path and a Received header (RFC 5321 4.4) for the top of the stored message.
+
+    One clause a line, each line bounded well under RFC 5322's 998 octets
+    whatever the client sent, and nothing from the client that could end a
+    line, open a comment or reorder the display (see ``helo_shown``,
+    ``address_shown``).
+    """
+    utf8 = "SMTPUTF8" in envelope.mail_params
     lines = [
-        f"Return-Path: <{envelope.mail_from}>",
-        f"Received: from {session.helo_name} ({address_literal(session.peer_host)})",
-        f"\tby {hostname} (smtpwire) with {protocol_name(session, 'SMTPUTF8' in envelope.mail_params)} id {session.id}",
+        f"Return-Path: <{address_shown(envelope.mail_from, utf8)}>",
+        f"Received: from {helo_shown(session.helo_name, utf8)} ({address_literal(session.peer_host)})",
+        f"\tby {hostname} (smtpwire) with {protocol_name(session, utf8)} id {session.id}",
     ]
     if session.tls:
         lines.append(f"\t(using {session.tls.version} with cipher {session.tls.cipher} ({session.tls.bits} bits))")
     date = email.utils.formatdate(localtime=True)
     if len(envelope.rcpt_tos) == 1:
-        lines.append(f"\tfor <{envelope.rcpt_tos[0]}>; {date}")
+        lines.append(f"\tfor <{address_shown(envelope.rcpt_tos[0], utf8)}>; {date}")
     else:
         lines[-1] += f"; {date}"
     return ("\r\n".join(lines) + "\r\n").encode()
@@ -98,6 +175,8 @@ class MaildirHandler(AuthFileHandler):
         self.hostname = hostname
         self.accounts = accounts
         self._proven = False  # the last delivery attempt stored its message
+        for folder in maildir.open_to_others():  # an operator's choice, said out loud rather than undone
+            log.warning("%s is open to other users: they can list the messages (each new one is 0600)", folder)
 
     def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
         """A plain call while deliveries succeed; while the store is in doubt, a check in a worker thread."""
