@@ -51,7 +51,18 @@ TIMED_OUT = b"421 4.4.2 localhost Timeout, closing connection\r\n"
 SHUTTING_DOWN = b"421 4.3.2 localhost Service shutting down\r\n"
 
 
+class Clock:
+    """A clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def new_driver(handler: Handler | AsyncHandler, options: ServerOptions | None = None, **kwargs: Any) -> SessionDriver:
+    kwargs.setdefault("clock", Clock())
     return SessionDriver(handler, options or ServerOptions(), log=log, peer=PEER, **kwargs)
 
 

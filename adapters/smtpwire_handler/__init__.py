@@ -4,6 +4,7 @@ Applications import these names from the adapter they run on
 (``smtpwire_asyncio``, ``smtpwire_anyio``, ``smtpwire_blocking``, ``smtpwire_memorybio``).
 """
 
+from ._checks import check_handler
 from ._driver import (
     AUTH_UNAVAILABLE,
     BAD_CREDENTIALS,
@@ -19,24 +20,38 @@ from ._driver import (
 )
 from ._handler import AsyncHandler, Handler, MaybeAwaitable, Params, Reject
 from ._options import ServerOptions
-from ._server import HostPort, ServerBase
+from ._server import (
+    ACCEPT_RETRY,
+    FEED_SIZE,
+    AcceptErrors,
+    ClientCounter,
+    HostPort,
+    PendingInput,
+    ServerBase,
+    client_key,
+)
 from ._session import Address, Envelope, Session, TLSInfo, tls_info
 
 __all__ = [
+    "ACCEPT_RETRY",
     "AUTH_UNAVAILABLE",
     "BAD_CREDENTIALS",
     "CLOSED",
+    "FEED_SIZE",
     "LOCAL_ERROR",
     "NEED_DATA",
     "START_TLS",
+    "AcceptErrors",
     "Address",
     "AsyncHandler",
+    "ClientCounter",
     "Envelope",
     "Handler",
     "HookWait",
     "HostPort",
     "MaybeAwaitable",
     "Params",
+    "PendingInput",
     "Reject",
     "ServerBase",
     "ServerOptions",
@@ -44,6 +59,8 @@ __all__ = [
     "SessionDriver",
     "Step",
     "TLSInfo",
+    "check_handler",
+    "client_key",
     "overridden_hooks",
     "tls_info",
     "too_many_sessions",

@@ -22,6 +22,8 @@ import enum
 import functools
 import inspect
 import logging
+import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,8 +35,7 @@ from smtpwire import Reply
 from ._handler import AsyncHandler, Handler, Reject
 from ._options import ServerOptions
 from ._session import Address, Envelope, Session, TLSInfo
-
-transcript = logging.getLogger("smtpwire.transcript")
+from ._transcript import Transcript
 
 LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
 #: RFC 4954 6: what a broken or unavailable credential check answers.
@@ -104,6 +105,7 @@ class SessionDriver:
         local: Address | None = None,
         implicit_tls: bool = False,
         can_await: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handler = handler
         self.options = options
@@ -119,13 +121,16 @@ class SessionDriver:
         self._lost = False  # the peer is gone: nothing more can be sent
         #: True once the closing hooks are queued: the next steps run them, then CLOSED.
         self.closed = False
-        self._transcript = transcript.isEnabledFor(logging.DEBUG)  # decided when the session starts
+        #: The wire transcript, decided when the session starts.
+        self._transcript = Transcript(self.conn, self.session.id) if Transcript.enabled() else None
         self._in_message = False  # DATA was accepted and the message not yet answered
         self._refusal: Reply | None = None  # data_chunk failed: it decides the end of data
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
-        self._withholding = False  # the transcript is inside a received AUTH line
-        self._received_tail = b""
         self._messages = 0
+        self._clock = clock
+        self._deadline = 0.0  # when the client's next record (command line, SASL exchange, message) is due
+        self._progressed = True  # an event came out since the last wait: a new record is due
+        self._rated = 0  # message octets already counted into the deadline
         log.debug("session %s: connection from %s", self.session.id, peer)
 
     # -- what the adapter looks at -------------------------------------------
@@ -135,7 +140,7 @@ class SessionDriver:
         """Seconds to wait for the step at hand (the handshake, or the client's next bytes)."""
         if self._tls_due:
             return self.options.tls_handshake_timeout
-        return self.options.read_timeout(self.conn)
+        return max(self._deadline - self._clock(), 0.0)
 
     @property
     def idle(self) -> bool:
@@ -164,6 +169,8 @@ class SessionDriver:
                 if wait is not None:
                     return wait
             elif self.closed:
+                if self._transcript is not None:
+                    self._transcript.read_up(ended=True)
                 return CLOSED
             elif self._closing:
                 self._finish()
@@ -177,25 +184,49 @@ class SessionDriver:
                     elif self._stop is not None and self.should_stop:
                         self.conn.shutdown()
                     else:
+                        self._await_client()
                         return NEED_DATA
                 elif isinstance(event, smtpwire.Sentinel):  # PAUSED: every decision is answered here
                     raise RuntimeError(f"the core waits for a decision nobody made: {self.conn.pending!r}")
                 else:
+                    if type(event) is not smtpwire.MessageData:
+                        self._progressed = True
+                    if self._transcript is not None:
+                        self._transcript.saw(event)
                     on_event = _ON_EVENT.get(type(event), SessionDriver._observe)
                     step = on_event(self, event)
                     if step is not None:
                         return step
 
+    def _await_client(self) -> None:
+        """Set when the client's next bytes are due: deadlines per record, not per read."""
+        if self._transcript is not None:
+            self._transcript.read_up()
+        now, options = self._clock(), self.options
+        if self.conn.state is not smtpwire.State.DATA:
+            if self._progressed:  # a new command line (or SASL exchange) is due
+                self._deadline = now + options.command_timeout
+        else:
+            envelope = self.session.envelope
+            assert envelope is not None
+            if self._progressed:  # DATA was just accepted
+                self._deadline = now + options.data_timeout
+            else:  # each octet buys 1 / min_data_rate seconds, up to data_timeout ahead
+                credit = (envelope.size - self._rated) / options.min_data_rate
+                self._deadline = min(self._deadline + credit, now + options.data_timeout)
+            self._rated = envelope.size
+        self._progressed = False
+
     def data_to_send(self) -> bytes:
         data = self.conn.data_to_send()
-        if data and self._transcript:
-            transcript.debug("session %s >>> %r", self.session.id, data[:1024])
+        if data and self._transcript is not None:
+            self._transcript.said(data)
         return b"" if self._lost else data
 
     def receive(self, data: bytes) -> None:
         """The client's bytes (``b""``: it closed its side)."""
-        if data and self._transcript:
-            transcript.debug("session %s <<< %s", self.session.id, self._shown(data))
+        if data and self._transcript is not None:
+            self._transcript.heard(data)
         self.conn.receive_data(data)
 
     def timed_out(self) -> None:
@@ -203,7 +234,8 @@ class SessionDriver:
         if self._tls_due:
             self.tls_failed(f"timed out after {self.timeout} s")
             return
-        self.log.info("session %s: timed out after %s s", self.session.id, self.timeout)
+        what = "message data" if self.conn.state is smtpwire.State.DATA else "a command"
+        self.log.info("session %s: timed out waiting for %s", self.session.id, what)
         self.conn.timed_out()
 
     def connection_lost(self, error: BaseException | None = None) -> None:
@@ -289,8 +321,7 @@ class SessionDriver:
         if hook in self._hooks:
             self._calls.append((hook, (self.session, *(getattr(event, f) for f in fields)), event))
         elif isinstance(event, smtpwire.Decision):  # nobody overrode it: the standard answer, no call
-            self.conn.accept()
-            self._accepted(event)
+            self._answer(event, hook, None)
 
     def _message_data(self, event: smtpwire.MessageData) -> None:
         envelope = self.session.envelope
@@ -321,6 +352,8 @@ class SessionDriver:
         self._queue(hook, (self.session, event), event)
 
     def _start_tls(self, event: smtpwire.StartTLSRequested) -> Step:
+        if self._transcript is not None:
+            self._transcript.read_up()
         self._tls_due = True
         return START_TLS
 
@@ -351,7 +384,10 @@ class SessionDriver:
             return
         if isinstance(event, smtpwire.AuthCredentials) and isinstance(result, bool | None):
             result = None if result is True else BAD_CREDENTIALS  # a forgotten return lets nobody in
-        if result is not None and not isinstance(result, Reply):
+        if isinstance(result, str) and (reply := reply_from_text(result)) is not None:
+            _warn_text_reply(self.log, type(self.handler), hook, result)
+            result = reply  # what the hook meant: answering 451 after it stored a message would make it twice
+        elif result is not None and not isinstance(result, Reply):
             self.log.error("session %s: hook %s returned %r, not a Reply", self.session.id, hook, result)
             result = self._fallback(event)
         self._answer(event, hook, result)
@@ -413,17 +449,31 @@ class SessionDriver:
             return AUTH_UNAVAILABLE
         return LOCAL_ERROR
 
-    def _shown(self, received: bytes) -> str:
-        """How the transcript shows received bytes: anything near an AUTH exchange is withheld.
 
-        A chunk is withheld while the core reads SASL responses, when it (with
-        the end of the chunk before) holds "AUTH", and until such a line ends.
-        """
-        window = (self._received_tail + received).upper()
-        withhold = self._withholding or self.conn.state is smtpwire.State.AUTH or b"AUTH" in window
-        self._received_tail = received[-4:]
-        self._withholding = withhold and not received.endswith(b"\n")
-        return f"[{len(received)} bytes of an AUTH exchange withheld]" if withhold else repr(received[:1024])
+_TEXT_REPLY = re.compile(r"([2-5][0-9][0-9])(?: (?:([245])\.([0-9]{1,3})\.([0-9]{1,3}) )?(.*))?", re.DOTALL)
+
+
+def reply_from_text(text: str) -> Reply | None:
+    """aiosmtpd's answer, ``"250 OK"`` or ``"550 5.1.1 No such user"``, as a Reply (None if it is none)."""
+    match = _TEXT_REPLY.fullmatch(text)
+    if match is None:
+        return None
+    code, klass, subject, detail, rest = match.groups()
+    enhanced = (int(klass), int(subject), int(detail)) if klass else None
+    try:
+        return Reply(int(code), rest or "", enhanced)
+    except (ValueError, TypeError, smtpwire.LocalProtocolError):
+        return None
+
+
+_WARNED: set[tuple[type[object], str]] = set()  # (handler class, hook): bounded by the code, not by clients
+
+
+def _warn_text_reply(log: logging.Logger, handler: type[object], hook: str, text: str) -> None:
+    """Once per handler class and hook: the answer went out as meant, but the hook should return a Reply."""
+    if (handler, hook) not in _WARNED:
+        _WARNED.add((handler, hook))
+        log.warning("%s.%s returned %r, a str: answered as such; return smtpwire.Reply", handler.__name__, hook, text)
 
 
 #: Decision and report events answered by a hook: (hook name, event fields passed after the session).

@@ -15,17 +15,27 @@ import smtpwire
 class ServerOptions:
     """How a server runs; checked once, at construction, with clear messages.
 
-    Timeouts follow RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for
-    a block of message data.  With ``tls_context`` set, STARTTLS is offered
+    Timeouts follow RFC 5321 4.5.3.2 (5 minutes for a command, 10 for a block
+    of message data) as deadlines per record, like Postfix's
+    ``smtpd_per_record_deadline``, so a client dripping a byte now and then
+    cannot hold a session: a whole command line (or SASL exchange) within
+    ``command_timeout``; message data within ``data_timeout``, a deadline each
+    read extends by its size at ``min_data_rate`` octets a second, never past
+    ``data_timeout`` ahead (Postfix's ``smtpd_min_data_rate``).  With ``tls_context`` set, STARTTLS is offered
     on plain listeners and implicit-TLS listeners (RFC 8314) are possible.
+    ``max_sessions_per_client`` bounds one client's concurrent sessions (an
+    IPv4 address, or an IPv6 /64: what one site usually holds), as Postfix's
+    ``smtpd_client_connection_count_limit`` does; ``None`` lifts it.
     """
 
     config: smtpwire.ServerConfig = dataclasses.field(default_factory=smtpwire.ServerConfig)
     tls_context: ssl.SSLContext | None = None
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    min_data_rate: float = 500.0
     tls_handshake_timeout: float = 30.0
     max_sessions: int = 1000
+    max_sessions_per_client: int | None = 50
     shutdown_grace: float = 30.0
 
     def __post_init__(self) -> None:
@@ -37,8 +47,16 @@ class ServerOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
                 raise ValueError(f"{name} must be a number of seconds above 0 and below 86400, not {value!r}")
+        rate = self.min_data_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            raise ValueError(f"min_data_rate must be a number of octets a second above 0, not {rate!r}")
         if isinstance(self.max_sessions, bool) or not isinstance(self.max_sessions, int) or self.max_sessions < 1:
             raise ValueError(f"max_sessions must be an integer of at least 1, not {self.max_sessions!r}")
+        per_client = self.max_sessions_per_client
+        if per_client is not None and (
+            isinstance(per_client, bool) or not isinstance(per_client, int) or per_client < 1
+        ):
+            raise ValueError(f"max_sessions_per_client must be an integer of at least 1 or None, not {per_client!r}")
         if self.tls_context is None and "STARTTLS" in {e.keyword for e in self.config.extensions}:
             raise ValueError("the StartTLS extension needs a tls_context: the handshake would always fail")
         if self.config.require_tls and self.tls_context is None:
@@ -70,7 +88,3 @@ class ServerOptions:
         if self.tls_context is not None and "STARTTLS" not in {e.keyword for e in config.extensions}:
             config = dataclasses.replace(config, extensions=(*config.extensions, smtpwire.StartTLS()))
         return config
-
-    def read_timeout(self, conn: smtpwire.ServerConnection) -> float:
-        """How long to wait for the client's next bytes in the connection's state."""
-        return self.data_timeout if conn.state is smtpwire.State.DATA else self.command_timeout

@@ -25,7 +25,7 @@ import smtpwire_asyncio
 from smtpwire_asyncio import HostPort
 from smtpwire_handler import AsyncHandler, ServerOptions
 
-from . import _authfile, _run
+from . import _authfile, _authlimit, _run
 from ._devcert import write_self_signed
 from ._maildir import Maildir
 from ._store import MaildirHandler, SinkHandler
@@ -74,6 +74,11 @@ class Settings:
     users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # loaded once, by the parent process
     require_auth: bool = False
     max_auth_failures: int = 3
+    salt_key: bytes | None = dataclasses.field(default=None, repr=False)  # unknown users' SCRAM salts
+    auth_failure_limit: int = _authlimit.DEFAULT_LIMIT
+    auth_failure_window: float = _authlimit.DEFAULT_WINDOW
+    auth_failure_delay: float = _authlimit.DEFAULT_DELAY
+    max_sessions_per_client: int | None = 50
 
 
 def default_hostname() -> str:
@@ -92,7 +97,7 @@ def build_options(settings: Settings) -> ServerOptions:
     auth: tuple[smtpwire.Auth, ...] = ()
     if settings.auth_file is not None:  # SCRAM-SHA-256 PLAIN LOGIN, only over TLS
         iterations = _authfile.usual_iterations(dict(settings.users))
-        auth = (smtpwire.Auth(scram_iterations=iterations),)  # unknown users look like the usual user
+        auth = (smtpwire.Auth(scram_iterations=iterations, scram_salt_key=settings.salt_key),)  # like the usual user
     try:
         config = smtpwire.ServerConfig(
             hostname=settings.hostname,
@@ -103,13 +108,21 @@ def build_options(settings: Settings) -> ServerOptions:
             require_auth=settings.require_auth,
             max_auth_failures=settings.max_auth_failures,
         )
-        return ServerOptions(config=config, tls_context=context, max_sessions=settings.max_sessions)
+        return ServerOptions(
+            config=config,
+            tls_context=context,
+            max_sessions=settings.max_sessions,
+            max_sessions_per_client=settings.max_sessions_per_client,
+        )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
 
 
 def build_handler(settings: Settings) -> AsyncHandler:
-    accounts = _authfile.Accounts(dict(settings.users)) if settings.auth_file is not None else None
+    accounts = None
+    if settings.auth_file is not None:
+        limits = (settings.auth_failure_limit, settings.auth_failure_window, settings.auth_failure_delay)
+        accounts = _authfile.Accounts(dict(settings.users), budget=_authlimit.FailureBudget(*limits))
     if settings.maildir is None:
         return SinkHandler(accounts)
     try:
@@ -174,7 +187,24 @@ def run_workers(settings: Settings, workers: int) -> None:
 
 
 class _Formatter(logging.Formatter):
-    """logging's own time stamps, the date and time part formatted once a second rather than once a line."""
+    """One record, one line: client text escaped; logging's time stamps, the date part made once a second.
+
+    Whatever logger wrote it, a record cannot forge another record or
+    reorder a terminal's display: C0 and C1 controls (newlines, escape
+    sequences), the Unicode line and paragraph separators and the format
+    characters (bidi overrides, zero-width and other invisible ones) are
+    shown as Python escapes (``\\n``, ``\\x85``, ``\\u202e``).  A traceback
+    keeps its newlines, each of its lines escaped and indented, so a line
+    that starts in column 0 always starts a record.
+    """
+
+    #: Unicode 14 categories Cc, Cf, Zl, Zp and Cs (lone surrogates come from surrogateescape).
+    _UNSAFE = re.compile(
+        "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+        "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+        "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+    )
+    _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
     _second = -1
     _stamp = ""
@@ -184,6 +214,31 @@ class _Formatter(logging.Formatter):
         if second != self._second:
             self._second, self._stamp = second, time.strftime(self.default_time_format, self.converter(second))
         return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's line escaped; then logging's own newline and the traceback, if any, indented."""
+        text = super().format(record)
+        if text.isprintable():  # nearly every record: one line, no Cc, Cf, Zl, Zp or Cs (a C-speed check)
+            return text
+        line = self.formatMessage(record)  # as format() made it: message and time are set on the record
+        traceback = text[len(line) :].removeprefix("\n")
+        return self.escape(line) + ("\n" + self._indented(traceback) if traceback else "")
+
+    @classmethod
+    def escape(cls, text: str) -> str:
+        return cls._UNSAFE.sub(cls._escaped, text)
+
+    @classmethod
+    def _escaped(cls, match: re.Match[str]) -> str:
+        """``\\n``, ``\\r``, ``\\t``, else as Python writes the code point: ``\\x1b``, ``\\u2028``, ``\\U000e0041``."""
+        char, code = match[0], ord(match[0])
+        if char in cls._NAMED:
+            return cls._NAMED[char]
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+    @classmethod
+    def _indented(cls, text: str) -> str:
+        return "\n".join("    " + cls.escape(line) for line in text.split("\n"))
 
 
 def configure_logging(verbose: bool) -> None:
@@ -259,6 +314,13 @@ def main() -> None:
     f" Default: what the open-file limit allows (2 descriptors a session), at most {_run.MAX_DEFAULT_SESSIONS:,}.",
 )
 @click.option(
+    "--max-sessions-per-client",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Open sessions per client address (IPv6: per /64) and process; one more is told 421 4.7.0. 0: no limit.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=1,
@@ -278,6 +340,29 @@ def main() -> None:
     show_default=True,
     help="Failed AUTH attempts before the session is closed (421).",
 )
+@click.option(
+    "--auth-failure-limit",
+    type=click.IntRange(min=1),
+    default=_authlimit.DEFAULT_LIMIT,
+    show_default=True,
+    help="Failed AUTH attempts per client (IPv4 address, IPv6 /64) and worker, across sessions, before its"
+    " attempts are refused unchecked (454 4.7.0) until --auth-failure-window seconds pass without one.",
+)
+@click.option(
+    "--auth-failure-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_authlimit.DEFAULT_WINDOW,
+    show_default=True,
+    help="Seconds a failed AUTH attempt counts against its client.",
+)
+@click.option(
+    "--auth-failure-delay",
+    type=click.FloatRange(min=0),
+    default=_authlimit.DEFAULT_DELAY,
+    show_default=True,
+    help=f"Seconds an AUTH attempt waits after its client's first failure; doubled for each further one,"
+    f" at most {_authlimit.MAX_DELAY:g} (0: no wait).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
 def serve(
     listen: tuple[HostPort, ...],
@@ -294,10 +379,14 @@ def serve(
     backend: str,
     loop: str,
     max_sessions: int | None,
+    max_sessions_per_client: int,
     workers: int,
     auth_file: str | None,
     require_auth: bool,
     max_auth_failures: int,
+    auth_failure_limit: int,
+    auth_failure_window: float,
+    auth_failure_delay: float,
     verbose: bool,
 ) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
@@ -330,6 +419,7 @@ def serve(
     if auth_file is not None and not (tls_cert or self_signed):
         raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
     users = load_users(auth_file) if auth_file is not None else {}
+    salt_key = load_salt_key(auth_file, users) if auth_file is not None else None  # once, for every worker
     hostname = hostname or default_hostname()
     with tempfile.TemporaryDirectory(prefix="smtpwire-devcert-") as scratch:
         if self_signed:
@@ -355,11 +445,16 @@ def serve(
             backend=backend,
             loop=loop,
             max_sessions=max_sessions or _run.sessions_for(file_limit),
+            max_sessions_per_client=max_sessions_per_client or None,
             verbose=verbose,
             auth_file=auth_file,
             users=tuple(users.items()),
             require_auth=require_auth,
             max_auth_failures=max_auth_failures,
+            salt_key=salt_key,
+            auth_failure_limit=auth_failure_limit,
+            auth_failure_window=auth_failure_window,
+            auth_failure_delay=auth_failure_delay,
         )
         if workers > 1:
             build_options(settings)  # fail here, once, rather than in every worker
@@ -380,6 +475,17 @@ def load_users(auth_file: str) -> dict[str, smtpwire.ScramCredentials]:
     if not users:
         click.secho(f"WARNING: {auth_file} has no users: every AUTH attempt will fail", fg="yellow", err=True)
     return users
+
+
+def load_salt_key(auth_file: str, users: dict[str, smtpwire.ScramCredentials]) -> bytes:
+    """The key of unknown users' SCRAM salts (``FILE.saltkey``), with a note when it was made or cannot be."""
+    try:
+        found = _authfile.salt_key(auth_file, users)
+    except _authfile.AuthFileError as error:
+        raise click.ClickException(str(error)) from None
+    if found.note:
+        click.secho(f"WARNING: {found.note}" if found.warning else found.note, fg="yellow", err=True)
+    return found.key
 
 
 def _derive(iterations: int) -> Callable[[str], smtpwire.ScramCredentials]:

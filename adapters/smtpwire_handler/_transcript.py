@@ -1,0 +1,113 @@
+"""The ``-v`` wire transcript: what the core was doing decides what is withheld, never the bytes.
+
+Received bytes are logged a line at a time, once the core has read those
+lines and so knows what they were: lines read while a SASL exchange ran (the
+core in its AUTH state, or an AUTH command, its credentials or its outcome
+among the events they produced) are withheld.  A line still arriving is
+never shown, whatever way it is split, as nobody knows yet what it is.  Sent
+bytes are withheld the same way: the server's 334 challenges (a SCRAM salt
+and nonce, its signature) would allow an offline attack on the password.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import smtpwire
+
+log = logging.getLogger("smtpwire.transcript")
+
+#: What a transcript line shows of the bytes at most (the rest is counted).
+SHOWN = 1024
+_AUTH_EVENTS = (smtpwire.AuthCredentials, smtpwire.CredentialsLookup, smtpwire.Authenticated)
+
+
+class Transcript:
+    """One session's DEBUG lines ``<<<`` (received) and ``>>>`` (sent), in bounded memory."""
+
+    __slots__ = (
+        "_auth",
+        "_conn",
+        "_finished",
+        "_head",
+        "_heard_auth",
+        "_heard_secret",
+        "_pending",
+        "_said_auth",
+        "_session_id",
+        "_unfinished_head",
+    )
+
+    def __init__(self, conn: smtpwire.ServerConnection, session_id: str) -> None:
+        self._conn = conn
+        self._session_id = session_id
+        self._pending = 0  # received bytes not yet shown
+        self._finished = 0  # ... of them, those up to the last line end
+        self._head = b""  # the first SHOWN pending bytes
+        self._unfinished_head = b""  # the first SHOWN bytes after the last line end
+        self._auth = 0  # SASL exchanges seen (AUTH events, or the core in its AUTH state)
+        self._heard_auth = 0  # ... when received bytes were last shown
+        self._said_auth = 0  # ... when sent bytes were last shown
+        self._heard_secret = False  # bytes arrived while the core read SASL responses
+
+    @staticmethod
+    def enabled() -> bool:
+        return log.isEnabledFor(logging.DEBUG)
+
+    def heard(self, data: bytes) -> None:
+        """The client's bytes, before the core reads them."""
+        if self._in_auth():
+            self._heard_secret = True
+        if len(self._head) < SHOWN:
+            self._head += data[: SHOWN - len(self._head)]
+        end = data.rfind(b"\n") + 1
+        if end:
+            self._finished = self._pending + end
+            self._unfinished_head = data[end : end + SHOWN]
+        elif len(self._unfinished_head) < SHOWN:
+            self._unfinished_head += data[: SHOWN - len(self._unfinished_head)]
+        self._pending += len(data)
+
+    def saw(self, event: smtpwire.Event) -> None:
+        """An event from the core: AUTH ones make the lines that produced them secret."""
+        if isinstance(event, _AUTH_EVENTS) or (
+            isinstance(event, smtpwire.CommandRejected) and event.command.upper() == "AUTH"
+        ):
+            self._auth += 1
+
+    def said(self, data: bytes) -> None:
+        """The server's bytes, as they go out."""
+        if self._in_auth() or self._said_auth != self._auth:
+            self._said_auth = self._auth
+            self._log(">>>", f"[{len(data)} bytes of an AUTH exchange withheld]")
+        else:
+            self._log(">>>", _shown(data[:SHOWN], len(data)))
+
+    def read_up(self, *, ended: bool = False) -> None:
+        """The core has read every finished line (``ended``: and nothing more will come): show them."""
+        size = self._pending if ended else self._finished
+        if size == 0:
+            return
+        secret = self._heard_secret or self._heard_auth != self._auth or self._in_auth()
+        unfinished = ended and size > self._finished  # an unfinished line may have been anything
+        if secret or unfinished:
+            what = "an AUTH exchange" if secret else "an unfinished line"
+            self._log("<<<", f"[{size} bytes of {what} withheld]")
+        else:
+            self._log("<<<", _shown(self._head[:size], size))
+        self._heard_auth, self._heard_secret = self._auth, False
+        self._pending -= size
+        self._finished = 0
+        self._head = self._unfinished_head if self._pending else b""
+        if not self._pending:
+            self._unfinished_head = b""
+
+    def _in_auth(self) -> bool:
+        return self._conn.state is smtpwire.State.AUTH
+
+    def _log(self, direction: str, shown: str) -> None:
+        log.debug("session %s %s %s", self._session_id, direction, shown)
+
+
+def _shown(head: bytes, size: int) -> str:
+    return repr(head) if len(head) == size else f"{head!r} (+{size - len(head)} bytes)"
