@@ -32,7 +32,6 @@ from smtpwire_serve import _authfile
 from smtpwire_serve._authlimit import Attempt, FailureBudget, client_network
 from smtpwire_serve._maildir import Maildir
 from smtpwire_serve._store import MaildirHandler, SinkHandler
-from tests import certs
 from tests.test_cli import Serve, serve, starttls
 from tests.test_interop import MESSAGE, TIMEOUT
 
@@ -356,15 +355,6 @@ def salt_of(server: Serve, client_first: str) -> bytes:
         smtp.docmd("*")
     attributes = dict(item.split("=", 1) for item in base64.b64decode(server_first).decode().split(","))
     return f"{attributes['s']},{attributes['i']}".encode()
-
-
-@pytest.fixture
-def tls_files(tmp_path: pathlib.Path) -> list[str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    leaf = certs.server_certificate()
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return ["--tls-cert", str(cert), "--tls-key", str(key)]
 
 
 @pytest.fixture

@@ -93,15 +93,6 @@ def serve(*args: str, preexec: Callable[[], None] | None = None) -> Iterator[Ser
         server.process.wait(TIMEOUT)
 
 
-@pytest.fixture
-def tls_files(tmp_path: pathlib.Path) -> list[str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    leaf = certs.server_certificate()
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return ["--tls-cert", str(cert), "--tls-key", str(key)]
-
-
 def stored(maildir: pathlib.Path) -> list[bytes]:
     assert not list((maildir / "tmp").iterdir()), "a temporary file was left behind"
     return [path.read_bytes() for path in sorted((maildir / "new").iterdir())]
