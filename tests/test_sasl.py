@@ -865,3 +865,15 @@ def test_scram_client_nonce_is_bounded_so_the_challenge_fits_a_reply_line() -> N
         ScramCredentials(b"s" * (MAX_SALT + 1), 4096, b"k" * 32, b"k" * 32)
     with pytest.raises(ValueError, match="iterations"):
         ScramCredentials(b"s", MAX_ITERATIONS + 1, b"k" * 32, b"k" * 32)
+
+
+@pytest.mark.parametrize("name", ["ali\u0085ce", "alice\u2028", "\u202eecila", "al\x1bice", "alice\u200f"])
+def test_user_names_with_controls_or_bidi_controls_are_malformed(name: str) -> None:
+    """They would reach the application's logs as is (issue 11: header and log injection)."""
+    encoded = name.encode()
+    assert mechanism("PLAIN").start(b"\0" + encoded + b"\0secret") == Failure("malformed")
+    assert mechanism("PLAIN").start(encoded + b"\0alice\0secret") == Failure("malformed")  # as authzid
+    login = mechanism("LOGIN")
+    assert login.start(None) == Challenge(b"Username:")
+    assert login.respond(encoded) == Failure("malformed")
+    assert mechanism("PLAIN").start("\0élise\0sécret".encode()) == CheckPassword("", "élise", "sécret")

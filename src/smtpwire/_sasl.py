@@ -226,6 +226,11 @@ def _text_field(raw: bytes) -> str | None:
         return None
 
 
+def _identities(*names: str) -> bool:
+    """No SASLprep-prohibited character (controls, U+2028, bidi controls, ...) in a user name: they reach logs."""
+    return not any(_prohibited(c) for name in names for c in name)
+
+
 class Mechanism(abc.ABC):
     """One authentication attempt; the connection drives it step by step.
 
@@ -311,7 +316,7 @@ class Plain(Mechanism):
         if len(fields) != 3:
             return Failure("malformed")
         authzid, username, password = fields
-        if authzid is None or not username or not password:
+        if authzid is None or not username or not password or not _identities(authzid, username):
             return Failure("malformed")
         return CheckPassword(authzid, username, password)
 
@@ -333,6 +338,8 @@ class Login(Mechanism):
         if not value:
             return Failure("malformed")
         if self._username is None:
+            if not _identities(value):
+                return Failure("malformed")
             self._username = value
             return Challenge(b"Password:")
         return CheckPassword("", self._username, value)
