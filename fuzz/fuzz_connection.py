@@ -18,7 +18,8 @@ Input format (a byte past the end of the input reads as 0)::
     flags  := bit 0 StartTLS registered, 1 require_tls, 2 small limits,
               3 bare_line_endings="accept", 4 tls_active from the start,
               5 auto-accept every decision while draining,
-              6-7 extension set (standard, none, no ENHANCEDSTATUSCODES, reversed)
+              6-7 extension set (standard with DSN, REQUIRETLS, LIMITS; none; that without
+                  ENHANCEDSTATUSCODES; reversed)
     extra  := bits 0-1 hostname, bits 2-3 max_command_line,
               4 AUTH registered (all KNOWN_MECHANISMS, require_tls=False),
               5 require_auth, 6 that AUTH is instead Auth() with require_tls=True,
@@ -82,7 +83,11 @@ are asserted:
   state READY until the max_auth_failures-th, which is followed by 421 and
   CLOSED; a MailFrom carries AUTH= only while AUTH is offered, and ``<>``
   unless authenticated; under require_auth no MailFrom decision comes before
-  AUTH succeeded; a TLS handshake forgets the authentication.
+  AUTH succeeded; a TLS handshake forgets the authentication;
+- extension verbs (``ExtensionVerbs``, added and removed by EXT): an
+  ``ExtensionCommand`` names the verb of its line, comes only from an offered
+  extension's declared verb, in one of its states, with the argument it takes
+  (and not before TLS under require_tls); answering it leaves the state as it was.
 """
 
 from __future__ import annotations
@@ -193,8 +198,12 @@ class BrokenEhloLine(smtpwire.Extension):
 FALLBACK = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
 
 
+#: RFC 3461 DSN, RFC 8689 REQUIRETLS and RFC 9422 LIMITS, registered in every non-empty extension set.
+REQUEST_EXTENSIONS = (smtpwire.Dsn(), smtpwire.RequireTls(), smtpwire.Limits())
+
+
 def extension_sets() -> tuple[tuple[smtpwire.Extension, ...], ...]:
-    standard = smtpwire.STANDARD_EXTENSIONS
+    standard = (*smtpwire.STANDARD_EXTENSIONS, *REQUEST_EXTENSIONS)
     return (
         standard,
         (),
@@ -224,6 +233,25 @@ def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
     )
 
 
+class ExtensionVerbs(smtpwire.Extension):
+    """An application's verbs, one per preset: offered before any hello and after EHLO, not after HELO."""
+
+    keyword = "X-VERBS"
+    line_allowance = 64
+    verbs = (
+        smtpwire.Verb("XSTATS", smtpwire.Verb.ANY_TIME, argument="none"),
+        smtpwire.Verb("XCLIENT", argument="required"),
+        smtpwire.Verb("XPEEK", smtpwire.Verb.IN_TRANSACTION),
+        smtpwire.Verb("XPOKE", smtpwire.Verb.AFTER_HELLO),
+    )
+
+    def offered(self, conn: smtpwire.ServerConnection) -> bool:
+        return conn.helo_name is None or conn.esmtp
+
+    def answer(self, conn: smtpwire.ServerConnection, verb: str, argument: str) -> Reply:
+        return Reply(250, f"{verb} in {conn.state.name}", (2, 0, 0))
+
+
 #: What the EXT operation adds or removes.
 EXTENSIONS = (
     smtpwire.StartTLS(),
@@ -235,6 +263,7 @@ EXTENSIONS = (
     AUTH_OPEN,
     AUTH_TLS,
     BrokenEhloLine(),
+    ExtensionVerbs(),
 )
 
 
@@ -310,6 +339,11 @@ CANNED = (
     "RCPT TO:<\u202egpj.exe@example.org>\r\n".encode(),
     b"MAIL FROM:<" + b"l" * 65 + b"@example.org>\r\n",
     b"RCPT TO:<a@" + b"d" * 253 + b">\r\n",
+    # the verbs of ExtensionVerbs (registered with EXT)
+    b"XSTATS\r\n",
+    b"XCLIENT ADDR=192.0.2.1\r\n",
+    b"XPEEK\r\n",
+    b"XPOKE " + b"p" * 560 + b"\r\n",
 )
 
 # -- the reply model (RFC 5321 4.3.2), written independently of the core ------
@@ -325,6 +359,7 @@ POSITIVE = {
     smtpwire.Vrfy: (250, 251, 252),
     smtpwire.AuthCredentials: (235,),
     smtpwire.CredentialsLookup: (),  # answered with supply(), or declined
+    smtpwire.ExtensionCommand: tuple(range(200, 260)),  # any completion, no intermediate 3xx
 }
 AUTH_DECISIONS = (smtpwire.AuthCredentials, smtpwire.CredentialsLookup)
 #: RFC 4954 failed exchanges (code, enhanced): malformed or bad base64, bad credentials, "*", line too long.
@@ -611,7 +646,7 @@ class Harness:
                 assert conn.authenticated is None
         elif isinstance(event, smtpwire.EndOfMessage):
             assert state is State.READY and conn.transaction is None
-        elif code >= 400 or isinstance(event, smtpwire.Vrfy):
+        elif code >= 400 or isinstance(event, (smtpwire.Vrfy, smtpwire.ExtensionCommand)):
             assert state is before, (event, code, before, state)
         elif isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
             assert state is State.READY and conn.helo_name == event.name
@@ -760,7 +795,7 @@ class Harness:
             event = conn.next_event()
             if self.report is not None:  # the outcome of the last answer comes first
                 self.check_report(event)
-            if type(event) in VERBS:
+            if type(event) in VERBS or type(event) is smtpwire.ExtensionCommand:
                 self.check_command(event, line)
             if event is smtpwire.NEED_DATA:
                 self.check_idle()
@@ -785,7 +820,8 @@ class Harness:
         """RFC 5321 2.4: verbs are ASCII, case-insensitive; the event names the verb of its line."""
         assert line is not None, f"{event!r} without a command line"
         verb, _, argument = line.rstrip(b"\r\n").partition(b" ")
-        assert verb.upper() == VERBS[type(event)], f"{event!r} read from {line[:80]!r}"
+        expected = event.verb.encode() if isinstance(event, smtpwire.ExtensionCommand) else VERBS[type(event)]
+        assert verb.upper() == expected, f"{event!r} read from {line[:80]!r}"
         argument = argument.lstrip(b" ")
         if isinstance(event, smtpwire.MailFrom):
             assert argument[:5].upper() == b"FROM:", line[:80]
@@ -825,6 +861,8 @@ class Harness:
             if isinstance(event, smtpwire.MailFrom):
                 assert event.address.isascii() or "SMTPUTF8" in event.params
                 self.check_mail_auth(event)
+                smtpwire.MailDsn.from_params(event.params)  # what DSN accepted decodes (else ValueError)
+                assert conn.tls_active or "REQUIRETLS" not in event.params, event
             if isinstance(event, AUTH_DECISIONS):
                 assert conn.state in (State.READY, State.AUTH) and conn.authenticated is None, conn.state
                 assert event.username and event.mechanism in smtpwire.KNOWN_MECHANISMS, event
@@ -833,6 +871,7 @@ class Harness:
                 self.approved = None  # a new question: only its answer may authenticate
             if isinstance(event, smtpwire.RcptTo):
                 assert conn.transaction is not None
+                smtpwire.RcptDsn.from_params(event.params, conn.transaction.smtputf8)
                 assert len(conn.transaction.recipients) < self.config.max_recipients
                 assert event.address.isascii() or conn.transaction.smtputf8
             if isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
@@ -841,6 +880,8 @@ class Harness:
                 self.check_address(event)
             if isinstance(event, smtpwire.Vrfy):
                 assert not unsafe(event.argument), event
+            if isinstance(event, smtpwire.ExtensionCommand):
+                self.check_extension_command(event)
         elif isinstance(event, smtpwire.Help):
             assert not unsafe(event.topic), event
         elif isinstance(event, smtpwire.StartTLSRequested):
@@ -863,6 +904,17 @@ class Harness:
             self.approved = None
         if isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
             self.check_message(event)
+
+    def check_extension_command(self, event: smtpwire.ExtensionCommand) -> None:
+        """An offered extension's verb, where its declaration allows it, with the argument it takes."""
+        conn = self.conn
+        declared = conn.extensions.verb(event.verb)
+        assert declared is not None and declared[0].offered(conn), event
+        verb = declared[1]
+        assert conn.state in verb.states, (event, conn.state)
+        assert bool(event.argument) is not (verb.argument == "none") or verb.argument == "optional", event
+        assert not unsafe(event.argument), event
+        assert conn.tls_active or not self.config.require_tls, f"{event!r} without TLS"
 
     def check_address(self, event: smtpwire.MailFrom | smtpwire.RcptTo) -> None:
         """RFC 5321 4.5.3.1.1-3 and nothing that breaks a header field or log line."""
@@ -1095,6 +1147,25 @@ SEEDS: dict[str, bytes] = {
     + lines("MAIL FROM:<a@example.org> FOO=bar", "MAIL FROM:<a@example.org> SIZE=1 SIZE=2")
     + lines("MAIL FROM:<a@example.org> =x", "MAIL FROM:<a@example.org>x", "MAIL FROM:a@example.org")
     + lines("MAIL FROM:<a@example.org> SIZE=10", "RCPT TO:<b@example.net> NOTIFY=NEVER"),
+    "dsn-transaction": config(AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B314159")
+    + lines("RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@example.net")
+    + lines("RCPT TO:<c@example.net> NOTIFY=never ORCPT=utf-8;j\\x{F6}rg@example.net", "DATA")
+    + feed(BODY + b".\r\n")
+    + lines("MAIL FROM:<j\u00f6rg@example.org> SMTPUTF8 RET=FULL", "RCPT TO:<d@example.net> ORCPT=utf-8;j\u00f6rg@x")
+    + lines("QUIT"),
+    "dsn-bad-parameters": config(AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> RET=ALL", "MAIL FROM:<a@example.org> ENVID=a+0D+0Ab")
+    + lines("MAIL FROM:<a@example.org> ENVID=" + "x" * 101, "MAIL FROM:<a@example.org> RET=FULL RET=HDRS")
+    + lines("MAIL FROM:<a@example.org> NOTIFY=NEVER", "MAIL FROM:<a@example.org>")
+    + lines("RCPT TO:<b@example.net> NOTIFY=NEVER,DELAY", "RCPT TO:<b@example.net> ORCPT=rfc822")
+    + lines("RCPT TO:<b@example.net> ORCPT=utf-8;j\u00f6rg@x", "RCPT TO:<b@example.net> ORCPT=utf-8;a\\x{110000}")
+    + lines("RCPT TO:<b@example.net> RET=FULL", "QUIT"),
+    "requiretls-and-limits": config(STARTTLS | SMALL | AUTO)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> REQUIRETLS", "STARTTLS")
+    + tls(True)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> REQUIRETLS=yes", "MAIL FROM:<a@example.org> REQUIRETLS")
+    + lines("RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "RCPT TO:<d@example.net>", "QUIT"),
     "odd-commands": config(AUTO)
     + lines("", "ehlo c.example", "HELP", "HELP mail", "VRFY", "VRFY bob", "EXPN staff", "TURN", "BDAT 1")
     + feed(b"NOOP\x00\r\n\xff\xfe\r\nEHLO bare.lf\nmail from:<a@b.example>\nRSET extra\r\nQUIT now\r\n")
@@ -1236,6 +1307,35 @@ SEEDS: dict[str, bytes] = {
     + lines("EHLO c.example")
     + ACCEPT
     + lines("QUIT"),
+    # -- verbs an extension declares --
+    "extension-verbs": config(AUTO)
+    + toggle(ExtensionVerbs.keyword)
+    + lines("XSTATS", "XPOKE", "EHLO c.example", "xstats", "XSTATS now", "XCLIENT", "XCLIENT ADDR=192.0.2.1")
+    + lines("XPEEK", "XPOKE", "MAIL FROM:<a@example.org>", "XPEEK x", "XCLIENT NAME=x", "XPOKE", "HELP")
+    + canned(b"XPOKE " + b"p" * 560 + b"\r\n")
+    + lines("HELO c.example", "XSTATS", "HELP", "EHLO c.example")
+    + toggle(ExtensionVerbs.keyword)
+    + lines("XSTATS", "HELP", "QUIT"),
+    "extension-verbs-answered": config()
+    + ACCEPT
+    + toggle(ExtensionVerbs.keyword)
+    + lines("EHLO c.example", "XSTATS")
+    + ACCEPT
+    + invalid(0, 5)  # a 354 does not answer an extension's verb
+    + reply(smtpwire.ExtensionCommand, 252, 2, 7)
+    + lines("XCLIENT ADDR=192.0.2.1")
+    + reply(smtpwire.ExtensionCommand, 550, 0, 1)
+    + lines("XPOKE")
+    + SHUTDOWN,
+    "extension-verbs-require-tls": config(STARTTLS | REQUIRE_TLS | AUTO)
+    + toggle(ExtensionVerbs.keyword)
+    + lines("EHLO c.example", "XSTATS", "STARTTLS")
+    + tls(True)
+    + lines("EHLO c.example", "XSTATS", "QUIT"),
+    "state-table-corners": config(AUTO, auth=AUTH_ON)
+    + lines("RSET", "EHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "EHLO d.example")
+    + lines("AUTH LOGIN")
+    + EOF,
     "misuse-receive-data": config()
     + invalid(2, 1)
     + invalid(2, 3)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpwire_handler import ServerOptions
-from smtpwire_handler._server import FEED_SIZE, ClientCounter, PendingInput, client_key
+from smtpwire_handler import FEED_SIZE, ClientCounter, PendingInput, ServerOptions, client_key
 from tests.servers import KINDS, Recorder, running
 from tests.test_interop import TIMEOUT, assert_closed, read_reply
 
@@ -39,7 +38,7 @@ def test_one_session_over_the_per_client_limit_gets_421_and_the_others_work(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="smtpwire")
-    options = ServerOptions(max_sessions_per_client=3)
+    options = ServerOptions(max_sessions_per_client=3, client_limit_exceptions=())  # loopback counts here
     with running(kind, Recorder(), options) as server:
         first = [connect(server.address) for _ in range(3)]
         with socket.create_connection(server.address, timeout=TIMEOUT) as fourth:
@@ -240,3 +239,27 @@ def test_clients_that_never_read_cost_bounded_memory(kind: str) -> None:
     assert min(sent) < SENT_AT_MOST, "the server kept reading from a client that never reads"
     # before the fix 840 to 1,360 KiB on anyio, blocking and MemoryBIO; after it 60 to 250, and noisy
     assert per_session < 400 * 1024, f"{per_session / 1024:.0f} KiB per session that never reads"
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "blocking"])
+def test_the_local_host_is_not_counted_by_default(kind: str) -> None:
+    """Postfix exempts $mynetworks; here the local host (127.0.0.0/8, ::1), so a local relay or test is never 421."""
+    with running(kind, Recorder(), ServerOptions(max_sessions_per_client=2)) as server:
+        socks = [connect(server.address) for _ in range(5)]
+        for sock in socks:
+            sock.sendall(b"NOOP\r\n")
+            assert read_reply(sock).startswith(b"250 ")
+            sock.close()
+
+
+def test_counted_client_leaves_out_the_exceptions_and_trusted_proxies() -> None:
+    options = ServerOptions(client_limit_exceptions=["192.0.2.0/24"], proxy_protocol_from=["198.51.100.7/32"])
+    assert options.counted_client(("192.0.2.9", 1)) is None
+    assert options.counted_client(("::ffff:192.0.2.9", 1, 0, 0)) is None
+    assert options.counted_client(("198.51.100.7", 1)) is None
+    assert options.counted_client(("127.0.0.1", 1)) == "127.0.0.1"  # the default exceptions were replaced
+    assert options.counted_client(("203.0.113.1", 1)) == "203.0.113.1"
+    assert ServerOptions(max_sessions_per_client=None).counted_client(("203.0.113.1", 1)) is None
+    assert ServerOptions().counted_client(("::1", 1, 0, 0)) is None
+    with pytest.raises(ValueError, match="client_limit_exceptions: 'nope' is not a network"):
+        ServerOptions(client_limit_exceptions=["nope"])

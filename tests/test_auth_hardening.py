@@ -340,9 +340,11 @@ def test_plain_and_login_cost_the_same_for_unknown_users(monkeypatch: pytest.Mon
             plain(smtp, USER, "guess"),
             plain(smtp, "nobody", "guess"),
             plain(smtp, USER, PASSWORD, authzid="bob"),
-            plain(smtp, "a\x7fb", "guess"),  # not even a valid name
+            plain(smtp, "a\u00e9\u0300b", "guess"),  # no such user, and not even SASLprep-normal
         ]
+        malformed = plain(smtp, "a\x7fb", "guess")  # a control character: refused by the name alone
     assert replies == [INVALID] * 4 and counts == [5000] * 4
+    assert malformed == (501, b"5.5.2 Malformed authentication response")
 
 
 # -- smtpwire serve: salts of unknown users, the budget's options ---------------------

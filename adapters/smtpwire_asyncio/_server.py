@@ -17,7 +17,6 @@ from smtpwire_handler import (
     HostPort,
     ServerBase,
     ServerOptions,
-    client_key,
 )
 
 from ._protocol import SMTPProtocol, log
@@ -148,7 +147,7 @@ class Server(ServerBase[SMTPProtocol]):
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
             self._accept_errors.accepted()
-            key = client_key(peer)
+            key = self.options.counted_client(peer)
             if self._handshakes >= self.options.max_sessions + _REFUSING_HANDSHAKES or not self._handshaking.add(key):
                 log.warning("closing a connection from %s: too many TLS handshakes under way", peer)
                 conn.close()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from smtpwire_handler import AsyncHandler, ClientCounter, Handler, ServerOptions, check_handler, client_key
+from smtpwire_handler import AsyncHandler, ClientCounter, Handler, ServerOptions, check_handler
 
 from ._listener import HostPort, Listener
 from ._log import log
@@ -146,7 +146,7 @@ class Server:
     # -- accepting (in the accept threads) -------------------------------------------
 
     def _accepted(self, sock: socket.socket, implicit_tls: bool) -> None:
-        key = client_key(_peer(sock))
+        key = self.options.counted_client(_peer(sock))
         with self._lock:
             if len(self._sessions) >= self.options.max_sessions:
                 refusal: str | None = f"{len(self._sessions)} sessions already"

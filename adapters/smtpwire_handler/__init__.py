@@ -19,7 +19,7 @@ from ._driver import (
     too_many_sessions,
 )
 from ._handler import AsyncHandler, Handler, MaybeAwaitable, Params, Reject
-from ._options import ServerOptions
+from ._options import ServerOptions, client_key
 from ._server import (
     ACCEPT_RETRY,
     FEED_SIZE,
@@ -28,7 +28,6 @@ from ._server import (
     HostPort,
     PendingInput,
     ServerBase,
-    client_key,
 )
 from ._session import Address, Envelope, Session, TLSInfo, tls_info
 

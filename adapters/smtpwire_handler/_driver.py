@@ -40,7 +40,7 @@ from ._transcript import Transcript
 LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", (4, 3, 0))
 #: RFC 4954 6: what a broken or unavailable credential check answers.
 AUTH_UNAVAILABLE = Reply(454, "Temporary authentication failure", (4, 7, 0))
-BAD_CREDENTIALS = Reply(535, "Authentication credentials invalid", (5, 7, 8))
+BAD_CREDENTIALS = smtpwire.AuthCredentials.refusal
 HOOKS = tuple(name for name in vars(Handler) if not name.startswith("_"))
 _HOOK_NAMES = frozenset(HOOKS)
 
@@ -131,6 +131,12 @@ class SessionDriver:
         self._deadline = 0.0  # when the client's next record (command line, SASL exchange, message) is due
         self._progressed = True  # an event came out since the last wait: a new record is due
         self._rated = 0  # message octets already counted into the deadline
+        #: A trusted proxy's connection starts with a PROXY header, read before the core sees a byte.
+        self._proxy = smtpwire.ProxyReader() if options.trusts_proxy(peer) else None
+        if self._proxy is not None:
+            if implicit_tls:
+                raise ValueError("a PROXY header cannot come through an implicit TLS listener")
+            self._deadline = clock() + options.proxy_timeout
         log.debug("session %s: connection from %s", self.session.id, peer)
 
     # -- what the adapter looks at -------------------------------------------
@@ -174,6 +180,11 @@ class SessionDriver:
                 return CLOSED
             elif self._closing:
                 self._finish()
+            elif self._proxy is not None:
+                if self._stop is not None:
+                    self._proxy_failed("the server is shutting down")
+                elif not self._read_proxy():
+                    return NEED_DATA
             elif self._tls_due:
                 return START_TLS
             else:
@@ -225,6 +236,9 @@ class SessionDriver:
 
     def receive(self, data: bytes) -> None:
         """The client's bytes (``b""``: it closed its side)."""
+        if self._proxy is not None:
+            self._proxy.receive_data(data)
+            return
         if data and self._transcript is not None:
             self._transcript.heard(data)
         self.conn.receive_data(data)
@@ -233,6 +247,9 @@ class SessionDriver:
         """The adapter's timer ran out waiting for the client: 421 4.4.2 (a handshake just ends)."""
         if self._tls_due:
             self.tls_failed(f"timed out after {self.timeout} s")
+            return
+        if self._proxy is not None:
+            self._proxy_failed(f"no PROXY header within {self.options.proxy_timeout} s")
             return
         what = "message data" if self.conn.state is smtpwire.State.DATA else "a command"
         self.log.info("session %s: timed out waiting for %s", self.session.id, what)
@@ -244,6 +261,9 @@ class SessionDriver:
             self.log.info("session %s: connection lost: %r", self.session.id, error)
         self._lost = True
         self._end_handshake()
+        if self._proxy is not None:  # no SMTP session began
+            self._proxy = None
+            self._closing = True
         self.conn.receive_data(b"")
 
     def tls_started(self, info: TLSInfo) -> None:
@@ -277,6 +297,35 @@ class SessionDriver:
             self.conn.tls_failed()
         else:
             self._closing = True
+
+    def _read_proxy(self) -> bool:
+        """The PROXY phase: False while the header is incomplete; True once it ended, read or refused."""
+        assert self._proxy is not None
+        header = self._proxy.next_event()
+        if header is smtpwire.NEED_DATA:
+            return False
+        if isinstance(header, smtpwire.ProxyRefused):
+            self._proxy_failed(header.reason)
+            return True
+        assert isinstance(header, smtpwire.ProxyHeader)
+        session = self.session
+        session.proxy, session.proxy_header = session.peer, header
+        if header.source is not None:  # else (UNKNOWN, LOCAL, no IP family) the connection's own addresses stand
+            session.peer, session.local = header.source, header.destination
+        rest, self._proxy = self._proxy.trailing_data, None
+        what = f"PROXY v{header.version} {header.protocol or header.command}"
+        self.log.info("session %s: client %s via the proxy %s (%s)", session.id, session.peer, session.proxy, what)
+        if rest:  # the client spoke first: the core answers that as it would without a proxy
+            self.receive(rest)
+        return True
+
+    def _proxy_failed(self, reason: str) -> None:
+        """No valid PROXY header: nobody to greet, the connection just closes."""
+        peer = self.session.peer
+        self.log.warning("session %s: closing the connection from the proxy %s: %s", self.session.id, peer, reason)
+        self._proxy = None
+        self._lost = True  # nothing is said: no greeting, no 421
+        self._closing = True
 
     def resolve(self, wait: HookWait, result: object) -> None:
         """The awaited hook returned ``result``."""
@@ -485,6 +534,7 @@ _HOOKS: dict[type[smtpwire.Event], tuple[str, tuple[str, ...]]] = {
     smtpwire.RcptTo: ("rcpt_to", ("address", "params")),
     smtpwire.DataRequested: ("data_start", ()),
     smtpwire.Vrfy: ("vrfy", ("argument",)),
+    smtpwire.ExtensionCommand: ("command", ("verb", "argument")),
     smtpwire.Rset: ("rset", ()),
     smtpwire.Quit: ("quit", ()),
 }

@@ -65,6 +65,9 @@ class Handler:
     def vrfy(self, session: Session, argument: str) -> Reply | None:
         """VRFY; the default 252 neither confirms nor denies."""
 
+    def command(self, session: Session, verb: str, argument: str) -> Reply | None:
+        """A verb an extension declared (``smtpwire.Verb``); the default is the extension's ``answer`` (250 OK)."""
+
     def rset(self, session: Session) -> None:
         """RSET (already answered 250)."""
 
@@ -138,6 +141,9 @@ class AsyncHandler:
 
     def vrfy(self, session: Session, argument: str) -> MaybeAwaitable[Reply | None]:
         """VRFY."""
+
+    def command(self, session: Session, verb: str, argument: str) -> MaybeAwaitable[Reply | None]:
+        """A verb an extension declared; the default is the extension's answer."""
 
     def rset(self, session: Session) -> MaybeAwaitable[None]:
         """RSET."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,18 @@ class ServerOptions:
     on plain listeners and implicit-TLS listeners (RFC 8314) are possible.
     ``max_sessions_per_client`` bounds one client's concurrent sessions (an
     IPv4 address, or an IPv6 /64: what one site usually holds), as Postfix's
-    ``smtpd_client_connection_count_limit`` does; ``None`` lifts it.
+    ``smtpd_client_connection_count_limit`` does; ``None`` lifts it.  It does
+    not count ``client_limit_exceptions`` (the local host by default, as
+    Postfix exempts ``$mynetworks``) nor trusted proxies, whose connections
+    carry many clients.
+
+    ``proxy_protocol_from`` lists the networks of trusted proxies (HAProxy's
+    PROXY protocol, version 1 or 2, like Postfix's
+    ``smtpd_upstream_proxy_protocol``): a connection from one of them must
+    open with a PROXY header within ``proxy_timeout`` seconds, and the session
+    then reports the client the header names; empty, nobody is trusted.
+    Session limits apply when a connection is accepted, before its header:
+    ``max_sessions_per_client`` counts a proxy as one client.
     """
 
     config: smtpwire.ServerConfig = dataclasses.field(default_factory=smtpwire.ServerConfig)
@@ -37,13 +49,19 @@ class ServerOptions:
     max_sessions: int = 1000
     max_sessions_per_client: int | None = 50
     shutdown_grace: float = 30.0
+    proxy_protocol_from: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+    client_limit_exceptions: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = (
+        "127.0.0.0/8",
+        "::1/128",
+    )
+    proxy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, smtpwire.ServerConfig):
             raise ValueError(f"config must be a smtpwire.ServerConfig, not {type(self.config).__name__}")
         if self.tls_context is not None and not isinstance(self.tls_context, ssl.SSLContext):
             raise ValueError(f"tls_context must be an ssl.SSLContext, not {type(self.tls_context).__name__}")
-        for name in ("command_timeout", "data_timeout", "tls_handshake_timeout", "shutdown_grace"):
+        for name in ("command_timeout", "data_timeout", "tls_handshake_timeout", "shutdown_grace", "proxy_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
                 raise ValueError(f"{name} must be a number of seconds above 0 and below 86400, not {value!r}")
@@ -69,6 +87,9 @@ class ServerOptions:
             )
         if self.config.require_auth and auth is None:
             raise ValueError("require_auth needs the Auth extension in config.extensions: nobody could send mail")
+        object.__setattr__(self, "proxy_protocol_from", _networks("proxy_protocol_from", self.proxy_protocol_from))
+        exceptions = _networks("client_limit_exceptions", self.client_limit_exceptions)
+        object.__setattr__(self, "client_limit_exceptions", exceptions)
 
     def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
         """A server needs a listener, and implicit TLS needs a certificate."""
@@ -76,6 +97,26 @@ class ServerOptions:
             raise ValueError("implicit TLS listeners need a TLS certificate (options.tls_context)")
         if not listen and not tls_listen:
             raise ValueError("a server needs at least one listener")
+        if tls_listen and self.proxy_protocol_from:
+            raise ValueError(
+                "proxy_protocol_from works on plain listeners only: the PROXY header comes before the TLS"
+                " handshake of an implicit TLS listener (let the proxy terminate TLS, or use STARTTLS)"
+            )
+
+    def trusts_proxy(self, peer: object) -> bool:
+        """Whether ``peer`` (a socket address) is in ``proxy_protocol_from``: its connections start with PROXY."""
+        address = _ip_address(peer) if self.proxy_protocol_from else None
+        return address is not None and any(address in network for network in self.proxy_protocol_from)
+
+    def counted_client(self, peer: object) -> str | None:
+        """Who ``peer`` counts as for ``max_sessions_per_client`` (see ``client_key``); ``None``: not counted."""
+        if self.max_sessions_per_client is None:
+            return None
+        address = _ip_address(peer)
+        networks = (*self.client_limit_exceptions, *self.proxy_protocol_from)
+        if address is not None and any(address in network for network in networks):
+            return None
+        return client_key(peer)
 
     def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
         """A core connection for a new client; STARTTLS is registered when a TLS context is set."""
@@ -88,3 +129,54 @@ class ServerOptions:
         if self.tls_context is not None and "STARTTLS" not in {e.keyword for e in config.extensions}:
             config = dataclasses.replace(config, extensions=(*config.extensions, smtpwire.StartTLS()))
         return config
+
+
+def _ip_address(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A socket address's IP address (an IPv4-mapped one as IPv4); ``None`` for anything else."""
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_key(peer: object) -> str | None:
+    """Who counts as one client: its IPv4 address, or its IPv6 /64; ``None`` for a peer with no IP address.
+
+    An IPv4-mapped IPv6 address counts as the IPv4 address.  A /64 is what one
+    IPv6 site usually holds, so a client cannot escape the limit by using
+    addresses from its own prefix.
+    """
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return peer[0]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address.packed, 64), strict=False))
+    return str(address)
+
+
+def _networks(name: str, networks: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``name``'s networks, with a clear error for anything else."""
+    if isinstance(networks, str | bytes) or not isinstance(networks, Sequence):
+        raise ValueError(f"{name} must be a sequence of networks (like ['10.0.0.0/8']), not {networks!r}")
+    checked = []
+    for network in networks:
+        if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            checked.append(network)
+            continue
+        if not isinstance(network, str):
+            raise ValueError(f"{name}: {network!r} is not a network such as '10.0.0.0/8' or '::1/128'")
+        try:
+            checked.append(ipaddress.ip_network(network))
+        except ValueError as error:
+            raise ValueError(f"{name}: {network!r} is not a network: {error}") from None
+    return tuple(checked)

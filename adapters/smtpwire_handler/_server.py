@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import Generic, TypeVar
@@ -23,26 +22,6 @@ FEED_SIZE = 4 * 1024
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Seconds to wait after such an error before accepting again.
 ACCEPT_RETRY = 0.1
-
-
-def client_key(peer: object) -> str | None:
-    """Who counts as one client: its IPv4 address, or its IPv6 /64; ``None`` for a peer with no IP address.
-
-    An IPv4-mapped IPv6 address counts as the IPv4 address.  A /64 is what one
-    IPv6 site usually holds, so a client cannot escape the limit by using
-    addresses from its own prefix.
-    """
-    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
-        return None
-    try:
-        address = ipaddress.ip_address(peer[0])
-    except ValueError:
-        return peer[0]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address.packed, 64), strict=False))
-    return str(address)
 
 
 class ClientCounter:
@@ -183,7 +162,7 @@ class ServerBase(Generic[S]):
         """Count ``session`` in; ``None`` when admitted, else why it is refused (for the log)."""
         if len(self._sessions) >= self.options.max_sessions:
             return f"{len(self._sessions)} sessions already"
-        key = client_key(peer)
+        key = self.options.counted_client(peer)
         if not self._clients.add(key):
             return f"{self.options.max_sessions_per_client} sessions from {key} already"
         self._sessions[session] = key

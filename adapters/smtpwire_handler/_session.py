@@ -32,7 +32,10 @@ class Envelope:
     """One mail transaction as the server accepted it so far.
 
     ``content`` is filled by the default ``data_chunk`` hook; a streaming
-    handler overrides that hook and leaves it empty.
+    handler overrides that hook and leaves it empty.  ``mail_params`` and
+    ``rcpt_params`` are the parameters as the client sent them (keywords
+    upper-cased, values validated by the extension that owns them);
+    ``dsn``, ``rcpt_dsn`` and ``require_tls`` are what they mean.
     """
 
     mail_from: str
@@ -43,6 +46,22 @@ class Envelope:
     #: Octets of message data received so far (dot-unstuffed), kept or not.
     size: int = 0
 
+    @property
+    def dsn(self) -> smtpwire.MailDsn:
+        """MAIL's RET and ENVID (RFC 3461, with ``smtpwire.Dsn`` registered), decoded; ``None`` where absent."""
+        return smtpwire.MailDsn.from_params(self.mail_params)
+
+    @property
+    def rcpt_dsn(self) -> list[smtpwire.RcptDsn]:
+        """Each recipient's NOTIFY and ORCPT (RFC 3461), decoded, in the order of ``rcpt_tos``."""
+        smtputf8 = "SMTPUTF8" in self.mail_params
+        return [smtpwire.RcptDsn.from_params(params, smtputf8) for params in self.rcpt_params]
+
+    @property
+    def require_tls(self) -> bool:
+        """MAIL said REQUIRETLS (RFC 8689): the message may travel on only over verified TLS."""
+        return "REQUIRETLS" in self.mail_params
+
 
 class Session:
     """One connection: peer, TLS, greeting and the current envelope.
@@ -50,6 +69,11 @@ class Session:
     ``extensions`` is the live registry of the connection, so a hook (for
     example ``tls_started``) can add or remove what EHLO offers.  ``state`` is
     a free dict for the application's own per-session data.
+
+    Behind a trusted proxy (``ServerOptions.proxy_protocol_from``), ``peer``
+    and ``local`` are the client and the address it reached, as the PROXY
+    header names them; ``proxy`` is then the proxy's own address (the real
+    connection's peer) and ``proxy_header`` the header, with its TLVs.
     """
 
     def __init__(
@@ -66,6 +90,9 @@ class Session:
         self.tls = tls
         #: True when TLS started before the greeting (RFC 8314 implicit TLS).
         self.implicit_tls = False
+        #: The trusted proxy's address when the connection came through one, else ``None``.
+        self.proxy: Address | None = None
+        self.proxy_header: smtpwire.ProxyHeader | None = None
         self._envelope: Envelope | None = None
         self.state: dict[str, Any] = {}
 
@@ -104,7 +131,8 @@ class Session:
     def __repr__(self) -> str:
         user = self.authenticated.username if self.authenticated else None
         tls = self.tls is not None
-        return f"<Session {self.id} peer={self.peer!r} helo={self.helo_name!r} tls={tls} user={user!r}>"
+        proxy = f" proxy={self.proxy!r}" if self.proxy is not None else ""
+        return f"<Session {self.id} peer={self.peer!r}{proxy} helo={self.helo_name!r} tls={tls} user={user!r}>"
 
 
 def tls_info(tls: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:

@@ -15,7 +15,6 @@ from smtpwire_handler import (
     ServerOptions,
     Session,
     TLSInfo,
-    client_key,
 )
 from smtpwire_handler import too_many_sessions as too_many
 
@@ -32,6 +31,5 @@ __all__ = [
     "ServerOptions",
     "Session",
     "TLSInfo",
-    "client_key",
     "too_many",
 ]

@@ -20,7 +20,6 @@ from smtpwire_memorybio import (
     ServerOptions,
     Session,
     SMTPSession,
-    client_key,
     too_many,
 )
 
@@ -67,7 +66,7 @@ class SMTPProtocol(asyncio.Protocol):
         if sessions.stopping or len(sessions.open) >= self.options.max_sessions:
             self.refuse(peer, f"{len(sessions.open)} sessions already")
             return
-        self.client = client_key(peer)
+        self.client = self.options.counted_client(peer)
         if not sessions.clients.add(self.client):
             self.refuse(peer, f"{self.options.max_sessions_per_client} sessions from {self.client} already")
             return

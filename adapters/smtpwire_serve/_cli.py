@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,14 @@ def parse_host_port(value: str) -> HostPort:
     if match is None or not 0 <= int(match["port"]) <= 65535:
         raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), not {value!r}")
     return (match["v6"] or match["host"], int(match["port"]))
+
+
+def _networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """--proxy-protocol-from values, checked now: IP networks such as 10.0.0.0/8 (or single addresses)."""
+    try:
+        return tuple(str(ipaddress.ip_network(value)) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(f"not an IP network such as 10.0.0.0/8: {error}", ctx, param) from None
 
 
 class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -79,11 +88,17 @@ class Settings:
     auth_failure_window: float = _authlimit.DEFAULT_WINDOW
     auth_failure_delay: float = _authlimit.DEFAULT_DELAY
     max_sessions_per_client: int | None = 50
+    proxy_protocol_from: tuple[str, ...] = ()  # trusted PROXY protocol networks
 
 
 def default_hostname() -> str:
     name = socket.getfqdn()
     return name if re.fullmatch(r"[A-Za-z0-9.-]{1,255}", name) else "localhost"
+
+
+def request_extensions(tls: bool) -> tuple[smtpwire.Extension, ...]:
+    """DSN and LIMITS always; REQUIRETLS where TLS can be (it is offered once TLS is active)."""
+    return (smtpwire.Dsn(), smtpwire.Limits(), *((smtpwire.RequireTls(),) if tls else ()))
 
 
 def build_options(settings: Settings) -> ServerOptions:
@@ -101,7 +116,7 @@ def build_options(settings: Settings) -> ServerOptions:
     try:
         config = smtpwire.ServerConfig(
             hostname=settings.hostname,
-            extensions=(*smtpwire.STANDARD_EXTENSIONS, *auth),
+            extensions=(*smtpwire.STANDARD_EXTENSIONS, *auth, *request_extensions(tls=context is not None)),
             max_message_size=settings.max_message_size,
             max_recipients=settings.max_recipients,
             require_tls=settings.require_starttls,
@@ -113,6 +128,7 @@ def build_options(settings: Settings) -> ServerOptions:
             tls_context=context,
             max_sessions=settings.max_sessions,
             max_sessions_per_client=settings.max_sessions_per_client,
+            proxy_protocol_from=settings.proxy_protocol_from,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -363,6 +379,14 @@ def main() -> None:
     help=f"Seconds an AUTH attempt waits after its client's first failure; doubled for each further one,"
     f" at most {_authlimit.MAX_DELAY:g} (0: no wait).",
 )
+@click.option(
+    "--proxy-protocol-from",
+    metavar="CIDR",
+    multiple=True,
+    callback=_networks,
+    help="Trust this proxy network (repeatable): its connections must open with a PROXY header (v1 or v2), and"
+    " sessions report the client it names. Plain listeners only.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
 def serve(
     listen: tuple[HostPort, ...],
@@ -387,6 +411,7 @@ def serve(
     auth_failure_limit: int,
     auth_failure_window: float,
     auth_failure_delay: float,
+    proxy_protocol_from: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
@@ -416,6 +441,8 @@ def serve(
         )
     if require_auth and auth_file is None:
         raise click.UsageError("--require-auth needs --auth-file")
+    if proxy_protocol_from and tls_listen:
+        raise click.UsageError("--proxy-protocol-from works with --listen only: a PROXY header cannot precede TLS")
     if auth_file is not None and not (tls_cert or self_signed):
         raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
     users = load_users(auth_file) if auth_file is not None else {}
@@ -455,6 +482,7 @@ def serve(
             auth_failure_limit=auth_failure_limit,
             auth_failure_window=auth_failure_window,
             auth_failure_delay=auth_failure_delay,
+            proxy_protocol_from=proxy_protocol_from,
         )
         if workers > 1:
             build_options(settings)  # fail here, once, rather than in every worker

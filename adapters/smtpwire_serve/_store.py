@@ -128,7 +128,35 @@ def trace_headers(session: Session, envelope: Envelope, hostname: str) -> bytes:
         lines.append(f"\tfor <{address_shown(envelope.rcpt_tos[0], utf8)}>; {date}")
     else:
         lines[-1] += f"; {date}"
+    lines += request_headers(envelope, utf8)
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def request_headers(envelope: Envelope, utf8: bool) -> list[str]:
+    """What the client asked of notifications (RFC 3461) and of TLS (RFC 8689), for whoever reads the mail.
+
+    ``X-Smtpwire-DSN: RET=... ENVID=...`` for MAIL, one
+    ``X-Smtpwire-DSN-Recipient: <address> NOTIFY=... ORCPT=...`` per recipient
+    that asked, ``X-Smtpwire-RequireTLS: yes``.  ENVID and ORCPT keep the
+    xtext the client sent (validated by the core: printable, no space, at most
+    100 characters and 500 octets), not their decoded values, which may hold
+    spaces, quotes and semicolons: so the header parses back as it was sent.
+    """
+    lines = []
+    mail = [f"RET={envelope.dsn.ret}"] if "RET" in envelope.mail_params else []
+    mail += [f"ENVID={envelope.mail_params['ENVID']}"] if "ENVID" in envelope.mail_params else []
+    if mail:
+        lines.append(header_safe("X-Smtpwire-DSN: " + " ".join(mail), utf8))
+    # not strict: an Envelope made by hand may carry no parameters
+    for address, params, dsn in zip(envelope.rcpt_tos, envelope.rcpt_params, envelope.rcpt_dsn, strict=False):
+        asked = [f"NOTIFY={','.join(dsn.notify)}"] if dsn.notify else []
+        asked += [f"ORCPT={params['ORCPT']}"] if "ORCPT" in params else []
+        if asked:
+            shown = " ".join(asked)
+            lines.append(header_safe(f"X-Smtpwire-DSN-Recipient: <{address_shown(address, utf8)}> {shown}", utf8))
+    if envelope.require_tls:
+        lines.append("X-Smtpwire-RequireTLS: yes")
+    return lines
 
 
 def log_accepted(session: Session, envelope: Envelope, size: int, where: str) -> None:

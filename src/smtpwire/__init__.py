@@ -7,6 +7,7 @@ decisions, send what it queues.  It does no I/O and reads no clock.
 from ._auth import KNOWN_MECHANISMS, Auth
 from ._config import ServerConfig
 from ._connection import NEED_DATA, PAUSED, Sentinel, ServerConnection, Transaction
+from ._dsn import Dsn, MailDsn, OriginalRecipient, RcptDsn, xtext_decode, xtext_encode
 from ._errors import LocalProtocolError
 from ._events import (
     AuthCredentials,
@@ -20,6 +21,7 @@ from ._events import (
     Ehlo,
     EndOfMessage,
     Event,
+    ExtensionCommand,
     Helo,
     Help,
     MailFrom,
@@ -42,7 +44,10 @@ from ._extensions import (
     Size,
     SmtpUtf8,
     StartTLS,
+    Verb,
 )
+from ._policy_extensions import Limits, RequireTls
+from ._proxy import ProxyHeader, ProxyReader, ProxyRefused, ProxySSL
 from ._reply import Reply
 from ._sasl import ScramCredentials, saslprep, scram_credentials
 from ._state import State
@@ -63,24 +68,35 @@ __all__ = [
     "CredentialsLookup",
     "DataRequested",
     "Decision",
+    "Dsn",
     "Ehlo",
     "EightBitMime",
     "EndOfMessage",
     "EnhancedStatusCodes",
     "Event",
     "Extension",
+    "ExtensionCommand",
     "Extensions",
     "Helo",
     "Help",
+    "Limits",
     "LocalProtocolError",
+    "MailDsn",
     "MailFrom",
     "MessageData",
     "MessageRejected",
     "Noop",
+    "OriginalRecipient",
     "Pipelining",
+    "ProxyHeader",
+    "ProxyReader",
+    "ProxyRefused",
+    "ProxySSL",
     "Quit",
+    "RcptDsn",
     "RcptTo",
     "Reply",
+    "RequireTls",
     "Rset",
     "ScramCredentials",
     "Sentinel",
@@ -92,7 +108,10 @@ __all__ = [
     "StartTLSRequested",
     "State",
     "Transaction",
+    "Verb",
     "Vrfy",
     "saslprep",
     "scram_credentials",
+    "xtext_decode",
+    "xtext_encode",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ._extensions import Extension
-from ._reply import Reply
+from ._reply import BAD_CREDENTIALS, Reply
 from ._sasl import (
     MECHANISMS,
     MIN_ITERATIONS,
@@ -37,17 +37,15 @@ MAX_RESPONSE_LINE = 12288 + 2
 # RFC 3461 4: xtext is printable ASCII but "+" and "=", with "+XX" hex escapes.
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 
-AUTHENTICATED = Reply(235, "Authentication successful", (2, 7, 0))
 FAILURE_REPLIES: dict[FailureKind, Reply] = {
     "malformed": Reply(501, "Malformed authentication response", (5, 5, 2)),
-    "credentials": Reply(535, "Authentication credentials invalid", (5, 7, 8)),
+    "credentials": BAD_CREDENTIALS,
     "cancelled": Reply(501, "Authentication cancelled", (5, 7, 0)),
 }
 RESPONSE_TOO_LONG = Reply(500, "Authentication exchange line is too long", (5, 5, 6))
 ENCRYPTION_REQUIRED = Reply(538, "Encryption required for requested authentication mechanism", (5, 7, 11))
 UNKNOWN_MECHANISM = Reply(504, "Unrecognized authentication type", (5, 5, 4))
 ALREADY_AUTHENTICATED = Reply(503, "Already authenticated", (5, 5, 1))
-SEND_EHLO_FIRST = Reply(503, "Send EHLO first", (5, 5, 1))
 AUTH_REQUIRED = Reply(530, "Authentication required", (5, 7, 0))
 AUTH_SYNTAX = Reply(501, "Syntax: AUTH mechanism [initial-response]", (5, 5, 4))
 
@@ -102,8 +100,8 @@ class Auth(Extension):
         """Whether AUTH may be used right now (``require_tls`` is met)."""
         return conn.tls_active or not self.require_tls
 
-    def ehlo_line(self, conn: ServerConnection) -> str | None:
-        return f"AUTH {' '.join(self.mechanisms)}" if self.offered(conn) else None
+    def ehlo_line(self, conn: ServerConnection) -> str:
+        return f"AUTH {' '.join(self.mechanisms)}"
 
     def check_parameter(self, conn: ServerConnection, name: str, value: str | None) -> Reply | None:
         if value is None or not (value == "<>" or _XTEXT.fullmatch(value)):

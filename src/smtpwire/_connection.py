@@ -1,7 +1,8 @@
 """One SMTP server conversation: bytes in, events out, replies queued.
 
-The connection only routes: readers are chosen by state, commands by verb,
-the order rules live in ``_state``, the grammar in ``_grammar``, DATA in
+The connection only routes: readers are chosen by state, commands by verb
+(the core's own, then the extensions'), the order rules and every state
+transition live in ``_state``, the grammar in ``_grammar``, DATA in
 ``_dotreader``.  It never blocks, reads a clock or touches a socket.
 """
 
@@ -17,7 +18,7 @@ from ._auth import Auth
 from ._config import ServerConfig
 from ._dotreader import DotReader
 from ._errors import LocalProtocolError
-from ._extensions import Extensions
+from ._extensions import Extension, Extensions
 from ._grammar import (
     FORBIDDEN_IN_COMMAND,
     GrammarError,
@@ -27,7 +28,7 @@ from ._grammar import (
     valid_hello_name,
 )
 from ._receivebuffer import ReceiveBuffer
-from ._reply import Reply, cached_reply
+from ._reply import AUTHENTICATED, MESSAGE_TOO_BIG, OK, Reply, cached_reply
 from ._sasl import (
     Challenge,
     CheckPassword,
@@ -39,7 +40,16 @@ from ._sasl import (
     Step,
     Success,
 )
-from ._state import ALLOWED_STATES, DEFAULT_SEQUENCE_ERROR, NOT_IMPLEMENTED, SEQUENCE_ERRORS, State
+from ._state import (
+    ALLOWED_STATES,
+    DEFAULT_SEQUENCE_ERROR,
+    NOT_IMPLEMENTED,
+    SEND_EHLO_FIRST,
+    SEQUENCE_ERRORS,
+    TRANSITIONS,
+    Outcome,
+    State,
+)
 
 
 class Sentinel(enum.Enum):
@@ -53,6 +63,7 @@ PAUSED = Sentinel.PAUSED
 NextEvent = ev.Event | Sentinel
 MessageEnd = ev.EndOfMessage | ev.MessageRejected
 
+#: The core's verbs that belong to an extension: served (and listed by HELP) only while it is offered.
 _EXTENSION_VERBS = frozenset({"STARTTLS", "AUTH"})
 _RECEIVABLE = (bytes, bytearray, memoryview)
 
@@ -80,13 +91,11 @@ UNRECOGNIZED = _reply(500, "Command unrecognized", (5, 5, 2))
 NOT_IMPLEMENTED_REPLY = _reply(502, "Command not implemented", (5, 5, 1))
 TLS_REQUIRED = _reply(530, "Must issue a STARTTLS command first", (5, 7, 0))
 TOO_MANY_RECIPIENTS = _reply(452, "Too many recipients", (4, 5, 3))
-MESSAGE_TOO_BIG = _reply(552, "Message size exceeds fixed maximum message size", (5, 3, 4))
 BARE_LINE_ENDING = _reply(550, "Message refused: bare CR or LF in data (RFC 5321 2.3.8)", (5, 6, 0))
 NON_ASCII_ADDRESS = _reply(553, "Non-ASCII address needs SMTPUTF8", (5, 6, 7))
 UNSUPPORTED_PARAMETER = _reply(555, "Unsupported parameter", (5, 5, 4))
 TLS_UNAVAILABLE = _reply(454, "TLS not available", (4, 7, 0))
 TLS_ACTIVE = _reply(503, "TLS already active", (5, 5, 1))
-OK = _reply(250, "OK", (2, 0, 0))
 #: RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad recipient's; 501 as RFC 5321 4.5.3.1.9 has it.
 _ADDRESS_STATUS = {"MAIL": (5, 1, 7), "RCPT": (5, 1, 3)}
 _ADDRESS_TEXT = {
@@ -228,7 +237,7 @@ class ServerConnection:
         self._pending = None
         self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
-            self._state = State.CLOSED
+            self._move(Outcome.CLOSED)
         elif accepted:
             self._ON_ACCEPT[type(event)](self, event)
         else:
@@ -259,14 +268,14 @@ class ServerConnection:
         self._require_handshake()
         self._tls_active = True
         self._buffer.clear()
-        self._state = State.GREETED
+        self._move(Outcome.TLS_ESTABLISHED)
         self._forget_session()
         self._authenticated = None
 
     def tls_failed(self) -> None:
         """The handshake failed; nothing more can be said in plaintext or TLS."""
         self._require_handshake()
-        self._state = State.CLOSED
+        self._move(Outcome.CLOSED)
 
     def timed_out(self) -> None:
         """The adapter's timer fired (RFC 5321 4.5.3.2): 421 and close."""
@@ -285,7 +294,11 @@ class ServerConnection:
         if self._state is not State.CLOSED:
             self._pending = None
             self._queue(reply)
-            self._state = State.CLOSED
+            self._move(Outcome.CLOSED)
+
+    def _move(self, outcome: Outcome) -> None:
+        """The one place the state changes, as ``_state.TRANSITIONS`` says."""
+        self._state = TRANSITIONS[self._state][outcome]
 
     def _require_handshake(self) -> None:
         if self._state is not State.TLS_HANDSHAKE:
@@ -295,7 +308,7 @@ class ServerConnection:
         """The keyword lines the extensions offer now, each checked: they go on the wire as they are."""
         keywords = []
         for extension in self.extensions:
-            line = extension.ehlo_line(self)
+            line = extension.ehlo_line(self) if extension.offered(self) else None
             if line is None:
                 continue
             if not isinstance(line, str) or not valid_ehlo_line(line):
@@ -321,7 +334,7 @@ class ServerConnection:
         return PAUSED
 
     def _read_closed(self) -> ev.Event:
-        self._state = State.CLOSED
+        self._move(Outcome.CLOSED)
         return ev.ConnectionClosed()
 
     def _take_line(self, limit: int) -> bytes | NextEvent | None:
@@ -412,12 +425,27 @@ class ServerConnection:
     def _dispatch(self, verb: str, argument: str) -> NextEvent:
         handler = self._COMMANDS.get(verb)
         if handler is None:
-            return self._reject(verb, NOT_IMPLEMENTED_REPLY if verb in NOT_IMPLEMENTED else UNRECOGNIZED)
+            return self._extension_command(verb, argument)
         if self.config.require_tls and not self._tls_active and verb in ("MAIL", "RCPT", "DATA"):
             return self._reject(verb, TLS_REQUIRED)
         if self._state not in ALLOWED_STATES[verb]:
             return self._reject(verb, SEQUENCE_ERRORS.get((verb, self._state), DEFAULT_SEQUENCE_ERROR))
         return handler(self, argument)
+
+    def _extension_command(self, verb: str, argument: str) -> ev.Event:
+        """A verb the core does not know: an offered extension's, sequenced as its ``Verb`` says, or unknown."""
+        declared = self.extensions.verb(verb)
+        if declared is None or not declared[0].offered(self):
+            return self._reject(verb, NOT_IMPLEMENTED_REPLY if verb in NOT_IMPLEMENTED else UNRECOGNIZED)
+        extension, declaration = declared
+        if self.config.require_tls and not self._tls_active:
+            return self._reject(verb, TLS_REQUIRED)
+        if self._state not in declaration.states:
+            return self._reject(verb, DEFAULT_SEQUENCE_ERROR)
+        refusal = declaration.refuses(argument)
+        if refusal is not None:
+            return self._reject(verb, refusal)
+        return self._decide(ev.ExtensionCommand(verb, argument, extension.answer(self, verb, argument)))
 
     def _reject(self, command: str, reply: Reply) -> ev.Event:
         self._queue(reply)
@@ -478,7 +506,7 @@ class ServerConnection:
                     extension
                     for extension in self.extensions
                     if name in (extension.mail_parameters if verb == "MAIL" else extension.rcpt_parameters)
-                    and extension.ehlo_line(self) is not None
+                    and extension.offered(self)
                 ),
                 None,
             )
@@ -498,7 +526,7 @@ class ServerConnection:
         if argument:
             return self._reject("RSET", _syntax("RSET"))
         self._transaction = None
-        self._state = State.READY if self._helo_name is not None else State.GREETED
+        self._move(Outcome.RESET)
         self._queue(OK)
         return ev.Rset()
 
@@ -512,22 +540,21 @@ class ServerConnection:
         return self._decide(ev.Vrfy(argument))
 
     def _help(self, argument: str) -> ev.Event:
-        verbs = " ".join(sorted(verb for verb in self._COMMANDS if self._offers(verb)))
-        self._queue(Reply(214, f"Supported commands: {verbs}", (2, 0, 0)))
+        verbs = [verb for verb in self._COMMANDS if verb not in _EXTENSION_VERBS or self._offered(verb)]
+        verbs += (verb.name for extension in self.extensions if extension.offered(self) for verb in extension.verbs)
+        self._queue(Reply(214, f"Supported commands: {' '.join(sorted(verbs))}", (2, 0, 0)))
         return ev.Help(argument)
 
-    def _offers(self, verb: str) -> bool:
-        """Whether HELP lists ``verb``: an extension's verb only while EHLO offers it."""
-        if verb not in _EXTENSION_VERBS:
-            return True
-        extension = self.extensions.get(verb)
-        return extension is not None and extension.ehlo_line(self) is not None
+    def _offered(self, keyword: str) -> Extension | None:
+        """The extension registered under ``keyword``, if it is offered right now."""
+        extension = self.extensions.get(keyword)
+        return extension if extension is not None and extension.offered(self) else None
 
     def _quit(self, argument: str) -> ev.Event:
         if argument:
             return self._reject("QUIT", _syntax("QUIT"))
         self._queue(cached_reply(221, f"{self.config.hostname} Service closing transmission channel", (2, 0, 0)))
-        self._state = State.CLOSED
+        self._move(Outcome.CLOSED)
         return ev.Quit()
 
     def _starttls(self, argument: str) -> ev.Event:
@@ -535,11 +562,11 @@ class ServerConnection:
             return self._reject("STARTTLS", _syntax("STARTTLS"))
         if self._tls_active:
             return self._reject("STARTTLS", TLS_ACTIVE)
-        if "STARTTLS" not in self.extensions:
+        if self._offered("STARTTLS") is None:
             return self._reject("STARTTLS", TLS_UNAVAILABLE)
         self._queue(cached_reply(220, "Ready to start TLS", (2, 0, 0)))
         self._buffer.clear()  # plaintext pipelined after STARTTLS is never executed
-        self._state = State.TLS_HANDSHAKE
+        self._move(Outcome.STARTTLS_ACCEPTED)
         return ev.StartTLSRequested()
 
     def _auth(self, argument: str) -> NextEvent:
@@ -547,7 +574,7 @@ class ServerConnection:
         if not isinstance(auth, Auth):
             return self._reject("AUTH", NOT_IMPLEMENTED_REPLY)
         if not self._esmtp:
-            return self._reject("AUTH", _auth.SEND_EHLO_FIRST)
+            return self._reject("AUTH", SEND_EHLO_FIRST)
         if self._authenticated is not None:
             return self._reject("AUTH", _auth.ALREADY_AUTHENTICATED)
         if not auth.offered(self):
@@ -570,7 +597,7 @@ class ServerConnection:
         assert mechanism is not None
         if isinstance(step, Challenge):
             self._outgoing.append(_auth.challenge_line(step.data))
-            self._state = State.AUTH
+            self._move(Outcome.AUTH_CHALLENGED)
             return None
         if isinstance(step, CheckPassword):
             return self._decide(ev.AuthCredentials(mechanism.name, step.authzid, step.username, step.password))
@@ -580,7 +607,7 @@ class ServerConnection:
             return self._decide(ev.CredentialsLookup(mechanism.name, "", step.username))
         if isinstance(step, Failure):
             return self._auth_failed(_auth.FAILURE_REPLIES[step.kind])
-        self._queue(_auth.AUTHENTICATED)
+        self._queue(AUTHENTICATED)
         return self._succeeded(step)
 
     def _succeeded(self, success: Success) -> ev.Authenticated:
@@ -603,27 +630,27 @@ class ServerConnection:
 
     def _auth_over(self) -> None:
         self._mechanism = None
-        self._state = State.READY
+        self._move(Outcome.AUTH_ENDED)
 
     # -- internals: what an answer does ----------------------------------------
 
     def _greeted(self, event: ev.Decision) -> None:
-        self._state = State.GREETED
+        self._move(Outcome.GREETING_SENT)
 
     def _refused(self, event: ev.Decision) -> None:
-        self._state = State.REFUSED
+        self._move(Outcome.GREETING_REFUSED)
 
     def _hello(self, event: ev.Decision) -> None:
         assert isinstance(event, (ev.Helo, ev.Ehlo))
         self._helo_name = event.name
         self._esmtp = isinstance(event, ev.Ehlo)
         self._transaction = None
-        self._state = State.READY
+        self._move(Outcome.HELLO_ACCEPTED)
 
     def _mail_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.MailFrom)
         self._transaction = Transaction(event.address, event.params)
-        self._state = State.MAIL
+        self._move(Outcome.MAIL_ACCEPTED)
 
     def _rcpt_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.RcptTo) and self._transaction is not None
@@ -631,12 +658,12 @@ class ServerConnection:
         self._transaction = Transaction(
             transaction.mail_from, transaction.mail_params, (*transaction.recipients, event.address)
         )
-        self._state = State.RCPT
+        self._move(Outcome.RCPT_ACCEPTED)
 
     def _data_accepted(self, event: ev.Decision) -> None:
         self._dot = DotReader(check_line_endings=self.config.bare_line_endings == "reject")
         self._message_size = 0
-        self._state = State.DATA
+        self._move(Outcome.DATA_ACCEPTED)
 
     def _credentials_accepted(self, event: ev.Decision) -> None:
         assert self._mechanism is not None
@@ -649,7 +676,7 @@ class ServerConnection:
 
     def _end_transaction(self, event: ev.Event) -> None:
         self._transaction = None
-        self._state = State.READY
+        self._move(Outcome.MESSAGE_ENDED)
 
     def _stay(self, event: ev.Decision) -> None:
         pass
@@ -691,6 +718,7 @@ class ServerConnection:
         ev.DataRequested: _data_accepted,
         ev.EndOfMessage: _end_transaction,
         ev.Vrfy: _stay,
+        ev.ExtensionCommand: _stay,
         ev.AuthCredentials: _credentials_accepted,
     }
 

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import LocalProtocolError
-from ._reply import Reply, cached_reply
+from ._reply import AUTHENTICATED, BAD_CREDENTIALS, OK, Reply, cached_reply
 
 #: The standard positive answers that name no host: built (and serialised) once.
 _SENDER_OK = Reply(250, "OK", (2, 1, 0))
 _RECIPIENT_OK = Reply(250, "OK", (2, 1, 5))
 _START_INPUT = Reply(354, "End data with <CR><LF>.<CR><LF>")
-_QUEUED = Reply(250, "OK", (2, 0, 0))
 
 Parameters = Mapping[str, str | None]
 
@@ -146,7 +145,7 @@ class EndOfMessage(Decision):
     accepts: ClassVar[frozenset[int]] = frozenset({250})
 
     def default_reply(self, hostname: str) -> Reply:
-        return _QUEUED
+        return OK
 
 
 @dataclass(frozen=True)
@@ -174,9 +173,11 @@ class AuthCredentials(Decision):
     username: str
     password: str = field(repr=False)
     accepts: ClassVar[frozenset[int]] = frozenset({235})
+    #: The answer to a wrong password (RFC 4954 6): what the core also sends when SCRAM or CRAM-MD5 fails.
+    refusal: ClassVar[Reply] = BAD_CREDENTIALS
 
     def default_reply(self, hostname: str) -> Reply:
-        return Reply(235, "Authentication successful", (2, 7, 0))
+        return AUTHENTICATED
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,25 @@ class CredentialsLookup(Decision):
 
     def default_reply(self, hostname: str) -> Reply:
         raise LocalProtocolError("a CredentialsLookup is answered with supply(), not accept()")
+
+
+@dataclass(frozen=True)
+class ExtensionCommand(Decision):
+    """A verb an extension declared, used where its ``Verb`` allows and with a valid argument.
+
+    ``accept()`` sends ``default``, the extension's own ``answer``
+    (250 2.0.0 OK unless it says otherwise); ``send()`` any 2xx, 4xx or 5xx
+    reply instead.  The session stays where it was either way.
+    """
+
+    verb: str
+    argument: str
+    default: Reply = field(default=OK, repr=False, compare=False)
+    #: Any completion: an intermediate 3xx would leave the client waiting for a second answer.
+    accepts: ClassVar[frozenset[int]] = frozenset(range(200, 260))
+
+    def default_reply(self, hostname: str) -> Reply:
+        return self.default
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,72 @@
 """ESMTP service extensions as registered objects (the Net::Server::Mail ``register()`` idea).
 
 An extension contributes an EHLO keyword line, the MAIL/RCPT parameters it
-owns (with their validation) and an allowance to the command line length.
-The registry is per connection and may change while the session runs.
+owns (with their validation), the verbs it adds and an allowance to the
+command line length; ``offered`` says whether all of that is in force right
+now.  The registry is per connection and may change while the session runs.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ._reply import Reply
+from . import _state
+from ._reply import MESSAGE_TOO_BIG, OK, Reply
+from ._state import State
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._connection import ServerConnection
 
 _DIGITS = re.compile("[0-9]{1,20}")
+#: RFC 5321 2.2.2 and 4.1.1: a verb is letters (X-verbs are local), here also digits and "-" after the first.
+_VERB_NAME = re.compile("[A-Za-z][A-Za-z0-9-]{0,19}")
+_ARGUMENT = ("none", "optional", "required")
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A command an extension adds: ``Verb("XSTATS", Verb.ANY_TIME, argument="none")``.
+
+    ``states`` are where it may be used (one of the presets below, or a set
+    of command states); elsewhere the core answers 503 5.5.1.  ``argument``
+    is ``"none"``, ``"optional"`` or ``"required"``; a wrong one gets 501
+    5.5.4.  The name is matched without regard to case.
+    """
+
+    name: str
+    states: frozenset[State] = _state.OUTSIDE_TRANSACTION
+    argument: Literal["none", "optional", "required"] = "optional"
+
+    #: Like NOOP: before or after HELO/EHLO, in a transaction or not.
+    ANY_TIME: ClassVar[frozenset[State]] = _state.ANY_TIME
+    #: After HELO/EHLO, in a transaction or not.
+    AFTER_HELLO: ClassVar[frozenset[State]] = _state.AFTER_HELLO
+    #: Like AUTH and STARTTLS: after HELO/EHLO, before MAIL (the default).
+    OUTSIDE_TRANSACTION: ClassVar[frozenset[State]] = _state.OUTSIDE_TRANSACTION
+    #: Like RCPT: after MAIL, before DATA.
+    IN_TRANSACTION: ClassVar[frozenset[State]] = _state.IN_TRANSACTION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _VERB_NAME.fullmatch(self.name):
+            raise ValueError(f"a verb is a letter, then up to 19 letters, digits or '-', not {self.name!r}")
+        object.__setattr__(self, "name", self.name.upper())
+        if self.name in _state.CORE_VERBS:
+            raise ValueError(f"{self.name} is a verb of the core, which an extension cannot replace")
+        if not isinstance(self.states, frozenset) or not self.states or not self.states <= _state.ANY_TIME:
+            raise ValueError(f"states must be a non-empty frozenset of {sorted(s.name for s in _state.ANY_TIME)}")
+        if self.argument not in _ARGUMENT:
+            raise ValueError(f"argument must be one of {_ARGUMENT}, not {self.argument!r}")
+
+    def refuses(self, argument: str) -> Reply | None:
+        """The 501 for an argument this verb does not take (or a missing one it needs)."""
+        if argument and self.argument == "none":
+            return Reply(501, f"Syntax: {self.name} (no argument)", (5, 5, 4))
+        if not argument and self.argument == "required":
+            return Reply(501, f"Syntax: {self.name} argument", (5, 5, 4))
+        return None
 
 
 class Extension:
@@ -27,10 +77,25 @@ class Extension:
     line_allowance: ClassVar[int] = 0
     mail_parameters: ClassVar[frozenset[str]] = frozenset()
     rcpt_parameters: ClassVar[frozenset[str]] = frozenset()
+    #: The commands this extension adds (its ``line_allowance`` covers their lines too).
+    verbs: ClassVar[tuple[Verb, ...]] = ()
+
+    def offered(self, conn: ServerConnection) -> bool:
+        """Whether the extension is in force right now: its EHLO line, parameters and verbs.
+
+        The one answer the core asks everywhere; by default, while
+        ``ehlo_line`` gives a line.  Override it to offer an extension only
+        over TLS, or only to some clients.
+        """
+        return self.ehlo_line(conn) is not None
 
     def ehlo_line(self, conn: ServerConnection) -> str | None:
-        """The EHLO keyword line, or ``None`` when not offered right now."""
+        """The EHLO keyword line while offered (``None``: in force but not advertised)."""
         return self.keyword
+
+    def answer(self, conn: ServerConnection, verb: str, argument: str) -> Reply:
+        """What ``accept()`` answers one of this extension's verbs with; the application may send another."""
+        return OK
 
     def check_parameter(self, conn: ServerConnection, name: str, value: str | None) -> Reply | None:
         """Validate one of our MAIL/RCPT parameters; a reply refuses the command."""
@@ -66,7 +131,7 @@ class Size(Extension):
         if value is None or not _DIGITS.fullmatch(value):
             return Reply(501, "Syntax: SIZE=<octets>", (5, 5, 4))
         if int(value) > conn.config.max_message_size:
-            return Reply(552, "Message size exceeds fixed maximum message size", (5, 3, 4))
+            return MESSAGE_TOO_BIG
         return None
 
 
@@ -106,8 +171,8 @@ class StartTLS(Extension):
 
     keyword = "STARTTLS"
 
-    def ehlo_line(self, conn: ServerConnection) -> str | None:
-        return None if conn.tls_active else self.keyword
+    def offered(self, conn: ServerConnection) -> bool:
+        return not conn.tls_active
 
 
 STANDARD_EXTENSIONS = (Pipelining(), Size(), EightBitMime(), SmtpUtf8(), EnhancedStatusCodes())
@@ -118,19 +183,29 @@ class Extensions:
 
     def __init__(self, extensions: tuple[Extension, ...]) -> None:
         self._by_keyword: dict[str, Extension] = {}
+        self._verbs: dict[str, tuple[Extension, Verb]] = {}
         self._line_allowance = 0
         for extension in extensions:
             self.add(extension)
 
     def add(self, extension: Extension) -> None:
-        """Register (or replace) the extension with this keyword."""
-        self._by_keyword[extension.keyword.upper()] = extension
-        self._count_allowance()
+        """Register (or replace) the extension with this keyword; ``ValueError`` if another owns one of its verbs."""
+        keyword = extension.keyword.upper()
+        for verb in extension.verbs:
+            owner = self._verbs.get(verb.name)
+            if owner is not None and owner[0].keyword.upper() != keyword:
+                raise ValueError(f"{verb.name} is already a verb of {owner[0]!r}")
+        self._by_keyword[keyword] = extension
+        self._changed()
 
     def remove(self, keyword: str) -> None:
         """Stop offering an extension; unknown keywords are ignored."""
         self._by_keyword.pop(keyword.upper(), None)
-        self._count_allowance()
+        self._changed()
+
+    def verb(self, name: str) -> tuple[Extension, Verb] | None:
+        """The extension that declares the (upper-case) verb ``name``, and its declaration."""
+        return self._verbs.get(name)
 
     def get(self, keyword: str) -> Extension | None:
         """The extension registered under ``keyword``, if any."""
@@ -147,6 +222,8 @@ class Extensions:
         """What the registered extensions add to the 512-octet command line."""
         return self._line_allowance
 
-    def _count_allowance(self) -> None:
+    def _changed(self) -> None:
         """Worked out when the set changes, not for every command line."""
-        self._line_allowance = sum(extension.line_allowance for extension in self._by_keyword.values())
+        registered = self._by_keyword.values()
+        self._line_allowance = sum(extension.line_allowance for extension in registered)
+        self._verbs = {verb.name: (extension, verb) for extension in registered for verb in extension.verbs}

@@ -114,3 +114,11 @@ def cached_reply(code: int, text: str | tuple[str, ...], enhanced: EnhancedCode 
     connection; replies are immutable, so sharing them is safe.
     """
     return Reply(code, text, enhanced)
+
+
+# -- replies the core and the adapters both send, each written once --------------
+
+OK = Reply(250, "OK", (2, 0, 0))
+MESSAGE_TOO_BIG = Reply(552, "Message size exceeds fixed maximum message size", (5, 3, 4))
+AUTHENTICATED = Reply(235, "Authentication successful", (2, 7, 0))
+BAD_CREDENTIALS = Reply(535, "Authentication credentials invalid", (5, 7, 8))

@@ -1,4 +1,10 @@
-"""Session states and the RFC 5321 4.1.4 command-order rules, as data."""
+"""Everything that affects the state machine lives here, as data (as in h11).
+
+``TRANSITIONS`` says where each session outcome leads from each state;
+``ALLOWED_STATES`` and ``SEQUENCE_ERRORS`` say where each verb may be used
+(RFC 5321 4.1.4) and what a verb used elsewhere is answered.  The connection
+only looks these up.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,55 @@ class State(enum.Enum):
     __hash__ = object.__hash__
 
 
+class Outcome(enum.Enum):
+    """What happened that moves the session on (an answer, a command, the adapter's report)."""
+
+    GREETING_SENT = "the application greeted with 220"
+    GREETING_REFUSED = "the application greeted with 554"
+    HELLO_ACCEPTED = "HELO or EHLO answered 250"
+    MAIL_ACCEPTED = "MAIL answered 250"
+    RCPT_ACCEPTED = "RCPT answered 250 or 251"
+    DATA_ACCEPTED = "DATA answered 354"
+    MESSAGE_ENDED = "the end of data was answered, whatever the answer"
+    RESET = "RSET"
+    STARTTLS_ACCEPTED = "STARTTLS answered 220"
+    TLS_ESTABLISHED = "the adapter's handshake succeeded"
+    AUTH_CHALLENGED = "the server sent a SASL challenge"
+    AUTH_ENDED = "the AUTH exchange ended, either way"
+    CLOSED = "QUIT, 421, the peer's end of stream or a failed handshake"
+
+    __hash__ = object.__hash__
+
+
 _SESSION = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT})
+_GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
+_TRANSACTION = frozenset({State.MAIL, State.RCPT})
+
+
+def _table(*rows: tuple[Outcome, dict[State, State]]) -> dict[State, dict[Outcome, State]]:
+    """Rows per outcome, read as ``{state: {outcome: next state}}`` (two lookups, nothing built per move)."""
+    table: dict[State, dict[Outcome, State]] = {state: {Outcome.CLOSED: State.CLOSED} for state in State}
+    for outcome, moves in rows:
+        for state, after in moves.items():
+            table[state][outcome] = after
+    return table
+
+
+#: From each state, where each outcome leads; an outcome missing for a state cannot happen there.
+TRANSITIONS = _table(
+    (Outcome.GREETING_SENT, {State.GREETING: State.GREETED}),
+    (Outcome.GREETING_REFUSED, {State.GREETING: State.REFUSED}),
+    (Outcome.HELLO_ACCEPTED, dict.fromkeys(_SESSION, State.READY)),
+    (Outcome.MAIL_ACCEPTED, {State.READY: State.MAIL}),
+    (Outcome.RCPT_ACCEPTED, dict.fromkeys(_TRANSACTION, State.RCPT)),
+    (Outcome.DATA_ACCEPTED, {State.RCPT: State.DATA}),
+    (Outcome.MESSAGE_ENDED, {State.DATA: State.READY}),
+    (Outcome.RESET, {State.GREETED: State.GREETED, **dict.fromkeys(_GREETED, State.READY)}),
+    (Outcome.STARTTLS_ACCEPTED, {State.READY: State.TLS_HANDSHAKE}),
+    (Outcome.TLS_ESTABLISHED, {State.TLS_HANDSHAKE: State.GREETED}),  # RFC 3207 4.2: start over
+    (Outcome.AUTH_CHALLENGED, {State.READY: State.AUTH, State.AUTH: State.AUTH}),
+    (Outcome.AUTH_ENDED, {State.READY: State.READY, State.AUTH: State.READY}),
+)
 
 #: Where each verb may be used; anywhere else gets a sequence error.
 ALLOWED_STATES: dict[str, frozenset[State]] = {
@@ -36,32 +90,49 @@ ALLOWED_STATES: dict[str, frozenset[State]] = {
     "HELP": _SESSION,
     "QUIT": _SESSION | {State.REFUSED},
     "MAIL": frozenset({State.READY}),
-    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "RCPT": _TRANSACTION,
     "DATA": frozenset({State.RCPT}),
     "STARTTLS": frozenset({State.READY}),
     "AUTH": frozenset({State.READY}),
 }
 
+#: Where an extension's verb may be used (``Verb.states``): the sets the standard verbs use.
+ANY_TIME = _SESSION  # like NOOP: before or after HELO/EHLO, in a transaction or not
+AFTER_HELLO = _GREETED  # after HELO/EHLO, in a transaction or not
+OUTSIDE_TRANSACTION = ALLOWED_STATES["MAIL"]  # like AUTH and STARTTLS: after HELO/EHLO, before MAIL
+IN_TRANSACTION = _TRANSACTION  # like RCPT: after MAIL, before DATA
+
 _BAD_SEQUENCE = (5, 5, 1)
+
+#: Also AUTH's answer after HELO: its extensions need EHLO.
+SEND_EHLO_FIRST = Reply(503, "Send EHLO first", _BAD_SEQUENCE)
+_NESTED_MAIL = Reply(503, "Nested MAIL command", _BAD_SEQUENCE)
+_NEED_MAIL = Reply(503, "Need MAIL before RCPT", _BAD_SEQUENCE)
+_NO_TRANSACTION = Reply(503, "Need MAIL command", _BAD_SEQUENCE)
+_IN_TRANSACTION = Reply(503, "Transaction in progress", _BAD_SEQUENCE)
+_AUTH_IN_TRANSACTION = Reply(503, "AUTH is not allowed during a mail transaction", _BAD_SEQUENCE)
 
 #: The sequence error for a verb used in the wrong state, when more specific than the default.
 SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
     ("MAIL", State.GREETED): Reply(503, "Send HELO/EHLO first", _BAD_SEQUENCE),
-    ("MAIL", State.MAIL): Reply(503, "Nested MAIL command", _BAD_SEQUENCE),
-    ("MAIL", State.RCPT): Reply(503, "Nested MAIL command", _BAD_SEQUENCE),
-    ("RCPT", State.GREETED): Reply(503, "Need MAIL before RCPT", _BAD_SEQUENCE),
-    ("RCPT", State.READY): Reply(503, "Need MAIL before RCPT", _BAD_SEQUENCE),
-    ("DATA", State.GREETED): Reply(503, "Need MAIL command", _BAD_SEQUENCE),
-    ("DATA", State.READY): Reply(503, "Need MAIL command", _BAD_SEQUENCE),
+    ("MAIL", State.MAIL): _NESTED_MAIL,
+    ("MAIL", State.RCPT): _NESTED_MAIL,
+    ("RCPT", State.GREETED): _NEED_MAIL,
+    ("RCPT", State.READY): _NEED_MAIL,
+    ("DATA", State.GREETED): _NO_TRANSACTION,
+    ("DATA", State.READY): _NO_TRANSACTION,
     ("DATA", State.MAIL): Reply(554, "No valid recipients", _BAD_SEQUENCE),
-    ("STARTTLS", State.GREETED): Reply(503, "Send EHLO first", _BAD_SEQUENCE),
-    ("STARTTLS", State.MAIL): Reply(503, "Transaction in progress", _BAD_SEQUENCE),
-    ("STARTTLS", State.RCPT): Reply(503, "Transaction in progress", _BAD_SEQUENCE),
-    ("AUTH", State.GREETED): Reply(503, "Send EHLO first", _BAD_SEQUENCE),
-    ("AUTH", State.MAIL): Reply(503, "AUTH is not allowed during a mail transaction", _BAD_SEQUENCE),
-    ("AUTH", State.RCPT): Reply(503, "AUTH is not allowed during a mail transaction", _BAD_SEQUENCE),
+    ("STARTTLS", State.GREETED): SEND_EHLO_FIRST,
+    ("STARTTLS", State.MAIL): _IN_TRANSACTION,
+    ("STARTTLS", State.RCPT): _IN_TRANSACTION,
+    ("AUTH", State.GREETED): SEND_EHLO_FIRST,
+    ("AUTH", State.MAIL): _AUTH_IN_TRANSACTION,
+    ("AUTH", State.RCPT): _AUTH_IN_TRANSACTION,
 }
 DEFAULT_SEQUENCE_ERROR = Reply(503, "Bad sequence of commands", _BAD_SEQUENCE)
 
 #: Verbs of RFC 5321 and its ancestors that this server knowingly does not implement.
 NOT_IMPLEMENTED = frozenset({"EXPN", "SEND", "SOML", "SAML", "TURN"})
+
+#: Verbs the core implements itself: an extension cannot declare them (it may declare EXPN or TURN).
+CORE_VERBS = frozenset(ALLOWED_STATES)
