@@ -62,8 +62,10 @@ def _raise(*args: object) -> None:
     raise RuntimeError("the application's hook failed")
 
 
-def as_async(handler: Handler) -> AsyncHandler:
-    """The same hooks as coroutines, for the anyio adapter."""
+def as_async(handler: Handler | AsyncHandler) -> AsyncHandler:
+    """The same hooks as coroutines, for the anyio adapter (an AsyncHandler as it is)."""
+    if isinstance(handler, AsyncHandler):
+        return handler
 
     class Wrapped(AsyncHandler):
         pass
@@ -88,8 +90,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(kind: str, handler: Handler, options: ServerOptions, *, host: str = LOCALHOST) -> Iterator[Running]:
-    """Run ``kind``'s server on ``host`` (free ports) until the block ends."""
+def running(
+    kind: str, handler: Handler | AsyncHandler, options: ServerOptions, *, host: str = LOCALHOST
+) -> Iterator[Running]:
+    """Run ``kind``'s server on ``host`` (free ports) until the block ends (an AsyncHandler: async kinds only)."""
     tls = [(host, 0)] if options.tls_context is not None else []
     if kind.startswith("anyio-"):
         yield from _anyio(kind.removeprefix("anyio-"), handler, options, host, tls)

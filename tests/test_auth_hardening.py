@@ -9,7 +9,6 @@ process to process (workers, restarts): both told real users from unknown ones.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -32,6 +31,7 @@ from smtpwire_serve import _authfile
 from smtpwire_serve._authlimit import Attempt, FailureBudget, client_network
 from smtpwire_serve._maildir import Maildir
 from smtpwire_serve._store import MaildirHandler, SinkHandler
+from tests.servers import running
 from tests.test_cli import Serve, serve, starttls
 from tests.test_interop import MESSAGE, TIMEOUT
 
@@ -166,32 +166,12 @@ def test_bad_budgets_are_refused() -> None:
 @contextlib.contextmanager
 def running_server(handler: AsyncHandler, **config: Any) -> Iterator[tuple[str, int]]:
     """The asyncio adapter serving ``handler`` on 127.0.0.1, AUTH allowed without TLS (the keys are what matter)."""
-    import smtpwire_asyncio
-
     auth = smtpwire.Auth(require_tls=False)
     options = ServerOptions(
         config=smtpwire.ServerConfig(hostname="mx.test", extensions=(*smtpwire.STANDARD_EXTENSIONS, auth), **config)
     )
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def call(coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=TIMEOUT)
-
-    async def start() -> smtpwire_asyncio.Server:
-        server = smtpwire_asyncio.Server(handler, options, listen=[("127.0.0.1", 0)])
-        await server.start()
-        return server
-
-    server = call(start())
-    try:
-        yield server.addresses[0]
-    finally:
-        call(server.shutdown(1.0))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(TIMEOUT)
-        loop.close()
+    with running("asyncio", handler, options) as server:
+        yield server.address
 
 
 def accounts(budget: FailureBudget, **options: Any) -> _authfile.Accounts:

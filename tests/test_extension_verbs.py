@@ -6,11 +6,9 @@ real asyncio server over 127.0.0.1 and replays its smtplib session.
 
 from __future__ import annotations
 
-import asyncio
 import doctest
 import re
 import smtplib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from smtpwire import LocalProtocolError, Reply, ServerConfig, State, Verb
 from smtpwire_handler import NEED_DATA, AsyncHandler, Handler, ServerOptions, Session
 from smtpwire_handler._checks import check_handler
 from tests.driver import Driver
+from tests.servers import running
 from tests.test_driver import LOCAL_ERROR, new_driver, run
 
 DOCS = Path(__file__).parent.parent / "docs" / "handlers.md"
@@ -309,28 +308,8 @@ def docs_server() -> Iterator[tuple[str, int]]:
     code, _ = _docs_blocks()
     namespace: dict[str, Any] = {}
     exec(compile(code, str(DOCS), "exec"), namespace)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="docs-example-loop", daemon=True)
-    thread.start()
-
-    def call(coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=TIMEOUT)
-
-    async def start() -> Any:
-        server = namespace["smtpwire_asyncio"].Server(
-            namespace["Handler"](), namespace["options"], listen=[("127.0.0.1", 0)]
-        )
-        await server.start()
-        return server
-
-    server = call(start())
-    try:
-        yield server.addresses[0]
-    finally:
-        call(server.shutdown(1.0))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=TIMEOUT)
-        loop.close()
+    with running("asyncio", namespace["Handler"](), namespace["options"]) as server:
+        yield server.address
 
 
 def test_the_docs_example_runs_as_shown_on_a_real_server(docs_server: tuple[str, int]) -> None:
