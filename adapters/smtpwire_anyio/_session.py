@@ -10,7 +10,6 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from smtpwire import State
 from smtpwire_handler import (
     CLOSED,
     NEED_DATA,
@@ -130,7 +129,7 @@ class SessionRunner:
                 if not self._pending:
                     self._waiting_for = "read"
                     self._pending.put(await self.stream.receive())
-                driver.receive(self._pending.take(driver.conn.state is State.DATA))
+                driver.receive(self._pending.take(driver.reading_message))
         except anyio.EndOfStream:
             driver.receive(b"")
         except GONE as error:

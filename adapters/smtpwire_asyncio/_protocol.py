@@ -16,7 +16,6 @@ import logging
 import math
 from typing import TYPE_CHECKING, cast
 
-from smtpwire import State
 from smtpwire_handler import (
     CLOSED,
     FEED_SIZE,
@@ -201,7 +200,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     transport.write(data)
                 if step is NEED_DATA:
                     if self._pending and self._writing:
-                        driver.receive(self._pending.take(driver.conn.state is State.DATA))
+                        driver.receive(self._pending.take(driver.reading_message))
                         continue
                     self._arm(driver.timeout)
                     if not self._reading and self._writing:

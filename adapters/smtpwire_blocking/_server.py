@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import socket
 import threading
 import time
@@ -232,9 +231,7 @@ def _peer(sock: socket.socket) -> object:
 
 
 def _check_handler(handler: object) -> None:
-    if isinstance(handler, AsyncHandler) or any(
-        inspect.iscoroutinefunction(getattr(type(handler), name, None)) for name in vars(Handler) if name[0] != "_"
-    ):
+    if isinstance(handler, AsyncHandler):
         raise ValueError("the blocking adapter calls plain hooks: use a Handler with def hooks, not async def")
     if not isinstance(handler, Handler):
         raise ValueError(f"handler must be a smtpwire_blocking.Handler, not {type(handler).__name__}")

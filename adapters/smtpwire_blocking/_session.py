@@ -6,7 +6,6 @@ import socket
 import ssl
 import time
 
-from smtpwire import State
 from smtpwire_handler import (
     CLOSED,
     NEED_DATA,
@@ -105,7 +104,7 @@ class BlockingSession:
     def _receive(self) -> None:
         """Give the core the client's next bytes, or tell the driver why there are none."""
         if self._pending:
-            self.driver.receive(self._pending.take(self.driver.conn.state is State.DATA))
+            self.driver.receive(self._pending.take(self.driver.reading_message))
             return
         timeout = self.driver.timeout
         try:
@@ -118,7 +117,7 @@ class BlockingSession:
             self.driver.connection_lost(error)
         else:
             self._pending.put(data)
-            self.driver.receive(self._pending.take(self.driver.conn.state is State.DATA))
+            self.driver.receive(self._pending.take(self.driver.reading_message))
 
     def _read(self, timeout: float) -> bytes:
         """One ``recv`` of what the client sent (``b""``: it closed), waiting at most ``timeout`` seconds."""

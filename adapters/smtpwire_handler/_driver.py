@@ -149,9 +149,14 @@ class SessionDriver:
         return max(self._deadline - self._clock(), 0.0)
 
     @property
+    def reading_message(self) -> bool:
+        """The core reads message data (after 354, before the end of data): no reply until its end."""
+        return self.conn.state is smtpwire.State.DATA
+
+    @property
     def idle(self) -> bool:
         """Between transactions (none open, not inside DATA): a graceful shutdown may close it now."""
-        return self.conn.transaction is None and self.conn.state is not smtpwire.State.DATA
+        return self.conn.transaction is None and not self.reading_message
 
     def request_stop(self, *, force: bool = False) -> bool:
         """A graceful shutdown asks the session to close with 421 4.3.2; True when it should be woken now."""
@@ -214,7 +219,7 @@ class SessionDriver:
         if self._transcript is not None:
             self._transcript.read_up()
         now, options = self._clock(), self.options
-        if self.conn.state is not smtpwire.State.DATA:
+        if not self.reading_message:
             if self._progressed:  # a new command line (or SASL exchange) is due
                 self._deadline = now + options.command_timeout
         else:
@@ -251,7 +256,7 @@ class SessionDriver:
         if self._proxy is not None:
             self._proxy_failed(f"no PROXY header within {self.options.proxy_timeout} s")
             return
-        what = "message data" if self.conn.state is smtpwire.State.DATA else "a command"
+        what = "message data" if self.reading_message else "a command"
         self.log.info("session %s: timed out waiting for %s", self.session.id, what)
         self.conn.timed_out()
 

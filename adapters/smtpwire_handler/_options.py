@@ -113,10 +113,10 @@ class ServerOptions:
         if self.max_sessions_per_client is None:
             return None
         address = _ip_address(peer)
+        if address is None:
+            return client_key(peer)
         networks = (*self.client_limit_exceptions, *self.proxy_protocol_from)
-        if address is not None and any(address in network for network in networks):
-            return None
-        return client_key(peer)
+        return None if any(address in network for network in networks) else _client_of(address)
 
     def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
         """A core connection for a new client; STARTTLS is registered when a TLS context is set."""
@@ -151,15 +151,15 @@ def client_key(peer: object) -> str | None:
     IPv6 site usually holds, so a client cannot escape the limit by using
     addresses from its own prefix.
     """
-    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
-        return None
-    try:
-        address = ipaddress.ip_address(peer[0])
-    except ValueError:
-        return peer[0]
+    address = _ip_address(peer)
+    if address is None:  # a peer with no IP address at all, or a name: itself
+        return peer[0] if isinstance(peer, tuple) and peer and isinstance(peer[0], str) else None
+    return _client_of(address)
+
+
+def _client_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The IPv4 address, or the IPv6 address's /64 (``_ip_address`` has turned IPv4-mapped ones to IPv4)."""
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address.packed, 64), strict=False))
     return str(address)
 
