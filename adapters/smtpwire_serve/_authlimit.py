@@ -17,11 +17,12 @@ Time comes from ``clock`` (``time.monotonic``), so tests can move it.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from smtpwire_handler import client_key
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -38,16 +39,8 @@ MAX_CLIENTS = 16384
 
 
 def client_network(host: str) -> str:
-    """Whom a budget belongs to: an IPv4 address, an IPv6 /64 (IPv4-mapped: the IPv4 address), else ``host``."""
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])  # no zone index: fe80::1%eth0
-    except ValueError:
-        return host  # a Unix socket: one budget for all its clients
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    """Whom a budget belongs to: who counts as one client for the session limit too (``client_key``), else ``host``."""
+    return client_key((host,)) or host  # a Unix socket: one budget for all its clients
 
 
 @dataclass(frozen=True)
