@@ -14,7 +14,7 @@ replays the corpus through it.
 
 Input format (a byte past the end of the input reads as 0)::
 
-    input  := flags extra op*
+    input  := flags extra mode op*
     flags  := bit 0 StartTLS registered, 1 require_tls, 2 small limits,
               3 bare_line_endings="accept", 4 tls_active from the start,
               5 auto-accept every decision while draining,
@@ -24,6 +24,7 @@ Input format (a byte past the end of the input reads as 0)::
               4 AUTH registered (all KNOWN_MECHANISMS, require_tls=False),
               5 require_auth, 6 that AUTH is instead Auth() with require_tls=True,
               7 max_auth_failures=1 (else 2 with small limits, else 3)
+    mode   := bit 0 LMTP (LHLO, one answer per recipient), 1 BINARYMIME registered
     op     := one byte, taken modulo 16:
       0-3  FEED     n:u8 data[n]              receive_data(data)
       4    FEED     n:u16be data[n]
@@ -39,7 +40,7 @@ Input format (a byte past the end of the input reads as 0)::
       11   TLS      ok:u8                     tls_established() (ok odd) or tls_failed()
       12   TIMEOUT                            timed_out()
       13   SHUTDOWN                           shutdown()
-      14   EXT      i:u8                      add or remove EXTENSIONS[i % len]
+      14   EXT      i:u8                      add or remove EXTENSIONS[i % len] (CHUNKING, BINARYMIME too)
       15   CANNED   i:u8                      receive_data(CANNED[i % len])
 
 The AUTH extension uses RFC 7677's server nonce, so the canned SCRAM-SHA-256
@@ -64,6 +65,16 @@ are asserted:
   command line, no complete one (or at most 4 held bytes in DATA);
 - every message matches a reference dot-unstuffer: its content, its size
   verdict and its bare CR/LF verdict;
+- BDAT (RFC 3030): a chunk's octets come out only in state CHUNK, never more
+  than its declared size, each chunk without LAST is reported as
+  ``ChunkReceived`` of exactly the octets that came out; the message ends only
+  once its LAST chunk is whole, never over ``max_message_size``, and is only
+  refused as too big; accepting its first chunk sends nothing; the octets of
+  every refused chunk (declined, out of sequence, not offered, 530, 552) are
+  never read as commands: the harness counts them off the BDAT line itself;
+- LMTP (RFC 2033): LHLO is the greeting (no ``Helo``), the end of a message
+  asks once per accepted recipient, in RCPT order, each answer alone on the
+  wire, and the transaction ends with the last;
 - HELO/EHLO names are a domain or an address literal of at most 255 octets;
   no command argument in an event (names, addresses, parameters, VRFY, HELP)
   holds a control, line separator or bidi control; local parts are at most
@@ -141,7 +152,7 @@ def octets(text: str) -> int:
     return len(text.encode())
 
 
-COMMAND_STATES = frozenset({State.REFUSED, State.GREETED, State.READY, State.MAIL, State.RCPT})
+COMMAND_STATES = frozenset({State.REFUSED, State.GREETED, State.READY, State.MAIL, State.RCPT, State.BDAT})
 #: The verb of the line each command event comes from.
 VERBS = {
     smtpwire.Helo: b"HELO",
@@ -162,6 +173,8 @@ VERBS = {
 STARTTLS, REQUIRE_TLS, SMALL, BARE_ACCEPT, TLS_ACTIVE, AUTO = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 #: Bits 4-7 of the extra byte.
 AUTH_ON, REQUIRE_AUTH, AUTH_NEEDS_TLS, ONE_AUTH_FAILURE = 0x10, 0x20, 0x40, 0x80
+#: Bits of the mode byte.
+LMTP, BINARYMIME = 0x01, 0x02
 HOSTNAMES = ("mx.test", "localhost", "h" * 255, "[192.0.2.1]")
 COMMAND_LINES = (512, 513, 1000, 4096)
 
@@ -212,8 +225,10 @@ def extension_sets() -> tuple[tuple[smtpwire.Extension, ...], ...]:
     )
 
 
-def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
+def make_config(flags: int, extra: int, mode: int = 0) -> smtpwire.ServerConfig:
     extensions = extension_sets()[flags >> 6]
+    if mode & BINARYMIME:
+        extensions = (*extensions, smtpwire.BinaryMime())
     if flags & STARTTLS:
         extensions = (*extensions, smtpwire.StartTLS())
     if extra & AUTH_ON:
@@ -230,6 +245,7 @@ def make_config(flags: int, extra: int) -> smtpwire.ServerConfig:
         bare_line_endings="accept" if flags & BARE_ACCEPT else "reject",
         require_auth=bool(extra & REQUIRE_AUTH),
         max_auth_failures=1 if extra & ONE_AUTH_FAILURE else 2 if small else 3,
+        lmtp=bool(mode & LMTP),
     )
 
 
@@ -264,6 +280,8 @@ EXTENSIONS = (
     AUTH_TLS,
     BrokenEhloLine(),
     ExtensionVerbs(),
+    smtpwire.Chunking(),
+    smtpwire.BinaryMime(),
 )
 
 
@@ -344,6 +362,13 @@ CANNED = (
     b"XCLIENT ADDR=192.0.2.1\r\n",
     b"XPEEK\r\n",
     b"XPOKE " + b"p" * 560 + b"\r\n",
+    # CHUNKING, BINARYMIME and LMTP
+    b"BDAT 5\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"BDAT 3 LAST\r\n",
+    b"BDAT x\r\n",
+    b"MAIL FROM:<a@example.org> BODY=BINARYMIME\r\n",
+    b"LHLO client.example\r\n",
 )
 
 # -- the reply model (RFC 5321 4.3.2), written independently of the core ------
@@ -486,9 +511,24 @@ def held_by_dot_reader(conn: smtpwire.ServerConnection) -> int:
     return len(conn._dot._held)
 
 
-def next_command_line(conn: smtpwire.ServerConnection) -> bytes | None:
-    """The line the next command event will be read from, when it is complete."""
-    data = conn._buffer._data
+def chunk_declared(line: bytes) -> int:
+    """The chunk-size of a BDAT line the core parsed (RFC 3030 2)."""
+    match = re.match(rb"[Bb][Dd][Aa][Tt] +([0-9]+)", line)
+    assert match is not None, line
+    return int(match[1])
+
+
+def chunk_size(conn: smtpwire.ServerConnection) -> int:
+    """The declared size of the BDAT chunk being read (or last read)."""
+    return conn._chunk_size
+
+
+def next_command_line(conn: smtpwire.ServerConnection, skip: int) -> bytes | None:
+    """The line the next command event will be read from, when it is complete.
+
+    ``skip`` octets go first: what is left of refused BDAT chunks, as the harness counts them.
+    """
+    data = conn._buffer._data[skip:]
     start = 0
     if conn._discarding_line:  # the rest of an over-long line goes first
         start = data.find(b"\n") + 1
@@ -519,8 +559,8 @@ def reference_message(stream: bytes, check_line_endings: bool) -> tuple[bytes, b
 class Harness:
     def __init__(self, data: bytes) -> None:
         self.src = ByteSource(data)
-        flags, extra = self.src.byte(), self.src.byte()
-        self.config = make_config(flags, extra)
+        flags, extra, mode = self.src.byte(), self.src.byte(), self.src.byte()
+        self.config = make_config(flags, extra, mode)
         self.conn = smtpwire.ServerConnection(self.config, tls_active=bool(flags & TLS_ACTIVE))
         self.auto = bool(flags & AUTO)
         self.fed = 0  # bytes the core took in
@@ -532,6 +572,11 @@ class Harness:
         self.message: list[bytes] = []
         self.raw: bytearray | None = None  # the DATA stream as the reader sees it, for the reference
         self.raw_scanned = 0  # how far the raw stream is known to hold no end of data
+        self.chunked = False  # the message is coming by BDAT
+        self.chunk_octets = 0  # octets of the current BDAT chunk that came out so far
+        self.due: list[str | None] | None = None  # whose end-of-message answer is still due (SMTP: [None])
+        self.skip_end = 0  # where the octets of the refused BDAT chunks end, counted in bytes fed
+        self.first_chunk = 0  # the declared size of the chunk a DataRequested(chunked=True) asks about
         self.seen: list[str] = []  # event names, for the tests
         self.auth_failures = 0  # failed AUTH attempts, counted from the events and the declines
         self.approved: smtpwire.Authenticated | None = None  # what the application said yes to last
@@ -616,22 +661,30 @@ class Harness:
             what = "accept()" if reply is None else f"send({reply!r})"
             raise AssertionError(f"valid answer {what} to {event!r} raised {error!r}"[:600]) from error
         replies = self.take_output()
-        expected = [code]
+        expected = [] if isinstance(event, smtpwire.DataRequested) and event.chunked and code == 354 else [code]
+        if isinstance(event, smtpwire.EndOfMessage):
+            assert self.due, f"{event!r} answered but no answer is due"
+            assert event.recipient == self.due.pop(0), (event, self.due)
         if isinstance(event, AUTH_DECISIONS) and code >= 400 and code != 421:  # a declined attempt
             self.auth_failures += 1
             if self.auth_failures >= self.config.max_auth_failures:
                 expected.append(421)
         assert [c for c, _ in replies] == expected, (event, code, replies)
-        if reply is not None and not isinstance(event, smtpwire.Ehlo):
+        if reply is not None and replies and not isinstance(event, smtpwire.Ehlo):
             assert replies[0][1] == len(reply.lines), (reply, replies)
         self.check_transition(event, code, before)
 
     def check_transition(self, event: smtpwire.Decision, code: int, before: State) -> None:
         conn = self.conn
         state = conn.state
+        if isinstance(event, smtpwire.EndOfMessage) and self.due and code != 421:
+            # LMTP: the next recipient's answer is asked for at once, in RCPT order (RFC 2033 4.2)
+            assert state is before and conn.pending == smtpwire.EndOfMessage(self.due[0]), (state, conn.pending)
+            return
         assert conn.pending is None
         if code == 421:
             assert state is State.CLOSED
+            self.due = None
         elif isinstance(event, smtpwire.ConnectionOpened):
             assert state is (State.GREETED if code == 220 else State.REFUSED)
         elif isinstance(event, AUTH_DECISIONS):
@@ -646,7 +699,10 @@ class Harness:
                 assert conn.authenticated is None
         elif isinstance(event, smtpwire.EndOfMessage):
             assert state is State.READY and conn.transaction is None
+            self.due = None
         elif code >= 400 or isinstance(event, (smtpwire.Vrfy, smtpwire.ExtensionCommand)):
+            if isinstance(event, smtpwire.DataRequested) and event.chunked:  # its octets follow all the same
+                self.skip_end = self.consumed() + self.first_chunk
             assert state is before, (event, code, before, state)
         elif isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
             assert state is State.READY and conn.helo_name == event.name
@@ -658,8 +714,12 @@ class Harness:
             assert state is State.RCPT and conn.transaction is not None
             assert conn.transaction.recipients[-1] == event.address
             assert len(conn.transaction.recipients) <= self.config.max_recipients
+        elif isinstance(event, smtpwire.DataRequested) and event.chunked:
+            assert state is State.CHUNK, state
+            self.chunked, self.chunk_octets, self.message = True, 0, []
         else:
             assert isinstance(event, smtpwire.DataRequested) and state is State.DATA
+            self.chunked = False
             self.raw = bytearray(b"\r\n" + buffered(conn))  # DATA's CRLF may start the end
             self.raw_scanned = 0
             self.message = []
@@ -773,7 +833,7 @@ class Harness:
         assert conn.state is State.CLOSED and conn.pending is None
         replies = self.take_output()
         assert replies == ([] if was_closed else [(421, 1)]), replies
-        self.raw = None
+        self.raw, self.due = None, None
 
     def toggle_extension(self, extension: smtpwire.Extension) -> None:
         """Remove the extension with this keyword, or add it; the other AUTH instance is replaced."""
@@ -791,7 +851,8 @@ class Harness:
         while True:
             self.events += 1
             assert self.events <= self.fed + 3 * self.ops + 8, "events without input: a loop?"
-            line = next_command_line(conn) if conn.state in COMMAND_STATES and conn.pending is None else None
+            reading_commands = conn.state in COMMAND_STATES and conn.pending is None
+            line = next_command_line(conn, self.skip_left()) if reading_commands else None
             event = conn.next_event()
             if self.report is not None:  # the outcome of the last answer comes first
                 self.check_report(event)
@@ -805,7 +866,10 @@ class Harness:
                 break
             assert isinstance(event, smtpwire.Event), event
             self.seen.append(type(event).__name__)
+            discarding = self.discards_chunk(event)  # (before observe() ends a chunked message)
             self.observe(event)
+            if discarding:
+                self.discard_chunk(line)
             if isinstance(event, smtpwire.ConnectionClosed):
                 assert conn.state is State.CLOSED
                 self.raw = None
@@ -820,8 +884,10 @@ class Harness:
         """RFC 5321 2.4: verbs are ASCII, case-insensitive; the event names the verb of its line."""
         assert line is not None, f"{event!r} without a command line"
         verb, _, argument = line.rstrip(b"\r\n").partition(b" ")
-        expected = event.verb.encode() if isinstance(event, smtpwire.ExtensionCommand) else VERBS[type(event)]
+        expected = self.verb_of(event)
         assert verb.upper() == expected, f"{event!r} read from {line[:80]!r}"
+        if expected == b"BDAT":
+            self.first_chunk = chunk_declared(line)
         argument = argument.lstrip(b" ")
         if isinstance(event, smtpwire.MailFrom):
             assert argument[:5].upper() == b"FROM:", line[:80]
@@ -832,11 +898,41 @@ class Harness:
         limit = self.config.max_command_line + self.conn.extensions.line_allowance
         assert len(line) <= limit, (len(line), limit)
 
+    def consumed(self) -> int:
+        """Octets the core has taken out of its buffer (read, discarded or dropped)."""
+        return self.fed - len(self.conn._buffer)
+
+    def skip_left(self) -> int:
+        return max(0, self.skip_end - self.consumed())
+
+    def discards_chunk(self, event: object) -> bool:
+        """A BDAT refused by the core: 503/500/530 or 552 (but 501 closes), or too big between chunks."""
+        if isinstance(event, smtpwire.CommandRejected):
+            return event.command == "BDAT" and event.reply.code != 501
+        return isinstance(event, smtpwire.MessageRejected) and event.reply.code == 552 and self.chunked
+
+    def discard_chunk(self, line: bytes | None) -> None:
+        """The next octets, as many as the BDAT line declared, must never be read as commands (RFC 3030 2)."""
+        assert line is not None and self.skip_left() == 0, (line, self.skip_left())
+        self.skip_end = self.consumed() + chunk_declared(line)
+
+    def verb_of(self, event: object) -> bytes:
+        if isinstance(event, smtpwire.ExtensionCommand):
+            return event.verb.encode()
+        if isinstance(event, smtpwire.DataRequested) and event.chunked:
+            return b"BDAT"
+        if isinstance(event, smtpwire.Ehlo) and self.config.lmtp:
+            return b"LHLO"
+        return VERBS[type(event)]
+
     def check_idle(self) -> None:
         """Waiting for bytes: the core keeps at most one partial line (or a few DATA bytes)."""
         conn = self.conn
         waiting = len(conn._buffer)
-        if conn.state is State.DATA:
+        assert self.skip_left() == conn._skip, (self.skip_left(), conn._skip)  # the refused chunks' octets
+        if conn.state is State.CHUNK:  # every octet that came is passed on at once
+            assert waiting == 0 and self.chunk_octets < chunk_size(conn), (waiting, self.chunk_octets)
+        elif conn.state is State.DATA:
             assert waiting == 0 and held_by_dot_reader(conn) <= 4
             if self.raw is not None:  # liveness: the core did not miss the end of data
                 missed = self.raw.find(b"\r\n.\r\n", max(0, self.raw_scanned - 4)) >= 0
@@ -876,6 +972,7 @@ class Harness:
                 assert event.address.isascii() or conn.transaction.smtputf8
             if isinstance(event, (smtpwire.Helo, smtpwire.Ehlo)):
                 assert HELLO_NAME.fullmatch(event.name) and len(event.name) <= 255, event
+                assert not (self.config.lmtp and isinstance(event, smtpwire.Helo)), "HELO in LMTP"
             if isinstance(event, (smtpwire.MailFrom, smtpwire.RcptTo)):
                 self.check_address(event)
             if isinstance(event, smtpwire.Vrfy):
@@ -888,9 +985,16 @@ class Harness:
             assert conn.state is State.TLS_HANDSHAKE and not conn.tls_active
             assert "STARTTLS" in conn.extensions
         elif isinstance(event, smtpwire.MessageData):
-            assert conn.state is State.DATA and event.data
+            assert conn.state is (State.CHUNK if self.chunked else State.DATA) and event.data, (conn.state, event)
             self.message.append(event.data)
             assert sum(map(len, self.message)) <= self.config.max_message_size
+            if self.chunked:
+                self.chunk_octets += len(event.data)
+                assert self.chunk_octets <= chunk_size(conn), (self.chunk_octets, chunk_size(conn))
+        elif isinstance(event, smtpwire.ChunkReceived):
+            assert self.chunked and conn.state is State.BDAT, (self.chunked, conn.state)
+            assert event.size == self.chunk_octets == chunk_size(conn), (event, self.chunk_octets)
+            self.chunk_octets = 0
         elif isinstance(event, smtpwire.CommandRejected):
             assert event.reply.code >= 400
             if event.command == "AUTH" and (event.reply.code, event.reply.enhanced) in AUTH_FAILURES:
@@ -902,7 +1006,9 @@ class Harness:
             # RFC 4954 6: success only when the application accepted these credentials
             assert event == conn.authenticated == self.approved, (event, conn.authenticated, self.approved)
             self.approved = None
-        if isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
+        if isinstance(event, smtpwire.EndOfMessage) and self.due:  # LMTP: the next recipient's question
+            assert event == smtpwire.EndOfMessage(self.due[0]), (event, self.due)
+        elif isinstance(event, (smtpwire.EndOfMessage, smtpwire.MessageRejected)):
             self.check_message(event)
 
     def check_extension_command(self, event: smtpwire.ExtensionCommand) -> None:
@@ -944,6 +1050,15 @@ class Harness:
             assert conn.authenticated is not None or event.params["AUTH"] == "<>", event
 
     def check_message(self, event: smtpwire.EndOfMessage | smtpwire.MessageRejected) -> None:
+        if isinstance(event, smtpwire.EndOfMessage):
+            transaction = self.conn.transaction
+            assert transaction is not None and transaction.recipients, event
+            recipients = list(transaction.recipients) if self.config.lmtp else [None]
+            assert event.recipient == recipients[0], (event, recipients)
+            self.due = list(recipients)
+        if self.chunked:
+            self.check_chunked_message(event)
+            return
         assert self.raw is not None
         reference = reference_message(bytes(self.raw), self.config.bare_line_endings == "reject")
         assert reference is not None, "the core ended a message the reference has not seen end"
@@ -960,6 +1075,16 @@ class Harness:
                 assert isinstance(event, smtpwire.EndOfMessage), event
         self.raw = None
         self.message = []
+
+    def check_chunked_message(self, event: smtpwire.EndOfMessage | smtpwire.MessageRejected) -> None:
+        """BDAT: the LAST chunk came whole, or a chunk was refused as too big before any of its octets."""
+        size = sum(map(len, self.message))
+        if isinstance(event, smtpwire.EndOfMessage):
+            assert self.chunk_octets == chunk_size(self.conn) and size <= self.config.max_message_size
+        else:
+            assert event.reply.code == 552 and self.chunk_octets == 0, event
+            assert size + chunk_size(self.conn) > self.config.max_message_size
+        self.chunked, self.message = False, []
 
     def take_output_checked(self, was_closed: bool) -> None:
         replies = self.take_output()
@@ -1040,8 +1165,8 @@ def toggle(extension: str | smtpwire.Extension) -> bytes:
     return bytes([14, EXTENSIONS.index(extension)])
 
 
-def config(flags: int = 0, hostname: int = 0, command_line: int = 0, auth: int = 0) -> bytes:
-    return bytes([flags, hostname | command_line << 2 | auth])
+def config(flags: int = 0, hostname: int = 0, command_line: int = 0, auth: int = 0, mode: int = 0) -> bytes:
+    return bytes([flags, hostname | command_line << 2 | auth, mode])
 
 
 BODY = b"From: a@example.org\r\nSubject: test\r\n\r\nHello.\r\n"
@@ -1350,6 +1475,133 @@ SEEDS: dict[str, bytes] = {
     + invalid(1, 17)
     + invalid(1, 18)
     + ACCEPT
+    + lines("QUIT"),
+    # -- CHUNKING (RFC 3030), BINARYMIME and LMTP (RFC 2033) --
+    "bdat-chunks": config(AUTO)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT 6\r\nchunk1BDAT 0\r\nBDAT 11 LAST\r\n\r\n.\r\nQUIT\r\n")
+    + lines("NOOP", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+    + feed(b"bdat 4 last\r\n\x00\n\r\xff")
+    + feed(b"BDAT 6 LAST\r\nQUIT\r\n")  # out of sequence: discarded
+    + lines("QUIT"),
+    "bdat-drip": config(AUTO) + lines(*EHLO_TO_DATA[:3]) + drip(b"BDAT 3\r\na\r\nBDAT 2 LAST\r\n.\nNOOP\r\n"),
+    "bdat-pipelined-manual": config()
+    + ACCEPT
+    + feed(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
+    + ACCEPT
+    + ACCEPT
+    + ACCEPT
+    + feed(b"BDAT 6\r\nRSET\r\nBDAT 4\r\nabcdBDAT 3 LAST\r\nefgNOOP\r\n")
+    + reply(smtpwire.DataRequested, 452, 0, 3)  # refused: its 6 octets are discarded
+    + ACCEPT  # the next BDAT asks again
+    + reply(smtpwire.EndOfMessage, 554, 2, 7)
+    + feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 2 LAST\r\nhiQUIT\r\n")
+    + ACCEPT
+    + ACCEPT
+    + reply(smtpwire.DataRequested, 421, 0, 1),
+    "bdat-too-big-small-limits": config(SMALL | AUTO)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT 65 LAST\r\n" + b"x" * 65)
+    + lines("NOOP", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+    + feed(b"BDAT 40\r\n" + b"y" * 40 + b"BDAT 25\r\n" + b"z" * 25 + b"BDAT 1 LAST\r\n!")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+    + feed(b"BDAT 64 LAST\r\n" + b"w" * 64)
+    + lines("QUIT"),
+    "bdat-refusals": config(AUTO)
+    + feed(b"BDAT 6\r\nQUIT\r\n")
+    + lines("EHLO c.example")
+    + feed(b"BDAT 6 LAST\r\nQUIT\r\n")
+    + lines("MAIL FROM:<a@example.org>")
+    + feed(b"BDAT 6 LAST\r\nQUIT\r\n")
+    + lines("RCPT TO:<b@example.net>")
+    + toggle("CHUNKING")
+    + feed(b"BDAT 6 LAST\r\nQUIT\r\n")
+    + lines("HELP")
+    + toggle("CHUNKING")
+    + lines("HELP", "DATA")
+    + feed(b"x\r\n.\r\n")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "BDAT 1")
+    + feed(b"xDATA\r\nRSET\r\n")
+    + feed(b"BDAT 10 LAST\r\nRSET")
+    + EOF,
+    # a BDAT line with a NUL was refused without discarding its chunk, whose octets then ran as commands
+    "regress-bdat-bad-characters": config(AUTO)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT \x00\x0b\r\n\r\n.\r\nQUIT\r\n"),
+    "bdat-quit-between-chunks": config(AUTO) + lines(*EHLO_TO_DATA[:3]) + feed(b"BDAT 2\r\nabQUIT\r\n"),
+    "bdat-lost-size": config(AUTO) + lines(*EHLO_TO_DATA[:3], "BDAT 5 NOTLAST", "NOOP"),
+    "bdat-require-tls": config(STARTTLS | REQUIRE_TLS | AUTO)
+    + lines("EHLO c.example")
+    + feed(b"BDAT 6 LAST\r\nQUIT\r\nSTARTTLS\r\n")
+    + tls(True)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT 2 LAST\r\nokQUIT\r\n"),
+    "bdat-between-chunks": config(AUTO)
+    + toggle(ExtensionVerbs.keyword)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT 2\r\nab")
+    + lines(
+        "NOOP", "HELP", "VRFY b", "XSTATS", "XPOKE", "XPEEK", "MAIL FROM:<c@example.org>", "RCPT TO:<c@example.net>"
+    )
+    + lines("DATA", "AUTH PLAIN", "EHLO again.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+    + feed(b"BDAT 2\r\nabRSET\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 9 LAST\r\nabc")
+    + EOF,
+    "binarymime": config(AUTO, mode=BINARYMIME)
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> BODY=BINARYMIME", "RCPT TO:<b@example.net>", "DATA")
+    + feed(b"BDAT 8 LAST\r\n\x00\x01\xfe\xff\r\n.\r")
+    + toggle("CHUNKING")
+    + lines("EHLO c.example", "MAIL FROM:<a@example.org> BODY=BINARYMIME", "QUIT"),
+    "lmtp-session": config(AUTO, mode=LMTP)
+    + lines("HELO c.example", "EHLO c.example", "MAIL FROM:<a@example.org>", "LHLO", "LHLO c.example", "HELP")
+    + lines(
+        "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "RCPT TO:<b@example.net>"
+    )
+    + lines("DATA")
+    + feed(BODY + b".\r\n")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + feed(b"BDAT 3\r\nabcBDAT 2 LAST\r\ndeQUIT\r\n"),
+    "lmtp-manual-answers": config(mode=LMTP)
+    + ACCEPT
+    + lines("LHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+    + ACCEPT
+    + ACCEPT
+    + ACCEPT
+    + lines("RCPT TO:<c@example.net>")
+    + ACCEPT
+    + lines("RCPT TO:<d@example.net>")
+    + ACCEPT
+    + lines("DATA")
+    + ACCEPT
+    + feed(BODY + b".\r\nNOOP\r\n")
+    + reply(smtpwire.EndOfMessage, 250, 0, 1)
+    + reply(smtpwire.EndOfMessage, 452, 1, 2)
+    + reply(smtpwire.EndOfMessage, 550, 2, 3)
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + ACCEPT
+    + ACCEPT
+    + ACCEPT
+    + feed(b"BDAT 1 LAST\r\nx")
+    + ACCEPT
+    + ACCEPT
+    + reply(smtpwire.EndOfMessage, 421, 0, 1),
+    "lmtp-shutdown-mid-answers": config(mode=LMTP)
+    + ACCEPT
+    + lines("LHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + ACCEPT * 4
+    + feed(b"BDAT 2 LAST\r\nhi")
+    + ACCEPT
+    + ACCEPT
+    + SHUTDOWN
+    + ACCEPT,
+    "lmtp-refused-messages": config(SMALL | AUTO, mode=LMTP)
+    + lines("LHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "DATA")
+    + feed(b"x" * 70 + b"\r\n.\r\n")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "DATA")
+    + feed(b"bare\nlf\r\n.\r\n")
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + feed(b"BDAT 40\r\n" + b"y" * 40 + b"BDAT 30 LAST\r\n" + b"z" * 30)
+    + lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>")
+    + feed(b"BDAT 65\r\n" + b"w" * 65)
     + lines("QUIT"),
 }
 

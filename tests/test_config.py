@@ -34,5 +34,6 @@ def test_defaults_are_bounded() -> None:
         "8BITMIME",
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
+        "CHUNKING",
     ]
     assert smtpwire.StartTLS().keyword == "STARTTLS"

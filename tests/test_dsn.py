@@ -47,7 +47,7 @@ def test_not_xtext_is_refused(text: str) -> None:
 
 
 def test_ehlo_offers_dsn() -> None:
-    assert Driver(DSN_CONFIG).say("EHLO client.test").endswith("250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n")
+    assert Driver(DSN_CONFIG).say("EHLO client.test").endswith("250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n")
 
 
 def test_a_whole_dsn_transaction_reaches_the_application() -> None:

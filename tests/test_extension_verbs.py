@@ -90,7 +90,7 @@ def test_a_declared_verb_is_a_decision_that_accept_answers_with_the_extensions_a
     assert d.say("XSTATS", "EHLO client.test", "xstats") == (
         "250 2.0.0 helo=None\r\n"
         "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250 XSTATS\r\n"
+        "250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 XSTATS\r\n"
         "250 2.0.0 helo=client.test\r\n"
     )
     assert smtpwire.ExtensionCommand("XSTATS", "") in d.events
@@ -103,7 +103,7 @@ def test_the_application_answers_instead_and_the_session_stays_where_it_was() ->
     d = Driver(config, answer=lambda e: answers.get(getattr(e, "verb", "")))
     assert d.say("EHLO c", "ETRN @example.org", "ETRN", "MAIL FROM:<a@b>", "ETRN example.org") == (
         "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250 ETRN\r\n"
+        "250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 ETRN\r\n"
         "458 4.0.0 Unable to queue messages for node\r\n"
         "501 5.5.4 Syntax: ETRN argument\r\n"
         "250 2.1.0 OK\r\n"
@@ -138,9 +138,9 @@ def test_a_verb_not_offered_is_unknown_and_help_lists_only_offered_verbs() -> No
     d = Driver(ServerConfig(hostname="mx.test", extensions=(*smtpwire.STANDARD_EXTENSIONS, OverTLS())))
     assert d.say("EHLO c", "XSECURE", "HELP", "MAIL FROM:<a@b> X-SECURE") == (
         "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-        "250 ENHANCEDSTATUSCODES\r\n"
+        "250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n"
         "500 5.5.2 Command unrecognized\r\n"
-        "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n"
+        "214 2.0.0 Supported commands: BDAT DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n"
         "555 5.5.4 Unsupported parameter\r\n"
     )
     tls = Driver(
@@ -148,9 +148,9 @@ def test_a_verb_not_offered_is_unknown_and_help_lists_only_offered_verbs() -> No
     )
     assert tls.say("EHLO c", "XSECURE", "HELP", "MAIL FROM:<a@b> X-SECURE") == (
         "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250 X-SECURE\r\n"
+        "250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 X-SECURE\r\n"
         "250 2.0.0 OK\r\n"
-        "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY XSECURE\r\n"
+        "214 2.0.0 Supported commands: BDAT DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY XSECURE\r\n"
         "250 2.1.0 OK\r\n"
     )
 
@@ -160,7 +160,8 @@ def test_registering_and_removing_an_extension_adds_and_removes_its_verbs() -> N
     assert d.codes("EHLO c", "XSTATS", "XHIDDEN") == [250, 500, 500]
     d.conn.extensions.add(Hidden())
     d.conn.extensions.add(XStats())
-    assert d.say("EHLO c").endswith("250-ENHANCEDSTATUSCODES\r\n250 XSTATS\r\n")  # the hidden one has no line
+    # the hidden one has no line
+    assert d.say("EHLO c").endswith("250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 XSTATS\r\n")
     assert d.codes("XHIDDEN now", "XSTATS") == [250, 250]
     assert "XHIDDEN" in d.say("HELP")
     d.conn.extensions.remove("x-hidden")

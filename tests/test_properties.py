@@ -39,6 +39,7 @@ from smtpwire import (
     State,
     Vrfy,
 )
+from smtpwire._connection import _SMTP_COMMANDS
 
 HOST = "mx.test"
 DEFAULT = ServerConfig(hostname=HOST)
@@ -530,7 +531,7 @@ def _unicode_spellings(verb: str) -> list[str]:
     return out
 
 
-NON_ASCII_VERBS = sorted({s for v in ServerConnection._COMMANDS for s in _unicode_spellings(v)})
+NON_ASCII_VERBS = sorted({s for v in _SMTP_COMMANDS for s in _unicode_spellings(v)})
 
 
 @settings(max_examples=60, deadline=None)
@@ -691,7 +692,8 @@ class SessionModel(RuleBasedStateMachine):
                     b"250-SIZE 33554432",
                     b"250-8BITMIME",
                     b"250-SMTPUTF8",
-                    b"250 ENHANCEDSTATUSCODES",
+                    b"250-ENHANCEDSTATUSCODES",
+                    b"250 CHUNKING",
                 ]
             else:
                 assert lines == [f"250 {HOST}".encode()]

@@ -44,7 +44,7 @@ def test_the_greeting_itself_carries_no_enhanced_code() -> None:
 def test_ehlo_lists_extensions_without_enhanced_codes() -> None:
     assert Driver().say("EHLO client.test") == (
         "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 33554432\r\n"
-        "250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
+        "250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n"
     )
 
 
@@ -150,7 +150,7 @@ def test_rset_noop_help_vrfy_quit() -> None:
     d = Driver()
     assert d.say("RSET", "NOOP anything", "HELP mail", "VRFY postmaster", "QUIT") == (
         "250 2.0.0 OK\r\n250 2.0.0 OK\r\n"
-        "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n"
+        "214 2.0.0 Supported commands: BDAT DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n"
         "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
         "221 2.0.0 mx.test Service closing transmission channel\r\n"
     )

@@ -12,6 +12,7 @@ from ._errors import LocalProtocolError
 from ._events import (
     AuthCredentials,
     Authenticated,
+    ChunkReceived,
     CommandRejected,
     ConnectionClosed,
     ConnectionOpened,
@@ -36,6 +37,8 @@ from ._events import (
 )
 from ._extensions import (
     STANDARD_EXTENSIONS,
+    BinaryMime,
+    Chunking,
     EightBitMime,
     EnhancedStatusCodes,
     Extension,
@@ -62,6 +65,9 @@ __all__ = [
     "Auth",
     "AuthCredentials",
     "Authenticated",
+    "BinaryMime",
+    "ChunkReceived",
+    "Chunking",
     "CommandRejected",
     "ConnectionClosed",
     "ConnectionOpened",

@@ -22,6 +22,10 @@ class ServerConfig:
     ``bare_line_endings``: ``"reject"`` (default) refuses a message that holds
     a CR or LF not part of CRLF, after its real end; ``"accept"`` passes such
     bytes through.  Either way only CRLF.CRLF ends a message.
+
+    ``lmtp`` speaks LMTP (RFC 2033) instead: LHLO in place of HELO and EHLO,
+    and at the end of a message one ``EndOfMessage`` per accepted recipient,
+    each answered on its own.
     """
 
     hostname: str = "localhost"
@@ -34,6 +38,7 @@ class ServerConfig:
     require_auth: bool = False
     max_auth_failures: int = 3
     bare_line_endings: str = "reject"
+    lmtp: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.hostname, str) or not _HOSTNAME.fullmatch(self.hostname):
@@ -48,6 +53,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer of at least {minimum}, not {value!r}")
+        if not isinstance(self.lmtp, bool):
+            raise ValueError(f"lmtp must be True or False, not {self.lmtp!r}")
         if self.bare_line_endings not in _POLICIES:
             raise ValueError(f"bare_line_endings must be one of {_POLICIES}, not {self.bare_line_endings!r}")
         if not all(isinstance(extension, Extension) for extension in self.extensions):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import _auth
 from . import _events as ev
@@ -18,7 +18,7 @@ from ._auth import Auth
 from ._config import ServerConfig
 from ._dotreader import DotReader
 from ._errors import LocalProtocolError
-from ._extensions import Extension, Extensions
+from ._extensions import Extensions
 from ._grammar import (
     FORBIDDEN_IN_COMMAND,
     GrammarError,
@@ -28,7 +28,7 @@ from ._grammar import (
     valid_hello_name,
 )
 from ._receivebuffer import ReceiveBuffer
-from ._reply import AUTHENTICATED, MESSAGE_TOO_BIG, OK, Reply, cached_reply
+from ._reply import AUTHENTICATED, MESSAGE_TOO_BIG, OK, TLS_REQUIRED, Reply, cached_reply
 from ._sasl import (
     Challenge,
     CheckPassword,
@@ -42,7 +42,9 @@ from ._sasl import (
 )
 from ._state import (
     ALLOWED_STATES,
+    BEFORE_TLS,
     DEFAULT_SEQUENCE_ERROR,
+    LMTP_SEQUENCE_ERRORS,
     NOT_IMPLEMENTED,
     SEND_EHLO_FIRST,
     SEQUENCE_ERRORS,
@@ -64,7 +66,7 @@ NextEvent = ev.Event | Sentinel
 MessageEnd = ev.EndOfMessage | ev.MessageRejected
 
 #: The core's verbs that belong to an extension: served (and listed by HELP) only while it is offered.
-_EXTENSION_VERBS = frozenset({"STARTTLS", "AUTH"})
+_EXTENSION_VERBS = {"STARTTLS": "STARTTLS", "AUTH": "AUTH", "BDAT": "CHUNKING"}
 _RECEIVABLE = (bytes, bytearray, memoryview)
 
 
@@ -75,10 +77,17 @@ class Transaction:
     mail_from: str
     mail_params: ev.Parameters = field(hash=False)
     recipients: tuple[str, ...] = ()
+    #: How the message was sent, once DATA or BDAT was tried: the two may not be mixed (RFC 3030 2).
+    body_command: str | None = None
 
     @property
     def smtputf8(self) -> bool:
         return "SMTPUTF8" in self.mail_params
+
+    @property
+    def binarymime(self) -> bool:
+        """BODY=BINARYMIME: the message may only come by BDAT (RFC 3030 3)."""
+        return str(self.mail_params.get("BODY")).upper() == "BINARYMIME"
 
 
 def _reply(code: int, text: str, enhanced: tuple[int, int, int]) -> Reply:
@@ -89,13 +98,21 @@ LINE_TOO_LONG = _reply(500, "Line too long", (5, 5, 2))
 BAD_CHARACTERS = _reply(500, "Invalid characters in command", (5, 5, 2))
 UNRECOGNIZED = _reply(500, "Command unrecognized", (5, 5, 2))
 NOT_IMPLEMENTED_REPLY = _reply(502, "Command not implemented", (5, 5, 1))
-TLS_REQUIRED = _reply(530, "Must issue a STARTTLS command first", (5, 7, 0))
 TOO_MANY_RECIPIENTS = _reply(452, "Too many recipients", (4, 5, 3))
 BARE_LINE_ENDING = _reply(550, "Message refused: bare CR or LF in data (RFC 5321 2.3.8)", (5, 6, 0))
 NON_ASCII_ADDRESS = _reply(553, "Non-ASCII address needs SMTPUTF8", (5, 6, 7))
 UNSUPPORTED_PARAMETER = _reply(555, "Unsupported parameter", (5, 5, 4))
 TLS_UNAVAILABLE = _reply(454, "TLS not available", (4, 7, 0))
 TLS_ACTIVE = _reply(503, "TLS already active", (5, 5, 1))
+LMTP_HELLO = _reply(500, "This is LMTP: greet with LHLO (RFC 2033 4.1)", (5, 5, 1))
+BDAT_AFTER_DATA = _reply(503, "BDAT cannot follow DATA (RFC 3030 2)", (5, 5, 1))
+DATA_AFTER_BDAT = _reply(503, "DATA cannot follow BDAT (RFC 3030 2)", (5, 5, 1))
+BINARYMIME_NEEDS_BDAT = _reply(503, "BODY=BINARYMIME needs BDAT, not DATA (RFC 3030 3)", (5, 5, 1))
+BDAT_SYNTAX = _reply(501, "Syntax: BDAT chunk-size [LAST]", (5, 5, 4))
+#: Without a chunk size the chunk cannot be told from commands: reading on could run its octets as commands.
+BDAT_LOST = _reply(421, "Cannot find the end of the BDAT chunk, closing connection", (4, 5, 0))
+_MAX_CHUNK_DIGITS = 20
+_BDAT = b"BDAT "
 #: RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad recipient's; 501 as RFC 5321 4.5.3.1.9 has it.
 _ADDRESS_STATUS = {"MAIL": (5, 1, 7), "RCPT": (5, 1, 3)}
 _ADDRESS_TEXT = {
@@ -117,6 +134,9 @@ def _syntax(usage: str) -> Reply:
 
 HELO_SYNTAX = _syntax("HELO domain or [address literal]")
 EHLO_SYNTAX = _syntax("EHLO domain or [address literal]")
+LHLO_SYNTAX = _syntax("LHLO domain or [address literal]")
+#: Verbs the core knows but does not serve; HELO and EHLO only get here in LMTP, where LHLO replaces them.
+_UNSERVED = {**dict.fromkeys(NOT_IMPLEMENTED, NOT_IMPLEMENTED_REPLY), "HELO": LMTP_HELLO, "EHLO": LMTP_HELLO}
 
 
 class ServerConnection:
@@ -147,6 +167,13 @@ class ServerConnection:
         self._dot = DotReader(check_line_endings=False)
         self._message_size = 0
         self._message_end: MessageEnd | None = None
+        self._chunk_size = 0  # the BDAT chunk being read: its size, what is left, whether LAST
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._skip = 0  # octets of refused BDAT chunks still to discard
+        self._recipients_due: tuple[str, ...] = ()  # LMTP: recipients whose end-of-message answer is due
+        self._commands = _LMTP_COMMANDS if self.config.lmtp else _SMTP_COMMANDS
+        self._sequence_errors = LMTP_SEQUENCE_ERRORS if self.config.lmtp else SEQUENCE_ERRORS
         self._report: ev.Event | None = None  # an outcome of an answer, for the next next_event()
         self._mechanism: Mechanism | None = None
         self._authenticated: ev.Authenticated | None = None
@@ -235,7 +262,10 @@ class ServerConnection:
         if accepted and isinstance(event, ev.Ehlo):
             reply = cached_reply(reply.code, reply.lines + self._ehlo_keywords())
         self._pending = None
-        self._queue(reply, event.carries_enhanced_code(reply.code))
+        if self._report is event:  # answered (through ``pending``) before next_event() gave it out
+            self._report = None
+        if not (accepted and isinstance(event, ev.DataRequested) and event.chunked):  # no 354 before a chunk
+            self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
             self._move(Outcome.CLOSED)
         elif accepted:
@@ -293,6 +323,8 @@ class ServerConnection:
     def _close_with(self, reply: Reply) -> None:
         if self._state is not State.CLOSED:
             self._pending = None
+            if isinstance(self._report, ev.Decision):  # the next LMTP recipient's question, now never asked
+                self._report = None
             self._queue(reply)
             self._move(Outcome.CLOSED)
 
@@ -327,7 +359,7 @@ class ServerConnection:
     # -- internals: readers, chosen by state ---------------------------------
 
     def _read_greeting(self) -> ev.Event:
-        self._pending = ev.ConnectionOpened()
+        self._pending = ev.ConnectionOpened("LMTP" if self.config.lmtp else "ESMTP")
         return self._pending
 
     def _read_paused(self) -> NextEvent:
@@ -357,21 +389,26 @@ class ServerConnection:
         return line[: -2 if line.endswith(b"\r\n") else -1]
 
     def _read_command(self) -> NextEvent:
+        if self._skip:  # a refused BDAT chunk's octets are never commands
+            self._skip -= len(self._buffer.take(self._skip))
+            if self._skip:
+                return self._read_closed() if self._peer_closed else NEED_DATA
+        head = b"" if self._discarding_line else self._buffer.peek(len(_BDAT))
         line = self._take_line(self.config.max_command_line + self.extensions.line_allowance)
-        if line is None:
-            return self._reject("", LINE_TOO_LONG)
+        if line is None:  # an over-long BDAT line has lost its chunk's end too
+            return self._lost_chunk(LINE_TOO_LONG) if head.upper() == _BDAT else self._reject("", LINE_TOO_LONG)
         if not isinstance(line, bytes):
             return line
         try:
             text = line.decode()
-        except UnicodeDecodeError:
-            return self._reject("", BAD_CHARACTERS)
+        except UnicodeDecodeError:  # a BDAT line the core cannot read loses its chunk's end, as below
+            return self._lost_chunk() if line[: len(_BDAT)].upper() == _BDAT else self._reject("", BAD_CHARACTERS)
         verb, _, argument = text.partition(" ")
         if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
             return self._reject("", UNRECOGNIZED)
         verb = verb.upper()
-        if FORBIDDEN_IN_COMMAND.search(text):
-            return self._reject(verb, BAD_CHARACTERS)
+        if FORBIDDEN_IN_COMMAND.search(text):  # a refused BDAT's octets follow, but how many can't be trusted
+            return self._lost_chunk() if verb == "BDAT" else self._reject(verb, BAD_CHARACTERS)
         return self._dispatch(verb, argument.strip(" "))
 
     def _read_response(self) -> NextEvent:
@@ -403,6 +440,20 @@ class ServerConnection:
             return ev.MessageData(content)
         return self._finish_message() if self._message_end is not None else NEED_DATA
 
+    def _read_chunk(self) -> NextEvent:
+        if self._chunk_left:
+            data = self._buffer.take(self._chunk_left)
+            if not data:
+                return self._read_closed() if self._peer_closed else NEED_DATA
+            self._chunk_left -= len(data)
+            return ev.MessageData(data)
+        if self._chunk_last:
+            self._message_end = ev.EndOfMessage()
+            return self._finish_message()
+        self._queue(cached_reply(250, f"{self._chunk_size} octets received", (2, 0, 0)))
+        self._move(Outcome.CHUNK_ENDED)
+        return ev.ChunkReceived(self._chunk_size)
+
     def _end_of_message(self) -> MessageEnd:
         if self._message_size > self.config.max_message_size:
             return ev.MessageRejected(MESSAGE_TOO_BIG)
@@ -412,31 +463,49 @@ class ServerConnection:
 
     def _finish_message(self) -> ev.Event:
         event, self._message_end = self._message_end, None
-        assert event is not None
+        assert event is not None and self._transaction is not None
         if isinstance(event, ev.MessageRejected):
-            self._queue(event.reply)
+            for _ in range(len(self._transaction.recipients) if self.config.lmtp else 1):  # RFC 2033 4.2
+                self._queue(event.reply)
             self._end_transaction(event)
-        else:
-            self._pending = event
-        return event
+            return event
+        if self.config.lmtp:
+            first, *rest = self._transaction.recipients
+            event, self._recipients_due = ev.EndOfMessage(first), tuple(rest)
+        return self._decide(event)
 
     # -- internals: commands, chosen by verb ---------------------------------
 
     def _dispatch(self, verb: str, argument: str) -> NextEvent:
-        handler = self._COMMANDS.get(verb)
+        handler = self._commands.get(verb)
         if handler is None:
             return self._extension_command(verb, argument)
-        if self.config.require_tls and not self._tls_active and verb in ("MAIL", "RCPT", "DATA"):
-            return self._reject(verb, TLS_REQUIRED)
+        if self.config.require_tls and not self._tls_active and verb not in BEFORE_TLS:
+            return self._refuse(verb, argument, TLS_REQUIRED)
         if self._state not in ALLOWED_STATES[verb]:
-            return self._reject(verb, SEQUENCE_ERRORS.get((verb, self._state), DEFAULT_SEQUENCE_ERROR))
+            return self._refuse(verb, argument, self._sequence_errors.get((verb, self._state), DEFAULT_SEQUENCE_ERROR))
         return handler(self, argument)
+
+    def _refuse(self, verb: str, argument: str, reply: Reply) -> ev.Event:
+        """Refuse a command; a refused BDAT's chunk follows all the same, and is discarded."""
+        if verb != "BDAT":
+            return self._reject(verb, reply)
+        chunk = _chunk_size(argument)
+        if chunk is None:
+            return self._lost_chunk()
+        self._skip += chunk[0]
+        return self._reject(verb, reply)
+
+    def _lost_chunk(self, reply: Reply = BDAT_SYNTAX) -> ev.Event:
+        rejected = self._reject("BDAT", reply)
+        self._close_with(BDAT_LOST)
+        return rejected
 
     def _extension_command(self, verb: str, argument: str) -> ev.Event:
         """A verb the core does not know: an offered extension's, sequenced as its ``Verb`` says, or unknown."""
         declared = self.extensions.verb(verb)
         if declared is None or not declared[0].offered(self):
-            return self._reject(verb, NOT_IMPLEMENTED_REPLY if verb in NOT_IMPLEMENTED else UNRECOGNIZED)
+            return self._reject(verb, _UNSERVED.get(verb, UNRECOGNIZED))
         extension, declaration = declared
         if self.config.require_tls and not self._tls_active:
             return self._reject(verb, TLS_REQUIRED)
@@ -467,6 +536,12 @@ class ServerConnection:
     def _ehlo(self, argument: str) -> ev.Event:
         if not valid_hello_name(argument):
             return self._reject("EHLO", EHLO_SYNTAX)
+        return self._decide(ev.Ehlo(argument))
+
+    def _lhlo(self, argument: str) -> ev.Event:
+        """LMTP's EHLO (RFC 2033 4.1), reported as an ``Ehlo`` event."""
+        if not valid_hello_name(argument):
+            return self._reject("LHLO", LHLO_SYNTAX)
         return self._decide(ev.Ehlo(argument))
 
     def _mail(self, argument: str) -> ev.Event:
@@ -520,7 +595,53 @@ class ServerConnection:
     def _data(self, argument: str) -> ev.Event:
         if argument:
             return self._reject("DATA", _syntax("DATA"))
+        transaction = self._transaction
+        assert transaction is not None
+        if transaction.body_command == "BDAT":
+            return self._reject("DATA", DATA_AFTER_BDAT)
+        if transaction.binarymime:
+            return self._reject("DATA", BINARYMIME_NEEDS_BDAT)
+        self._transaction = replace(transaction, body_command="DATA")
         return self._decide(ev.DataRequested())
+
+    def _bdat(self, argument: str) -> NextEvent:
+        """RFC 3030: exactly the declared octets follow, whatever the answer."""
+        chunk = _chunk_size(argument)
+        if chunk is None:
+            return self._lost_chunk()
+        if self.extensions.offered("CHUNKING", self) is None:
+            return self._refuse("BDAT", argument, UNRECOGNIZED)
+        transaction = self._transaction
+        assert transaction is not None
+        if transaction.body_command == "DATA":
+            return self._refuse("BDAT", argument, BDAT_AFTER_DATA)
+        size, last = chunk
+        self._chunk_size, self._chunk_left, self._chunk_last = size, size, last
+        starting = self._state is State.RCPT
+        if starting:
+            self._message_size = 0
+        if self._message_size + size > self.config.max_message_size:  # known before a single octet arrives
+            self._skip += size
+            self._chunk_left = 0
+            return self._chunk_too_big(starting, last)
+        self._message_size += size
+        if starting:
+            self._transaction = replace(transaction, body_command="BDAT")
+            return self._decide(ev.DataRequested(chunked=True))
+        self._move(Outcome.CHUNK_ACCEPTED)
+        return self.next_event()
+
+    def _chunk_too_big(self, starting: bool, last: bool) -> ev.Event:
+        """552 and the transaction is over; a message already begun is rejected.
+
+        In LMTP only BDAT LAST, the end of the message, is answered once per recipient (RFC 2033 4.2).
+        """
+        assert self._transaction is not None
+        for _ in range(len(self._transaction.recipients) if self.config.lmtp and last else 1):
+            self._queue(MESSAGE_TOO_BIG)
+        rejected = ev.MessageRejected(MESSAGE_TOO_BIG)
+        self._end_transaction(rejected)
+        return ev.CommandRejected("BDAT", MESSAGE_TOO_BIG) if starting else rejected
 
     def _rset(self, argument: str) -> ev.Event:
         if argument:
@@ -540,15 +661,14 @@ class ServerConnection:
         return self._decide(ev.Vrfy(argument))
 
     def _help(self, argument: str) -> ev.Event:
-        verbs = [verb for verb in self._COMMANDS if verb not in _EXTENSION_VERBS or self._offered(verb)]
+        verbs = [
+            verb
+            for verb in self._commands
+            if verb not in _EXTENSION_VERBS or self.extensions.offered(_EXTENSION_VERBS[verb], self)
+        ]
         verbs += (verb.name for extension in self.extensions if extension.offered(self) for verb in extension.verbs)
         self._queue(Reply(214, f"Supported commands: {' '.join(sorted(verbs))}", (2, 0, 0)))
         return ev.Help(argument)
-
-    def _offered(self, keyword: str) -> Extension | None:
-        """The extension registered under ``keyword``, if it is offered right now."""
-        extension = self.extensions.get(keyword)
-        return extension if extension is not None and extension.offered(self) else None
 
     def _quit(self, argument: str) -> ev.Event:
         if argument:
@@ -562,7 +682,7 @@ class ServerConnection:
             return self._reject("STARTTLS", _syntax("STARTTLS"))
         if self._tls_active:
             return self._reject("STARTTLS", TLS_ACTIVE)
-        if self._offered("STARTTLS") is None:
+        if self.extensions.offered("STARTTLS", self) is None:
             return self._reject("STARTTLS", TLS_UNAVAILABLE)
         self._queue(cached_reply(220, "Ready to start TLS", (2, 0, 0)))
         self._buffer.clear()  # plaintext pipelined after STARTTLS is never executed
@@ -655,15 +775,23 @@ class ServerConnection:
     def _rcpt_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.RcptTo) and self._transaction is not None
         transaction = self._transaction
-        self._transaction = Transaction(
-            transaction.mail_from, transaction.mail_params, (*transaction.recipients, event.address)
-        )
+        self._transaction = replace(transaction, recipients=(*transaction.recipients, event.address))
         self._move(Outcome.RCPT_ACCEPTED)
 
     def _data_accepted(self, event: ev.Decision) -> None:
+        assert isinstance(event, ev.DataRequested)
+        if event.chunked:
+            self._move(Outcome.CHUNK_ACCEPTED)
+            return
         self._dot = DotReader(check_line_endings=self.config.bare_line_endings == "reject")
         self._message_size = 0
         self._move(Outcome.DATA_ACCEPTED)
+
+    def _data_declined(self, event: ev.Decision) -> None:
+        assert isinstance(event, ev.DataRequested)
+        if event.chunked:  # the refused chunk's octets follow all the same
+            self._skip += self._chunk_left
+            self._chunk_left = 0
 
     def _credentials_accepted(self, event: ev.Decision) -> None:
         assert self._mechanism is not None
@@ -673,6 +801,15 @@ class ServerConnection:
 
     def _auth_declined(self, event: ev.Decision) -> None:
         self._count_auth_failure()
+
+    def _message_answered(self, event: ev.Decision) -> None:
+        """In LMTP the next recipient's answer is due; after the last (or in SMTP), the transaction is over."""
+        if not self._recipients_due:
+            self._end_transaction(event)
+            return
+        recipient, *rest = self._recipients_due
+        self._recipients_due = tuple(rest)
+        self._report = self._decide(ev.EndOfMessage(recipient))
 
     def _end_transaction(self, event: ev.Event) -> None:
         self._transaction = None
@@ -689,17 +826,18 @@ class ServerConnection:
         State.MAIL: _read_command,
         State.RCPT: _read_command,
         State.DATA: _read_data,
+        State.CHUNK: _read_chunk,
+        State.BDAT: _read_command,
         State.AUTH: _read_response,
         State.TLS_HANDSHAKE: _read_paused,
         State.CLOSED: _read_closed,
     }
 
     _COMMANDS: dict[str, Callable[[ServerConnection, str], NextEvent]] = {
-        "HELO": _helo,
-        "EHLO": _ehlo,
         "MAIL": _mail,
         "RCPT": _rcpt,
         "DATA": _data,
+        "BDAT": _bdat,
         "RSET": _rset,
         "NOOP": _noop,
         "VRFY": _vrfy,
@@ -716,7 +854,7 @@ class ServerConnection:
         ev.MailFrom: _mail_accepted,
         ev.RcptTo: _rcpt_accepted,
         ev.DataRequested: _data_accepted,
-        ev.EndOfMessage: _end_transaction,
+        ev.EndOfMessage: _message_answered,
         ev.Vrfy: _stay,
         ev.ExtensionCommand: _stay,
         ev.AuthCredentials: _credentials_accepted,
@@ -724,7 +862,20 @@ class ServerConnection:
 
     _ON_DECLINE: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
         ev.ConnectionOpened: _refused,
-        ev.EndOfMessage: _end_transaction,
+        ev.DataRequested: _data_declined,
+        ev.EndOfMessage: _message_answered,
         ev.AuthCredentials: _auth_declined,
         ev.CredentialsLookup: _auth_declined,
     }
+
+
+_SMTP_COMMANDS = {"HELO": ServerConnection._helo, "EHLO": ServerConnection._ehlo, **ServerConnection._COMMANDS}
+_LMTP_COMMANDS = {"LHLO": ServerConnection._lhlo, **ServerConnection._COMMANDS}
+
+
+def _chunk_size(argument: str) -> tuple[int, bool] | None:
+    """BDAT's chunk-size and whether LAST follows (RFC 3030 2), or ``None`` when it says neither."""
+    size, _, marker = argument.partition(" ")
+    if not (size.isascii() and size.isdigit() and len(size) <= _MAX_CHUNK_DIGITS) or marker.upper() not in ("", "LAST"):
+        return None
+    return int(size), bool(marker)

@@ -60,10 +60,12 @@ class ConnectionOpened(Decision):
     one anyway (``421 4.7.0``), as it is the only reply that client will get.
     """
 
+    #: What the greeting names: ``"ESMTP"``, or ``"LMTP"`` when the server speaks LMTP.
+    protocol: str = "ESMTP"
     accepts: ClassVar[frozenset[int]] = frozenset({220})
 
     def default_reply(self, hostname: str) -> Reply:
-        return cached_reply(220, f"{hostname} ESMTP smtpwire")
+        return cached_reply(220, f"{hostname} {self.protocol} smtpwire")
 
     def answered_by(self, code: int) -> bool:
         return code in (220, 421, 554)
@@ -90,7 +92,10 @@ class Helo(Decision):
 
 @dataclass(frozen=True)
 class Ehlo(Decision):
-    """EHLO: a positive answer gets the extension keywords appended by the core; ``name`` as for HELO."""
+    """EHLO (LHLO in LMTP): a positive answer gets the extension keywords appended by the core.
+
+    ``name`` as for HELO.
+    """
 
     name: str
     accepts: ClassVar[frozenset[int]] = frozenset({250})
@@ -130,8 +135,15 @@ class RcptTo(Decision):
 
 @dataclass(frozen=True)
 class DataRequested(Decision):
-    """DATA with at least one accepted recipient: 354 starts the message."""
+    """DATA with at least one accepted recipient: 354 starts the message.
 
+    ``chunked`` when the message starts with a BDAT chunk instead (RFC
+    3030): accepting sends nothing, as the chunk follows at once and is
+    answered when read; a 4xx/5xx refuses it, and the core discards its
+    octets.
+    """
+
+    chunked: bool = False
     accepts: ClassVar[frozenset[int]] = frozenset({354})
 
     def default_reply(self, hostname: str) -> Reply:
@@ -140,8 +152,14 @@ class DataRequested(Decision):
 
 @dataclass(frozen=True)
 class EndOfMessage(Decision):
-    """The whole message arrived intact; answer 250 only once it is stored."""
+    """The whole message arrived intact; answer 250 only once it is stored.
 
+    In LMTP there is one per accepted recipient, in RCPT order, each with its
+    ``recipient`` and each answered on its own (RFC 2033 4.2); the
+    transaction ends with the last.  In SMTP ``recipient`` is ``None``.
+    """
+
+    recipient: str | None = None
     accepts: ClassVar[frozenset[int]] = frozenset({250})
 
     def default_reply(self, hostname: str) -> Reply:
@@ -232,6 +250,13 @@ class MessageData(Event):
     """A dot-unstuffed piece of the message body, in arrival order."""
 
     data: bytes
+
+
+@dataclass(frozen=True)
+class ChunkReceived(Event):
+    """A BDAT chunk without LAST was read whole and answered 250; the next chunk is due."""
+
+    size: int
 
 
 @dataclass(frozen=True)

@@ -143,9 +143,10 @@ class EightBitMime(Extension):
     mail_parameters = frozenset({"BODY"})
 
     def check_parameter(self, conn: ServerConnection, name: str, value: str | None) -> Reply | None:
-        if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-            return Reply(501, "Syntax: BODY=7BIT|8BITMIME", (5, 5, 4))
-        return None
+        body = value.upper() if value is not None else None
+        if body in ("7BIT", "8BITMIME") or (body == "BINARYMIME" and conn.extensions.offered("BINARYMIME", conn)):
+            return None
+        return Reply(501, "Syntax: BODY=7BIT|8BITMIME", (5, 5, 4))
 
 
 class SmtpUtf8(Extension):
@@ -175,7 +176,32 @@ class StartTLS(Extension):
         return not conn.tls_active
 
 
-STANDARD_EXTENSIONS = (Pipelining(), Size(), EightBitMime(), SmtpUtf8(), EnhancedStatusCodes())
+class Chunking(Extension):
+    """RFC 3030: BDAT, the message in chunks of declared length.
+
+    The core reads the chunks itself (exactly the declared octets, no dot
+    processing), answers each one, and asks the application at the LAST
+    chunk as it does at the end of DATA; registering this offers it.
+    """
+
+    keyword = "CHUNKING"
+
+
+class BinaryMime(Extension):
+    """RFC 3030 3: BODY=BINARYMIME (taken by 8BITMIME's BODY), only while CHUNKING is offered.
+
+    Such a message may only come by BDAT: DATA in its transaction gets 503
+    5.5.1.  Opt-in: whoever relays the message on must be able to send it
+    to a server that offers BINARYMIME too, or convert it.
+    """
+
+    keyword = "BINARYMIME"
+
+    def ehlo_line(self, conn: ServerConnection) -> str | None:
+        return self.keyword if conn.extensions.offered("CHUNKING", conn) else None
+
+
+STANDARD_EXTENSIONS = (Pipelining(), Size(), EightBitMime(), SmtpUtf8(), EnhancedStatusCodes(), Chunking())
 
 
 class Extensions:
@@ -210,6 +236,11 @@ class Extensions:
     def get(self, keyword: str) -> Extension | None:
         """The extension registered under ``keyword``, if any."""
         return self._by_keyword.get(keyword.upper())
+
+    def offered(self, keyword: str, conn: ServerConnection) -> Extension | None:
+        """The extension registered under ``keyword``, if it is offered right now."""
+        extension = self._by_keyword.get(keyword.upper())
+        return extension if extension is not None and extension.offered(conn) else None
 
     def __contains__(self, keyword: object) -> bool:
         return isinstance(keyword, str) and keyword.upper() in self._by_keyword

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._extensions import Extension
-from ._reply import Reply
+from ._reply import TLS_REQUIRED, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._connection import ServerConnection
 
 REQUIRETLS_TAKES_NO_VALUE = Reply(501, "REQUIRETLS takes no value", (5, 5, 4))
-#: RFC 3207's refusal before TLS; REQUIRETLS is never offered then, so the core answers 555 first.
-REQUIRETLS_NEEDS_TLS = Reply(530, "Must issue a STARTTLS command first", (5, 7, 0))
 
 
 class RequireTls(Extension):
@@ -33,8 +31,8 @@ class RequireTls(Extension):
         return self.keyword if conn.tls_active else None
 
     def check_parameter(self, conn: ServerConnection, name: str, value: str | None) -> Reply | None:
-        if not conn.tls_active:  # holds whatever decides when the core asks
-            return REQUIRETLS_NEEDS_TLS
+        if not conn.tls_active:  # holds whatever decides when the core asks (never offered then: 555 comes first)
+            return TLS_REQUIRED
         if value is not None:
             return REQUIRETLS_TAKES_NO_VALUE
         return None

@@ -29,6 +29,17 @@ class ReceiveBuffer:
         self._scanned = 0
         return line
 
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` bytes, left in place."""
+        return bytes(self._data[:size])
+
+    def take(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes from the front (a BDAT chunk's octets: no line ends looked for)."""
+        data = bytes(self._data[:limit])
+        del self._data[:limit]
+        self._scanned = 0
+        return data
+
     def take_all(self) -> bytes:
         data = bytes(self._data)
         self.clear()

@@ -121,4 +121,5 @@ def cached_reply(code: int, text: str | tuple[str, ...], enhanced: EnhancedCode 
 OK = Reply(250, "OK", (2, 0, 0))
 MESSAGE_TOO_BIG = Reply(552, "Message size exceeds fixed maximum message size", (5, 3, 4))
 AUTHENTICATED = Reply(235, "Authentication successful", (2, 7, 0))
+TLS_REQUIRED = Reply(530, "Must issue a STARTTLS command first", (5, 7, 0))
 BAD_CREDENTIALS = Reply(535, "Authentication credentials invalid", (5, 7, 8))
