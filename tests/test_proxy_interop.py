@@ -66,7 +66,7 @@ def haproxy(tmp_path: pathlib.Path, backend: tuple[str, int], server_options: st
 def test_haproxy_relays_the_real_client(tmp_path: pathlib.Path, server_options: str, version: str) -> None:
     maildir = tmp_path / "maildir"
     with (
-        serve("--maildir", str(maildir), "--proxy-protocol-from", "127.0.0.1/32") as server,
+        serve("--maildir", str(maildir), "--proxy-protocol", "--trusted-proxy", "127.0.0.1/32") as server,
         haproxy(tmp_path, server.address, server_options) as front,
     ):
         if "check" in server_options:  # health checks (a v2 LOCAL header, then a reset) come and go meanwhile
@@ -82,7 +82,7 @@ def test_haproxy_relays_the_real_client(tmp_path: pathlib.Path, server_options: 
 
 
 def test_a_direct_connection_from_an_untrusted_address_is_plain_smtp(tmp_path: pathlib.Path) -> None:
-    with serve("--sink", "--proxy-protocol-from", "127.0.0.1/32") as server:
+    with serve("--sink", "--proxy-protocol", "--trusted-proxy", "127.0.0.1/32") as server:
         with smtplib.SMTP(*server.address, timeout=TIMEOUT, source_address=(CLIENT, 0)) as client:
             assert client.docmd("PROXY", f"TCP4 192.0.2.1 {CLIENT} 1 25")[0] == 500
             assert client.noop()[0] == 250
@@ -90,7 +90,7 @@ def test_a_direct_connection_from_an_untrusted_address_is_plain_smtp(tmp_path: p
 
 
 def test_the_trusted_proxy_must_speak_first(tmp_path: pathlib.Path) -> None:
-    with serve("--sink", "--proxy-protocol-from", "127.0.0.1/32") as server:
+    with serve("--sink", "--proxy-protocol", "--trusted-proxy", "127.0.0.1/32") as server:
         with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
             sock.sendall(b"EHLO direct.example\r\n")
             assert sock.recv(4096) == b""  # no greeting: nobody to talk SMTP to
@@ -101,14 +101,19 @@ def test_the_trusted_proxy_must_speak_first(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["10.0.0.1/8"], "Invalid value for '--proxy-protocol-from': not an IP network such as 10.0.0.0/8: 10.0.0.1/8"),
-        (["proxy.example"], "'proxy.example' does not appear to be an IPv4 or IPv6 network"),
         (
-            ["127.0.0.1", "--self-signed", "--tls-listen", "127.0.0.1:0"],
-            "--proxy-protocol-from works with --listen only",
+            ["--trusted-proxy", "10.0.0.1/8"],
+            "Invalid value for '--trusted-proxy': not an IP network such as 10.0.0.0/8: 10.0.0.1/8",
         ),
+        (["--trusted-proxy", "proxy.example"], "'proxy.example' does not appear to be an IPv4 or IPv6 network"),
+        (
+            ["--proxy-protocol", "--trusted-proxy", "127.0.0.1", "--self-signed", "--tls-listen", "127.0.0.1:0"],
+            "--proxy-protocol works with --listen only",
+        ),
+        (["--proxy-protocol"], "--proxy-protocol needs --trusted-proxy CIDR"),
+        (["--proxy-protocol-from", "127.0.0.1"], "No such option '--proxy-protocol-from'"),
     ],
 )
 def test_bad_proxy_options_give_one_clear_line(args: list[str], message: str) -> None:
-    result = run_cli("serve", "--sink", "--proxy-protocol-from", *args)
+    result = run_cli("serve", "--sink", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

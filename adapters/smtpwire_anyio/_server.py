@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import cast
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
-from anyio.streams.stapled import MultiListener
 
 from smtpwire_handler import (
     ACCEPT_RETRY,
@@ -17,6 +17,7 @@ from smtpwire_handler import (
     HostPort,
     ServerBase,
     ServerOptions,
+    UnixListener,
     too_many_sessions,
 )
 
@@ -33,7 +34,9 @@ class Server(ServerBase[SessionRunner]):
     with ``await task_group.start(server.serve)`` to know the bound addresses.
     A failing accept() (out of descriptors, say) is retried after a pause and
     never ends the server; refusals over the session limits run in at most
-    a few tasks at a time.
+    a few tasks at a time.  A ``listen`` entry that is a ``str`` is the path
+    of a Unix socket (made with ``unix_mode``, a stale one replaced, removed
+    at the end; see ``smtpwire_handler._unix``).
     """
 
     def _prepare(self) -> None:
@@ -44,26 +47,51 @@ class Server(ServerBase[SessionRunner]):
         self._accept_errors = AcceptErrors(log)
 
     async def serve(self, *, task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED) -> None:
-        listeners = [(await self._listen(host, port), False) for host, port in self.listen]
-        listeners += [(await self._listen(host, port), True) for host, port in self.tls_listen]
-        for listener, implicit_tls in listeners:
-            for sub in listener.listeners:
-                address = sub.extra(SocketAttribute.local_address)
-                assert isinstance(address, tuple)  # a TCP listener
-                (self.tls_addresses if implicit_tls else self.addresses).append((address[0], address[1]))
-        log.info("serving SMTP on %s, implicit TLS on %s", self.addresses, self.tls_addresses)
-        async with anyio.create_task_group() as sessions:
-            with anyio.CancelScope() as self._accepting:
-                async with anyio.create_task_group() as accepting:
-                    for listener, implicit_tls in listeners:
-                        for sub in listener.listeners:
-                            assert isinstance(sub, SocketListener)  # a TCP listener
-                            accepting.start_soon(self._accept, sub, implicit_tls, sessions)
-                    task_status.started(self)
-            for listener, _ in listeners:
-                await listener.aclose()
-            await self._stopped.wait()
-            sessions.cancel_scope.cancel()
+        unix: list[UnixListener] = []
+        listeners: list[tuple[SocketListener, bool]] = []
+        try:
+            await self._listen_all(listeners, unix)
+            log.info(
+                "serving SMTP on %s, implicit TLS on %s, Unix sockets %s",
+                self.addresses,
+                self.tls_addresses,
+                self.unix_addresses,
+            )
+            async with anyio.create_task_group() as sessions:
+                with anyio.CancelScope() as self._accepting:
+                    async with anyio.create_task_group() as accepting:
+                        for listener, implicit_tls in listeners:
+                            accepting.start_soon(self._accept, listener, implicit_tls, sessions)
+                        task_status.started(self)
+                await self._close(listeners, unix)
+                await self._stopped.wait()
+                sessions.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close(listeners, unix)
+
+    async def _listen_all(self, listeners: list[tuple[SocketListener, bool]], unix: list[UnixListener]) -> None:
+        """Bind every listener, into ``listeners`` (with whether it is implicit TLS) and ``unix``."""
+        for host, port in self.listen:
+            for sub in await self._listen(host, port):
+                listeners.append((sub, False))
+                self.addresses.append(_host_port(sub))
+        for host, port in self.tls_listen:
+            for sub in await self._listen(host, port):
+                listeners.append((sub, True))
+                self.tls_addresses.append(_host_port(sub))
+        for path in self.unix_listen:
+            unix.append(UnixListener(path, self.unix_mode))
+            listeners.append((await SocketListener.from_socket(unix[-1].socket), False))
+            self.unix_addresses.append(path)
+
+    @staticmethod
+    async def _close(listeners: list[tuple[SocketListener, bool]], unix: list[UnixListener]) -> None:
+        """Stop listening, and remove the Unix sockets' files; again is harmless."""
+        for listener, _ in listeners:
+            await listener.aclose()
+        for socket_file in unix:
+            socket_file.close()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting; idle sessions get 421 4.3.2 now, the others when their transaction ends.
@@ -86,11 +114,12 @@ class Server(ServerBase[SessionRunner]):
                 await self._all_closed.wait()
         self._stopped.set()
 
-    async def _listen(self, host: str, port: int) -> MultiListener[SocketStream]:
+    async def _listen(self, host: str, port: int) -> list[SocketListener]:
         try:
-            return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=self.reuse_port)
+            multi = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=self.reuse_port)
         except OSError as error:
             raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
+        return [cast(SocketListener, sub) for sub in multi.listeners]  # TCP listeners, one per address
 
     async def _accept(self, listener: SocketListener, implicit_tls: bool, group: TaskGroup) -> None:
         """Accept until cancelled; a session, or a refusal, starts for each connection."""
@@ -148,11 +177,17 @@ class Server(ServerBase[SessionRunner]):
             self._refusing -= 1
 
 
+def _host_port(listener: SocketListener) -> HostPort:
+    address = listener.extra(SocketAttribute.local_address)
+    assert isinstance(address, tuple)  # a TCP listener
+    return (address[0], address[1])
+
+
 async def serve(
     handler: AsyncHandler | Handler | None = None,
     options: ServerOptions | None = None,
     *,
-    listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+    listen: Sequence[HostPort | str] = (("127.0.0.1", 8025),),
     tls_listen: Sequence[HostPort] = (),
     task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -321,7 +321,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _refuse(self, transport: asyncio.Transport, peer: object, reason: str) -> None:
         """Over a session limit (or shutting down): 421 4.7.0, then close."""
-        log.warning("refusing a connection from %s: %s", peer, reason)
+        log.warning("refusing a connection from %s: %s", peer or "a Unix socket", reason)
         self._ended = True
         transport.write(too_many_sessions(self._server.options))
         transport.close()

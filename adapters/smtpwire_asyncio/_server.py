@@ -17,6 +17,7 @@ from smtpwire_handler import (
     HostPort,
     ServerBase,
     ServerOptions,
+    UnixListener,
 )
 
 from ._protocol import SMTPProtocol, log
@@ -33,11 +34,14 @@ class Server(ServerBase[SMTPProtocol]):
 
     ``await server.start()`` binds (``addresses`` then holds the real ports),
     ``await server.shutdown()`` stops gracefully; ``await server.serve()``
-    does both around waiting until cancelled.
+    does both around waiting until cancelled.  A ``listen`` entry that is a
+    ``str`` is the path of a Unix socket (made with ``unix_mode``, a stale one
+    replaced, removed at shutdown; see ``smtpwire_handler._unix``).
     """
 
     def _prepare(self) -> None:
         self._listeners: list[asyncio.Server] = []
+        self._unix: list[UnixListener] = []
         self._tls_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()  # implicit-TLS accept loops and handshakes
         self._handshakes = 0  # implicit-TLS handshakes under way
@@ -54,10 +58,17 @@ class Server(ServerBase[SMTPProtocol]):
                 self.addresses += await self._bind(host, port, implicit_tls=False)
             for host, port in self.tls_listen:
                 self.tls_addresses += await self._bind(host, port, implicit_tls=True)
+            for path in self.unix_listen:
+                await self._bind_unix(path)
         except BaseException:
             self._stop_listening()
             raise
-        log.info("serving SMTP on %s, implicit TLS on %s", self.addresses, self.tls_addresses)
+        log.info(
+            "serving SMTP on %s, implicit TLS on %s, Unix sockets %s",
+            self.addresses,
+            self.tls_addresses,
+            self.unix_addresses,
+        )
 
     async def serve(self) -> None:
         """Serve until cancelled, then shut down gracefully."""
@@ -112,6 +123,8 @@ class Server(ServerBase[SMTPProtocol]):
             task.cancel()
         for sock in self._tls_sockets:
             sock.close()
+        for unix in self._unix:
+            unix.close()
 
     async def _bind(self, host: str, port: int, *, implicit_tls: bool) -> list[HostPort]:
         try:
@@ -126,6 +139,13 @@ class Server(ServerBase[SMTPProtocol]):
             else:
                 self._listeners.append(await loop.create_server(lambda: SMTPProtocol(self), sock=sock))
         return [_host_port(sock) for sock in socks]
+
+    async def _bind_unix(self, path: str) -> None:
+        unix = UnixListener(path, self.unix_mode)
+        self._unix.append(unix)
+        loop = asyncio.get_running_loop()
+        self._listeners.append(await loop.create_unix_server(lambda: SMTPProtocol(self), sock=unix.socket))
+        self.unix_addresses.append(path)
 
     async def _accept_tls(self, sock: socket.socket) -> None:
         """Accept on an implicit-TLS listener; each handshake runs in its own task, then becomes a session.
@@ -215,8 +235,8 @@ async def serve(
     handler: AsyncHandler | Handler | None = None,
     options: ServerOptions | None = None,
     *,
-    listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+    listen: Sequence[HostPort | str] = (("127.0.0.1", 8025),),
     tls_listen: Sequence[HostPort] = (),
 ) -> None:
-    """Serve until cancelled: ``smtpwire_asyncio.run(serve(MyHandler(), options))``."""
+    """Serve until cancelled: ``smtpwire_asyncio.run(serve(MyHandler(), options))``; a ``str`` is a Unix socket."""
     await Server(handler, options, listen=listen, tls_listen=tls_listen).serve()

@@ -30,12 +30,14 @@ from ._server import (
     ServerBase,
 )
 from ._session import Address, Envelope, Session, TLSInfo, tls_info
+from ._unix import DEFAULT_MODE, UnixListener
 
 __all__ = [
     "ACCEPT_RETRY",
     "AUTH_UNAVAILABLE",
     "BAD_CREDENTIALS",
     "CLOSED",
+    "DEFAULT_MODE",
     "FEED_SIZE",
     "LOCAL_ERROR",
     "NEED_DATA",
@@ -58,6 +60,7 @@ __all__ = [
     "SessionDriver",
     "Step",
     "TLSInfo",
+    "UnixListener",
     "check_handler",
     "client_key",
     "overridden_hooks",

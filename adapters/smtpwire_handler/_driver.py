@@ -125,6 +125,7 @@ class SessionDriver:
         self._transcript = Transcript(self.conn, self.session.id) if Transcript.enabled() else None
         self._in_message = False  # DATA was accepted and the message not yet answered
         self._refusal: Reply | None = None  # data_chunk failed: it decides the end of data
+        self._shared: tuple[Reply | None] | None = None  # LMTP: the message hook's answer, for every recipient
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
         self._messages = 0
         self._clock = clock
@@ -137,7 +138,7 @@ class SessionDriver:
             if implicit_tls:
                 raise ValueError("a PROXY header cannot come through an implicit TLS listener")
             self._deadline = clock() + options.proxy_timeout
-        log.debug("session %s: connection from %s", self.session.id, peer)
+        log.debug("session %s: connection from %s", self.session.id, self.session.peer_host)
 
     # -- what the adapter looks at -------------------------------------------
 
@@ -150,8 +151,8 @@ class SessionDriver:
 
     @property
     def reading_message(self) -> bool:
-        """The core reads message data (after 354, before the end of data): no reply until its end."""
-        return self.conn.state is smtpwire.State.DATA
+        """The core reads message data (after 354, or a BDAT chunk's octets): no reply until its end."""
+        return self.conn.state in _READING_MESSAGE
 
     @property
     def idle(self) -> bool:
@@ -389,11 +390,16 @@ class SessionDriver:
             envelope.content += event.data
 
     def _end_of_message(self, event: smtpwire.EndOfMessage) -> None:
-        if self._refusal is not None:
-            self.conn.send(self._refusal)
-            self._aborted(self._refusal)
-            return
-        self._queue("message", (self.session, self.session.envelope), event)
+        if self._shared is not None:  # LMTP, a later recipient: the message hook answered for all
+            self._answer(event, "message", self._shared[0])
+        elif self._refusal is not None:
+            refusal = self._refusal
+            self._aborted(refusal)
+            self._answer(event, "data_chunk", refusal)
+        elif event.recipient is not None and "deliver" in self._hooks:
+            self._queue("deliver", (self.session, self.session.envelope, event.recipient), event)
+        else:
+            self._queue("message", (self.session, self.session.envelope), event)
 
     def _message_rejected(self, event: smtpwire.MessageRejected) -> None:
         self._aborted(event.reply)
@@ -472,6 +478,8 @@ class SessionDriver:
             self._accepted(event)
         if type(event) is smtpwire.EndOfMessage:
             self._in_message = False
+            more = self.conn.transaction is not None and hook != "deliver"  # LMTP: recipients are still due
+            self._shared = (reply,) if more else None
 
     def _accepted(self, event: smtpwire.Decision) -> None:
         """Keep the session's envelope in step with what the core accepted."""
@@ -484,7 +492,7 @@ class SessionDriver:
             envelope.rcpt_params.append(event.params)
         elif type(event) is smtpwire.DataRequested:
             self._in_message = True
-        elif type(event) is smtpwire.EndOfMessage:
+        elif type(event) is smtpwire.EndOfMessage and self._shared is None:  # LMTP: a message, not a recipient
             self._messages += 1
 
     def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
@@ -529,6 +537,8 @@ def _warn_text_reply(log: logging.Logger, handler: type[object], hook: str, text
         _WARNED.add((handler, hook))
         log.warning("%s.%s returned %r, a str: answered as such; return smtpwire.Reply", handler.__name__, hook, text)
 
+
+_READING_MESSAGE = frozenset({smtpwire.State.DATA, smtpwire.State.CHUNK})
 
 #: Decision and report events answered by a hook: (hook name, event fields passed after the session).
 _HOOKS: dict[type[smtpwire.Event], tuple[str, tuple[str, ...]]] = {

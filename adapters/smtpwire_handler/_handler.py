@@ -59,6 +59,13 @@ class Handler:
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
         """The message ended intact: store it, then return (the 250 goes out after)."""
 
+    def deliver(self, session: Session, envelope: Envelope, recipient: str) -> Reply | None:
+        """LMTP only: deliver the message to one accepted ``recipient`` and answer for it (RFC 2033 4.2).
+
+        Called once per recipient, in RCPT order.  Left as it is, ``message``
+        is called once and its answer goes to every recipient.
+        """
+
     def message_aborted(self, session: Session, reply: Reply | None) -> None:
         """A message that started will not be delivered (refused with ``reply``, or the peer left)."""
 
@@ -135,6 +142,9 @@ class AsyncHandler:
 
     def message(self, session: Session, envelope: Envelope) -> MaybeAwaitable[Reply | None]:
         """The message ended intact."""
+
+    def deliver(self, session: Session, envelope: Envelope, recipient: str) -> MaybeAwaitable[Reply | None]:
+        """LMTP only: deliver to one accepted ``recipient`` and answer for it; see ``Handler.deliver``."""
 
     def message_aborted(self, session: Session, reply: Reply | None) -> MaybeAwaitable[None]:
         """A started message will not be delivered."""

@@ -92,7 +92,7 @@ class ServerOptions:
         object.__setattr__(self, "client_limit_exceptions", exceptions)
 
     def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
-        """A server needs a listener, and implicit TLS needs a certificate."""
+        """A server needs a listener (TCP, or a Unix socket's path), and implicit TLS needs a certificate."""
         if tls_listen and self.tls_context is None:
             raise ValueError("implicit TLS listeners need a TLS certificate (options.tls_context)")
         if not listen and not tls_listen:
@@ -109,8 +109,12 @@ class ServerOptions:
         return address is not None and any(address in network for network in self.proxy_protocol_from)
 
     def counted_client(self, peer: object) -> str | None:
-        """Who ``peer`` counts as for ``max_sessions_per_client`` (see ``client_key``); ``None``: not counted."""
-        if self.max_sessions_per_client is None:
+        """Who ``peer`` counts as for ``max_sessions_per_client`` (see ``client_key``); ``None``: not counted.
+
+        A Unix socket's peer (a path, usually ``""``, or ``None``) is the local
+        host, which is not counted either.
+        """
+        if self.max_sessions_per_client is None or not isinstance(peer, tuple):
             return None
         address = _ip_address(peer)
         if address is None:

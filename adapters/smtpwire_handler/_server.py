@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from ._checks import check_handler
 from ._handler import AsyncHandler, Handler
 from ._options import ServerOptions
+from ._unix import DEFAULT_MODE, split_listen
 
 HostPort = tuple[str, int]
 S = TypeVar("S")
@@ -122,22 +123,30 @@ class PendingInput:
 
 
 class ServerBase(Generic[S]):
-    """Checked once at construction; ``addresses`` and ``tls_addresses`` hold the real ports once bound."""
+    """Checked once at construction; ``addresses`` and ``tls_addresses`` hold the real ports once bound.
+
+    A ``listen`` entry that is a ``str`` is the path of a Unix socket, made
+    with ``unix_mode``, a stale one replaced, removed at shutdown (see
+    ``_unix``); ``unix_addresses`` holds the paths once bound.
+    """
 
     def __init__(
         self,
         handler: AsyncHandler | Handler | None = None,
         options: ServerOptions | None = None,
         *,
-        listen: Sequence[HostPort] = (("127.0.0.1", 8025),),
+        listen: Sequence[HostPort | str] = (("127.0.0.1", 8025),),
         tls_listen: Sequence[HostPort] = (),
         reuse_port: bool = False,
+        unix_mode: int = DEFAULT_MODE,
     ) -> None:
         self.handler: AsyncHandler | Handler = handler or AsyncHandler()
         check_handler(self.handler, can_await=True)
         self.options = options or ServerOptions()
         self.options.check_listeners(listen, tls_listen)
-        self.listen = list(listen)
+        self.listen, self.unix_listen = split_listen(listen)  # TCP addresses; Unix sockets' paths
+        self.unix_mode = unix_mode
+        self.unix_addresses: list[str] = []
         self.tls_listen = list(tls_listen)
         self.reuse_port = reuse_port
         self.addresses: list[HostPort] = []

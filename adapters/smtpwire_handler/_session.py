@@ -12,6 +12,8 @@ import smtpwire
 
 #: An IP address and port as the socket module gives them, or a Unix socket path.
 Address = tuple[Any, ...] | str
+#: ``Session.peer_host`` of a client on a Unix socket.
+UNIX_PEER = "unix"
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,10 @@ class Session:
 
     @property
     def peer_host(self) -> str:
+        """The client's IP address as text; ``"unix"`` on a Unix socket (whose peer is a path, usually empty)."""
         if isinstance(self.peer, tuple):
             return str(self.peer[0])
-        return self.peer or "unknown"
+        return UNIX_PEER if isinstance(self.peer, str) else "unknown"
 
     def __repr__(self) -> str:
         user = self.authenticated.username if self.authenticated else None

@@ -40,7 +40,7 @@ MAX_CLIENTS = 16384
 
 def client_network(host: str) -> str:
     """Whom a budget belongs to: who counts as one client for the session limit too (``client_key``), else ``host``."""
-    return client_key((host,)) or host  # a Unix socket: one budget for all its clients
+    return client_key((host,)) or host  # a Unix socket ("unix"): one budget for all its clients, like 127.0.0.1
 
 
 @dataclass(frozen=True)

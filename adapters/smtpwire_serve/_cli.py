@@ -25,14 +25,20 @@ import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_asyncio import HostPort
 from smtpwire_handler import AsyncHandler, ServerOptions
+from smtpwire_handler._unix import DEFAULT_MODE
 
 from . import _authfile, _authlimit, _run
 from ._devcert import write_self_signed
+from ._lmtp import LmtpMaildirHandler, Mailboxes
 from ._maildir import Maildir
 from ._store import MaildirHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+
+
+#: A listener: (host, port), or the path of a Unix socket.
+Listen = HostPort | str
 
 
 def parse_host_port(value: str) -> HostPort:
@@ -42,8 +48,21 @@ def parse_host_port(value: str) -> HostPort:
     return (match["v6"] or match["host"], int(match["port"]))
 
 
+def parse_listen(value: str) -> Listen:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH`` (a Unix socket; the path as given, relative or not)."""
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError(f"expected unix:PATH with a file path, not {value!r}")
+        return path
+    try:
+        return parse_host_port(value)
+    except ValueError as error:
+        raise ValueError(f"{error} (or unix:PATH, a Unix socket)") from None
+
+
 def _networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    """--proxy-protocol-from values, checked now: IP networks such as 10.0.0.0/8 (or single addresses)."""
+    """--trusted-proxy values, checked now: IP networks such as 10.0.0.0/8 (or single addresses)."""
     try:
         return tuple(str(ipaddress.ip_network(value)) for value in values)
     except ValueError as error:
@@ -62,11 +81,34 @@ class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only i
             self.fail(str(error), param, ctx)
 
 
+class ListenType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    name = "HOST:PORT|unix:PATH"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
+        if isinstance(value, tuple):  # a default, already converted
+            return (str(value[0]), int(value[1]))
+        try:
+            return parse_listen(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """--socket-mode, checked now: octal permission bits such as 0660."""
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"expected octal permission bits such as 0660, not {value!r}", ctx, param)
+    return mode
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything a worker process needs, as plain values (picklable)."""
 
-    listen: tuple[HostPort, ...]
+    listen: tuple[Listen, ...]
     tls_listen: tuple[HostPort, ...]
     cert: str | None
     key: str | None
@@ -88,7 +130,10 @@ class Settings:
     auth_failure_window: float = _authlimit.DEFAULT_WINDOW
     auth_failure_delay: float = _authlimit.DEFAULT_DELAY
     max_sessions_per_client: int | None = 50
-    proxy_protocol_from: tuple[str, ...] = ()  # trusted PROXY protocol networks
+    trusted_proxies: tuple[str, ...] = ()  # not counted per client; with proxy_protocol, they send PROXY
+    proxy_protocol: bool = False
+    lmtp: bool = False
+    socket_mode: int = DEFAULT_MODE  # of the Unix sockets
 
 
 def default_hostname() -> str:
@@ -97,8 +142,9 @@ def default_hostname() -> str:
 
 
 def request_extensions(tls: bool) -> tuple[smtpwire.Extension, ...]:
-    """DSN and LIMITS always; REQUIRETLS where TLS can be (it is offered once TLS is active)."""
-    return (smtpwire.Dsn(), smtpwire.Limits(), *((smtpwire.RequireTls(),) if tls else ()))
+    """DSN, LIMITS and BINARYMIME (a store takes binary MIME as it is); REQUIRETLS where TLS can be."""
+    extensions = (smtpwire.Dsn(), smtpwire.Limits(), smtpwire.BinaryMime())
+    return (*extensions, smtpwire.RequireTls()) if tls else extensions
 
 
 def build_options(settings: Settings) -> ServerOptions:
@@ -122,13 +168,15 @@ def build_options(settings: Settings) -> ServerOptions:
             require_tls=settings.require_starttls,
             require_auth=settings.require_auth,
             max_auth_failures=settings.max_auth_failures,
+            lmtp=settings.lmtp,
         )
         return ServerOptions(
             config=config,
             tls_context=context,
             max_sessions=settings.max_sessions,
             max_sessions_per_client=settings.max_sessions_per_client,
-            proxy_protocol_from=settings.proxy_protocol_from,
+            proxy_protocol_from=settings.trusted_proxies if settings.proxy_protocol else (),
+            client_limit_exceptions=(*ServerOptions.client_limit_exceptions, *settings.trusted_proxies),
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -142,6 +190,8 @@ def build_handler(settings: Settings) -> AsyncHandler:
     if settings.maildir is None:
         return SinkHandler(accounts)
     try:
+        if settings.lmtp:
+            return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts)
         return MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts)
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
@@ -153,16 +203,16 @@ def run(settings: Settings, reuse_port: bool = False) -> None:
     options, handler = build_options(settings), build_handler(settings)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
-    listen, tls_listen = settings.listen, settings.tls_listen
+    listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
     try:
         if settings.backend == "trio":
             server = smtpwire_anyio.Server(
-                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port
+                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
             anyio.run(_run.serve_anyio, server, backend="trio")
         else:
             protocols = smtpwire_asyncio.Server(
-                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port
+                handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
             smtpwire_asyncio.run(_run.serve_asyncio(protocols), loop=settings.loop)
     except OSError as error:
@@ -277,9 +327,24 @@ def main() -> None:
 @click.option(
     "--listen",
     "listen",
-    type=HostPortType(),
+    type=ListenType(),
+    metavar="HOST:PORT|unix:PATH",
     multiple=True,
-    help="Plain SMTP listener (STARTTLS offered when a certificate is given). Repeatable. Default 127.0.0.1:8025.",
+    help="Plain listener, HOST:PORT or unix:PATH (a Unix socket); STARTTLS offered when a certificate is given."
+    " Repeatable. Default 127.0.0.1:8025.",
+)
+@click.option(
+    "--socket-mode",
+    metavar="MODE",
+    default="0660",
+    show_default=True,
+    callback=_mode,
+    help="Permissions of the unix:PATH sockets (octal): who may connect. A stale socket there is replaced.",
+)
+@click.option(
+    "--lmtp",
+    is_flag=True,
+    help="Speak LMTP (RFC 2033), one reply per recipient; with --maildir, one Maildir per recipient in it.",
 )
 @click.option(
     "--tls-listen",
@@ -296,13 +361,17 @@ def main() -> None:
     type=click.Path(file_okay=False),
     default="maildir",
     show_default=True,
-    help="Store messages in this Maildir (created if missing).",
+    help="Store messages in this Maildir (created if missing); with --lmtp, a folder of one Maildir per recipient.",
 )
 @click.option("--sink", is_flag=True, help="Accept and discard every message (for testing clients and benchmarks).")
 @click.option(
     "--hostname", metavar="NAME", help="Name in the greeting, EHLO and Received headers. Default: this machine's name."
 )
-@click.option("--require-starttls", is_flag=True, help="Refuse MAIL, RCPT and DATA until STARTTLS (530 5.7.0).")
+@click.option(
+    "--require-starttls",
+    is_flag=True,
+    help="Answer every command but EHLO, HELO, STARTTLS, NOOP, RSET and QUIT with 530 5.7.0 until STARTTLS.",
+)
 @click.option(
     "--max-message-size",
     type=click.IntRange(min=1),
@@ -341,7 +410,7 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes sharing the ports (SO_REUSEPORT).",
+    help="Processes sharing the ports (SO_REUSEPORT); TCP listeners only.",
 )
 @click.option(
     "--auth-file",
@@ -380,16 +449,23 @@ def main() -> None:
     f" at most {_authlimit.MAX_DELAY:g} (0: no wait).",
 )
 @click.option(
-    "--proxy-protocol-from",
+    "--proxy-protocol",
+    is_flag=True,
+    help="Connections from --trusted-proxy networks must open with a PROXY header (v1 or v2); sessions report"
+    " the client it names. TCP --listen only.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
     metavar="CIDR",
     multiple=True,
     callback=_networks,
-    help="Trust this proxy network (repeatable): its connections must open with a PROXY header (v1 or v2), and"
-    " sessions report the client it names. Plain listeners only.",
+    help="A proxy network (repeatable): not counted by --max-sessions-per-client, and with --proxy-protocol"
+    " the networks that may (and must) send the PROXY header.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
 def serve(
-    listen: tuple[HostPort, ...],
+    listen: tuple[Listen, ...],
     tls_listen: tuple[HostPort, ...],
     tls_cert: str | None,
     tls_key: str | None,
@@ -411,8 +487,11 @@ def serve(
     auth_failure_limit: int,
     auth_failure_window: float,
     auth_failure_delay: float,
-    proxy_protocol_from: tuple[str, ...],
+    proxy_protocol: bool,
+    trusted_proxies: tuple[str, ...],
     verbose: bool,
+    socket_mode: int,
+    lmtp: bool,
 ) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
 
@@ -423,6 +502,7 @@ def serve(
       smtpwire serve --listen 0.0.0.0:25 --listen [::]:25 \\
           --tls-cert cert.pem --tls-key key.pem --require-starttls --workers 4
       smtpwire serve --self-signed --auth-file users --require-auth
+      smtpwire serve --lmtp --listen unix:/run/smtpwire/lmtp --maildir /var/mail/lmtp
     """
     if tls_cert and self_signed:
         raise click.UsageError("give either --tls-cert or --self-signed, not both")
@@ -441,8 +521,12 @@ def serve(
         )
     if require_auth and auth_file is None:
         raise click.UsageError("--require-auth needs --auth-file")
-    if proxy_protocol_from and tls_listen:
-        raise click.UsageError("--proxy-protocol-from works with --listen only: a PROXY header cannot precede TLS")
+    if proxy_protocol and not trusted_proxies:
+        raise click.UsageError("--proxy-protocol needs --trusted-proxy CIDR: the networks that may send the header")
+    if proxy_protocol and tls_listen:
+        raise click.UsageError("--proxy-protocol works with --listen only: a PROXY header cannot precede TLS")
+    if workers > 1 and any(isinstance(address, str) for address in listen):
+        raise click.UsageError("--workers works with TCP listeners only: a unix:PATH socket is bound by one process")
     if auth_file is not None and not (tls_cert or self_signed):
         raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
     users = load_users(auth_file) if auth_file is not None else {}
@@ -482,7 +566,10 @@ def serve(
             auth_failure_limit=auth_failure_limit,
             auth_failure_window=auth_failure_window,
             auth_failure_delay=auth_failure_delay,
-            proxy_protocol_from=proxy_protocol_from,
+            trusted_proxies=trusted_proxies,
+            proxy_protocol=proxy_protocol,
+            lmtp=lmtp,
+            socket_mode=socket_mode,
         )
         if workers > 1:
             build_options(settings)  # fail here, once, rather than in every worker

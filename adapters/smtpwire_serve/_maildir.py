@@ -215,17 +215,24 @@ class Delivery:
         retry, may then deliver it twice, which is the safe side.
         """
         try:
-            self.write(data)
-            assert self._fd is not None
-            os.fsync(self._fd)
-            fd, self._fd = self._fd, -1  # closed from here on, even if close() fails
-            os.close(fd)
+            self.seal(data)
             os.rename(self.tmp, self.new)
             self.maildir.new_sync.sync()
         except BaseException:
             self.abort()
             raise
         return self.new
+
+    def seal(self, data: bytes = b"") -> None:
+        """Write ``data`` (the rest of the message), fsync the file and close it; it stays in tmp/.
+
+        What LMTP links into each recipient's Maildir; ``abort`` removes it.
+        """
+        self.write(data)
+        assert self._fd is not None
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, -1  # closed from here on, even if close() fails
+        os.close(fd)
 
     def abort(self) -> None:
         """Forget the message: close and remove the temporary file (if it is still there)."""

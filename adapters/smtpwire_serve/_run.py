@@ -44,14 +44,15 @@ def sessions_for(file_limit: int) -> int:
     return max(1, min(MAX_DEFAULT_SESSIONS, (file_limit - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION))
 
 
-def _serving(addresses: list[tuple[str, int]], where: str) -> None:
-    log.info("smtpwire serving on %s (%s)", ", ".join(f"{h}:{p}" for h, p in addresses), where)
+def _serving(addresses: list[tuple[str, int]], unix: list[str], where: str) -> None:
+    shown = [f"{host}:{port}" for host, port in addresses] + [f"unix:{path}" for path in unix]
+    log.info("smtpwire serving on %s (%s)", ", ".join(shown), where)
 
 
 async def serve_asyncio(server: smtpwire_asyncio.Server) -> None:
     loop = asyncio.get_running_loop()
     await server.start()
-    _serving(server.addresses + server.tls_addresses, smtpwire_asyncio.loop_name(loop))
+    _serving(server.addresses + server.tls_addresses, server.unix_addresses, smtpwire_asyncio.loop_name(loop))
     done = asyncio.Event()
     shutdown: asyncio.Task[None] | None = None
 
@@ -79,7 +80,7 @@ async def serve_anyio(server: smtpwire_anyio.Server) -> None:
             group.cancel_scope.cancel()
 
         await group.start(server.serve)
-        _serving(server.addresses + server.tls_addresses, "trio")
+        _serving(server.addresses + server.tls_addresses, server.unix_addresses, "trio")
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if group.cancel_scope.cancel_called or server.stopping:

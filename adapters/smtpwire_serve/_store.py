@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from smtpwire import Reply
 from smtpwire_handler import Envelope, MaybeAwaitable, Reject, Session
+from smtpwire_handler._session import UNIX_PEER
 
 from ._authfile import Accounts, AuthFileHandler
 from ._maildir import Delivery, Maildir, storage_reply
@@ -30,15 +31,24 @@ _MAX_HELO = 255  # octets: RFC 5321 4.5.3.1.2, the longest domain
 _MAX_ADDRESS = 512  # octets: twice RFC 5321's longest path, so no valid address is ever cut
 
 
-def protocol_name(session: Session, smtputf8: bool) -> str:
-    """The ``with`` keyword of RFC 5321 4.4, RFC 3848 and RFC 6531: SMTP, ESMTP, ESMTPSA, UTF8SMTPS, ...
+def protocol_name(session: Session, smtputf8: bool, lmtp: bool = False) -> str:
+    """The ``with`` keyword of RFC 5321 4.4, RFC 3848 and RFC 6531: SMTP, ESMTP, ESMTPSA, UTF8SMTPS, LMTPS, ...
 
-    ``S`` when TLS is active, ``A`` when the client authenticated (AUTH needs EHLO).
+    ``S`` when TLS is active, ``A`` when the client authenticated (AUTH needs
+    EHLO or LHLO).  LMTP always starts with LHLO: LMTP, LMTPS, LMTPA, LMTPSA,
+    and with SMTPUTF8 UTF8LMTP ... UTF8LMTPSA (RFC 6531 3.7.3).
     """
-    if not session.esmtp:
+    if not (session.esmtp or lmtp):
         return "SMTP"
-    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    base = ("UTF8" if smtputf8 else "") + ("LMTP" if lmtp else "SMTP" if smtputf8 else "ESMTP")
     return base + ("S" if session.tls else "") + ("A" if session.authenticated else "")
+
+
+def peer_shown(session: Session) -> str:
+    """The TCP-info of ``Received: from`` (RFC 5321 4.4): ``[192.0.2.7]``, ``[IPv6:...]``, or ``unix socket``."""
+    if session.peer_host == UNIX_PEER:
+        return "unix socket"
+    return address_literal(session.peer_host)
 
 
 def address_literal(host: str) -> str:
@@ -107,7 +117,7 @@ def address_shown(address: str, utf8: bool) -> str:
     return shown if shown == safe else shown.replace('"', "?").replace("\\", "?")
 
 
-def trace_headers(session: Session, envelope: Envelope, hostname: str) -> bytes:
+def trace_headers(session: Session, envelope: Envelope, hostname: str, lmtp: bool = False) -> bytes:
     """Return-Path and a Received header (RFC 5321 4.4) for the top of the stored message.
 
     One clause a line, each line bounded well under RFC 5322's 998 octets
@@ -116,10 +126,11 @@ def trace_headers(session: Session, envelope: Envelope, hostname: str) -> bytes:
     ``address_shown``).
     """
     utf8 = "SMTPUTF8" in envelope.mail_params
+    protocol = protocol_name(session, utf8, lmtp)
     lines = [
         f"Return-Path: <{address_shown(envelope.mail_from, utf8)}>",
-        f"Received: from {helo_shown(session.helo_name, utf8)} ({address_literal(session.peer_host)})",
-        f"\tby {hostname} (smtpwire) with {protocol_name(session, utf8)} id {session.id}",
+        f"Received: from {helo_shown(session.helo_name, utf8)} ({peer_shown(session)})",
+        f"\tby {hostname} (smtpwire) with {protocol} id {session.id}",
     ]
     if session.tls:
         lines.append(f"\t(using {session.tls.version} with cipher {session.tls.cipher} ({session.tls.bits} bits))")
@@ -159,14 +170,17 @@ def request_headers(envelope: Envelope, utf8: bool) -> list[str]:
     return lines
 
 
-def log_accepted(session: Session, envelope: Envelope, size: int, where: str) -> None:
+def log_accepted(
+    session: Session, envelope: Envelope, size: int, where: str, recipients: list[str] | None = None
+) -> None:
+    """One line per accepted message (or, in LMTP, per ``recipients`` given: the one just answered)."""
     tls = f"{session.tls.version}/{session.tls.cipher}" if session.tls else "none"
     auth = f" auth={session.authenticated.username}" if session.authenticated else ""
     log.info(
         "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s",
         session.id,
         envelope.mail_from,
-        ",".join(f"<{r}>" for r in envelope.rcpt_tos),
+        ",".join(f"<{r}>" for r in (envelope.rcpt_tos if recipients is None else recipients)),
         size,
         tls,
         auth,
@@ -198,6 +212,8 @@ class MaildirHandler(AuthFileHandler):
     the data (still 451/452, never 250).
     """
 
+    lmtp = False  #: the Received header says LMTP (``with LMTP``, RFC 3848)
+
     def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
         self.maildir = maildir
         self.hostname = hostname
@@ -211,7 +227,7 @@ class MaildirHandler(AuthFileHandler):
         assert session.envelope is not None
         delivery = self.maildir.begin()
         session.state["delivery"] = delivery
-        session.state["pending"] = [trace_headers(session, session.envelope, self.hostname)]
+        session.state["pending"] = [trace_headers(session, session.envelope, self.hostname, self.lmtp)]
         session.state["pending_size"] = 0
         return None if self._proven else self._create(session, delivery)
 

@@ -1,0 +1,219 @@
+"""LMTP delivery into one Maildir per recipient: written once, linked into each, answered per recipient.
+
+``serve --lmtp --maildir DIR`` gives each recipient the Maildir
+``DIR/<folder>/`` (``folder_name``: the lower-cased address, every octet
+outside ``a-z 0-9 @ . - _ + =`` written ``%XX``, a leading dot too).  The
+message streams into ``DIR/.spool/tmp/`` as it arrives (one file, however
+many recipients); at the end of data it is fsynced once and hard-linked
+into each recipient's ``new/`` (copied, fsynced and renamed there instead
+when a link is impossible, as across file systems), then each ``new/`` is
+fsynced, shared with the deliveries linked into it meanwhile
+(``DirectorySync``).  A recipient is answered 250 only once its copy is
+durable; one whose copy failed gets 451/452, the others are not affected.
+A folder is made (0700, with tmp/, new/ and cur/) at its first message.
+
+Everything here that touches the disk blocks: call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+
+import anyio.to_thread
+
+from smtpwire import Reply
+from smtpwire_handler import Envelope, MaybeAwaitable, Session
+
+from ._authfile import Accounts
+from ._maildir import FILE_MODE, FOLDER_MODE, Delivery, DirectorySync, Maildir, storage_reply
+from ._store import MaildirHandler, log_accepted
+
+log = logging.getLogger("smtpwire.serve")
+
+#: Where messages are written while they arrive (a dot: no recipient's folder can be named so).
+SPOOL = ".spool"
+#: What a folder name keeps as it is (after lower-casing); anything else is ``%XX``.
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@.-_+=")
+#: Names longer than this are cut and given a hash (a file name holds 255 octets).
+_MAX_NAME = 200
+_HEAD = 180
+#: Link errors that mean "no link here, copy instead": other file system, none supported, too many links.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+_SUBFOLDERS = ("tmp", "new", "cur")
+
+Outcome = Path | OSError
+
+
+def folder_name(address: str) -> str:
+    """The recipient's folder under the LMTP Maildir root: one path component, never ``.``, ``..`` or hidden.
+
+    The address lower-cased, each character outside ``a-z 0-9 @ . - _ + =``
+    written as ``%XX`` per UTF-8 octet (``%`` itself too, so two addresses
+    never share a name unless they differ only in case), a leading ``.``
+    as ``%2E``.  A name over 200 characters keeps its first 180 and ends
+    with ``~`` and 16 hex digits of its SHA-256 (``~`` never appears
+    otherwise).
+    """
+    lowered = address.lower()
+    name = "".join(char if char in _SAFE else _escaped(char) for char in lowered)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha256(lowered.encode("utf-8", "surrogatepass")).hexdigest()
+        name = f"{name[:_HEAD]}~{digest[:16]}"
+    return name or "%"  # an empty address (never accepted by the core) would name the root itself
+
+
+def _escaped(char: str) -> str:
+    return "".join(f"%{octet:02X}" for octet in char.encode("utf-8", "surrogatepass"))
+
+
+class Mailboxes:
+    """The LMTP Maildir root: a Maildir per recipient folder, and the spool the messages stream into."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        self.spool = Maildir(self.path / SPOOL)
+        self._lock = threading.Lock()
+        #: One group commit per recipient's new/, alive while a delivery uses it.
+        self._syncs: weakref.WeakValueDictionary[str, DirectorySync] = weakref.WeakValueDictionary()
+
+    def deliver(self, delivery: Delivery, data: bytes, folders: Iterable[str]) -> dict[str, Outcome]:
+        """Finish the message with ``data``, give each folder its durable copy; each folder's path or error.
+
+        The spool file is removed in the end, whatever happened: the copies
+        are links to it, or copies of it.
+        """
+        wanted = list(dict.fromkeys(folders))
+        try:
+            delivery.seal(data)
+        except OSError as error:
+            delivery.abort()
+            return dict.fromkeys(wanted, error)
+        try:
+            outcomes = {folder: self._placed(delivery, folder) for folder in wanted}
+            for folder, outcome in outcomes.items():  # linked into every new/ first: one journal commit serves most
+                if isinstance(outcome, Path):
+                    outcomes[folder] = self._synced(folder, outcome)
+        finally:
+            delivery.abort()
+        return outcomes
+
+    def _placed(self, delivery: Delivery, folder: str) -> Outcome:
+        try:
+            box = self.maildir(folder)
+            target = box / "new" / delivery.name
+            try:
+                os.link(delivery.tmp, target)
+            except OSError as error:
+                if error.errno not in _NO_LINK:
+                    raise
+                _copy(delivery.tmp, box / "tmp" / delivery.name, target)
+        except OSError as error:
+            return error
+        return target
+
+    def _synced(self, folder: str, path: Path) -> Outcome:
+        with self._lock:
+            sync = self._syncs.get(folder)
+            if sync is None:
+                sync = self._syncs[folder] = DirectorySync(self.path / folder / "new")
+        try:
+            sync.sync()
+        except OSError as error:
+            return error
+        return path
+
+    def maildir(self, folder: str) -> Path:
+        """``DIR/folder``, made a Maildir (0700) durably if it is not one yet."""
+        box = self.path / folder
+        if (box / "new").is_dir():
+            return box
+        box.mkdir(mode=FOLDER_MODE, exist_ok=True)
+        for sub in _SUBFOLDERS:
+            (box / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
+        _fsync_directory(box)
+        _fsync_directory(self.path)
+        return box
+
+
+def _copy(source: Path, tmp: Path, target: Path) -> None:
+    """Where no link can be made: copy into tmp/, fsync, rename into new/ (the caller fsyncs new/)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with open(source, "rb") as original, open(fd, "wb", closefd=False) as copy:
+            shutil.copyfileobj(original, copy)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class LmtpMaildirHandler(MaildirHandler):
+    """``MaildirHandler`` for LMTP: one stored copy per recipient folder, and one answer per recipient.
+
+    The first recipient's ``deliver`` makes the one trip to a worker thread
+    that stores every copy (see ``Mailboxes.deliver``); each recipient is then
+    answered from its own outcome.
+    """
+
+    lmtp = True
+
+    def __init__(self, mailboxes: Mailboxes, hostname: str, accounts: Accounts | None = None) -> None:
+        super().__init__(mailboxes.spool, hostname, accounts)
+        self.mailboxes = mailboxes
+
+    def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
+        session.state.pop("outcomes", None)  # the last transaction's
+        return super().data_start(session)
+
+    def deliver(self, session: Session, envelope: Envelope, recipient: str) -> MaybeAwaitable[Reply | None]:
+        """The first recipient waits for every copy to be stored; the others are answered inline."""
+        outcomes: dict[str, Outcome] | None = session.state.get("outcomes")
+        if outcomes is None:
+            return self._store_then_answer(session, envelope, recipient)
+        return self._answer(session, envelope, recipient, outcomes)
+
+    async def _store_then_answer(self, session: Session, envelope: Envelope, recipient: str) -> Reply | None:
+        outcomes = session.state["outcomes"] = await self._store(session, envelope)
+        return self._answer(session, envelope, recipient, outcomes)
+
+    @staticmethod
+    def _answer(session: Session, envelope: Envelope, recipient: str, outcomes: dict[str, Outcome]) -> Reply | None:
+        outcome = outcomes[folder_name(recipient)]
+        if isinstance(outcome, OSError):
+            log.error("session %s: storing the message for <%s> failed: %s", session.id, recipient, outcome)
+            return storage_reply(outcome)
+        where = f"stored={outcome.parent.parent.name}/new/{outcome.name}"
+        log_accepted(session, envelope, session.state["size"], where, [recipient])
+        return None
+
+    async def _store(self, session: Session, envelope: Envelope) -> dict[str, Outcome]:
+        delivery: Delivery = session.state.pop("delivery")
+        folders = [folder_name(recipient) for recipient in envelope.rcpt_tos]
+        outcomes = await anyio.to_thread.run_sync(self.mailboxes.deliver, delivery, self._take(session), folders)
+        session.state["size"] = delivery.size  # with the trace headers, as stored
+        self._proven = any(isinstance(outcome, Path) for outcome in outcomes.values())  # the spool took it
+        return outcomes
