@@ -1,0 +1,70 @@
+"""The asyncio server as the test server needs it: it can find a session's connection to drop it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import smtpwire
+import smtpwire_asyncio
+from smtpwire_asyncio import Session
+from smtpwire_handler import SessionDriver
+
+from ._faults import Disconnect, Fail, Faults
+
+
+class DroppingServer(smtpwire_asyncio.Server):
+    """``smtpwire_asyncio.Server`` that keeps its connections, so that an injected disconnect can drop one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[smtpwire_asyncio.SMTPProtocol] = set()
+
+    def admit(self, protocol: smtpwire_asyncio.SMTPProtocol, peer: object) -> str | None:
+        refusal = super().admit(protocol, peer)
+        if refusal is None:
+            self.connections.add(protocol)
+        return refusal
+
+    def release(self, protocol: smtpwire_asyncio.SMTPProtocol) -> None:
+        self.connections.discard(protocol)
+        super().release(protocol)
+
+    def drop(self, session: Session) -> None:
+        """Drop ``session``'s connection without a word (the client sees it close)."""
+        self._drop_where(lambda driver: driver.session is session)
+
+    def drop_connection(self, conn: smtpwire.ServerConnection) -> Session | None:
+        """Drop the connection the core's ``conn`` serves; its session, if found."""
+        return self._drop_where(lambda driver: driver.conn is conn)
+
+    def _drop_where(self, chosen: Callable[[SessionDriver], bool]) -> Session | None:
+        for protocol in list(self.connections):
+            if protocol.driver is not None and chosen(protocol.driver) and protocol.transport is not None:
+                protocol.transport.abort()
+                return protocol.driver.session
+        return None
+
+
+class FaultyStartTLS(smtpwire.StartTLS):
+    """STARTTLS that an injected fault can refuse (the core's 454 4.7.0) or answer by dropping the connection.
+
+    The core asks ``offered()`` while it builds the EHLO reply (an ``Ehlo``
+    decision is pending: STARTTLS is still advertised, as a server whose TLS
+    breaks later would) and when the command comes (nothing pending: the
+    faults are asked then).
+    """
+
+    def __init__(self, faults: Faults, drop: Callable[[smtpwire.ServerConnection], None]) -> None:
+        self._faults = faults
+        self._drop = drop
+
+    def offered(self, conn: smtpwire.ServerConnection) -> bool:
+        if conn.tls_active:
+            return False
+        if conn.pending is not None:
+            return True
+        _, outcome = self._faults.due("starttls")
+        if isinstance(outcome, Disconnect):
+            self._drop(conn)
+        return not isinstance(outcome, Fail | Disconnect)

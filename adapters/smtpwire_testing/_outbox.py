@@ -1,0 +1,241 @@
+"""What the server received: each message parsed, raw, with its envelope and session; waiting for them.
+
+The loop thread appends, the test thread reads and waits: one condition
+variable guards the list, and ``await`` waiters are woken on their own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import cast, overload
+
+from ._faults import same_address
+
+Predicate = Callable[["ReceivedMessage"], bool]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The session a message came in: who greeted, over what TLS, as which user."""
+
+    id: str
+    peer: tuple[str, int] | None
+    helo_name: str | None
+    esmtp: bool
+    tls_version: str | None
+    tls_cipher: str | None
+    implicit_tls: bool
+    #: The user name the client authenticated as (``None`` without AUTH), and with which mechanism.
+    authenticated_user: str | None
+    auth_mechanism: str | None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message as the server acknowledged it with 250."""
+
+    raw: bytes
+    mail_from: str
+    mail_params: Mapping[str, str | None]
+    #: Every accepted RCPT, in order: Bcc recipients are here and nowhere in the headers.
+    rcpt_tos: tuple[str, ...]
+    rcpt_params: tuple[Mapping[str, str | None], ...]
+    session: SessionInfo
+    received_at: float
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message parsed with ``email.policy.default``, its CRLFs read as Python's ``\\n`` (``raw`` keeps
+        the wire's bytes); a fresh object each time: change it freely."""
+        text = self.raw.replace(b"\r\n", b"\n")
+        message: EmailMessage = email.message_from_bytes(text, policy=email.policy.default)
+        return message
+
+    @property
+    def subject(self) -> str | None:
+        subject = self.message["Subject"]
+        return None if subject is None else str(subject)
+
+    @property
+    def text(self) -> str | None:
+        """The text/plain body (the preferred one of a multipart message), or ``None``."""
+        body = self.message.get_body(("plain",))
+        return None if body is None else cast(str, body.get_content())
+
+    @property
+    def html(self) -> str | None:
+        body = self.message.get_body(("html",))
+        return None if body is None else cast(str, body.get_content())
+
+    def sent_to(self, address: str) -> bool:
+        """Whether ``address`` was an envelope recipient (exact; the domain without case)."""
+        return any(same_address(rcpt, address) for rcpt in self.rcpt_tos)
+
+    def summary(self) -> str:
+        return (
+            f"from <{self.mail_from}> to {', '.join(f'<{r}>' for r in self.rcpt_tos)}"
+            f" subject={self.subject!r} ({len(self.raw)} bytes)"
+        )
+
+
+class Mailbag:
+    """Every message a server received, in order, for all its views."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.messages: list[ReceivedMessage] = []
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def add(self, message: ReceivedMessage) -> None:
+        with self.changed:
+            self.messages.append(message)
+            self.changed.notify_all()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def watch(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        with self.changed:
+            self._waiters.add(waiter)
+
+    def unwatch(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        with self.changed:
+            self._waiters.discard(waiter)
+
+
+class Outbox:
+    """The messages one test sees (those since it began, or since ``clear()``), with waits and filters.
+
+    Failed waits raise ``AssertionError`` listing what did arrive.
+    """
+
+    def __init__(self, bag: Mailbag) -> None:
+        self._bag = bag
+        with bag.changed:
+            self._start = len(bag.messages)
+
+    @property
+    def messages(self) -> list[ReceivedMessage]:
+        with self._bag.changed:
+            return self._bag.messages[self._start :]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[ReceivedMessage]:
+        return iter(self.messages)
+
+    def __getitem__(self, index: int) -> ReceivedMessage:
+        return self.messages[index]
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    def clear(self) -> None:
+        """Forget what arrived so far (for this view only)."""
+        with self._bag.changed:
+            self._start = len(self._bag.messages)
+
+    def filter(
+        self,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | None = None,
+        subject: str | None = None,
+        where: Predicate | None = None,
+    ) -> list[ReceivedMessage]:
+        """The messages from ``mail_from`` (envelope), to ``rcpt_to`` (any envelope recipient, Bcc included),
+        with exactly this ``subject``, for which ``where`` is true: addresses compare exactly, domains without case."""
+        return [
+            message
+            for message in self.messages
+            if (mail_from is None or same_address(message.mail_from, mail_from))
+            and (rcpt_to is None or message.sent_to(rcpt_to))
+            and (subject is None or message.subject == subject)
+            and (where is None or where(message))
+        ]
+
+    def sent_to(self, address: str) -> list[ReceivedMessage]:
+        return self.filter(rcpt_to=address)
+
+    def sent_by(self, address: str) -> list[ReceivedMessage]:
+        return self.filter(mail_from=address)
+
+    @overload
+    def wait_for(self, what: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]: ...
+    @overload
+    def wait_for(self, what: Predicate, timeout: float = 5.0) -> ReceivedMessage: ...
+    def wait_for(self, what: int | Predicate = 1, timeout: float = 5.0) -> list[ReceivedMessage] | ReceivedMessage:
+        """Block until ``what`` messages arrived (then return them) or one matches ``what`` (return it)."""
+        deadline = time.monotonic() + timeout
+        with self._bag.changed:
+            while (found := self._found(what)) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(self._missing(what, timeout))
+                self._bag.changed.wait(left)
+        return found
+
+    @overload
+    async def wait_for_async(self, what: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]: ...
+    @overload
+    async def wait_for_async(self, what: Predicate, timeout: float = 5.0) -> ReceivedMessage: ...
+    async def wait_for_async(
+        self, what: int | Predicate = 1, timeout: float = 5.0
+    ) -> list[ReceivedMessage] | ReceivedMessage:
+        """``wait_for`` for asyncio tests: the loop (and the client under test on it) runs while it waits."""
+        loop = asyncio.get_running_loop()
+        waiter = (loop, asyncio.Event())
+        self._bag.watch(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                while (found := self._found(what)) is None:
+                    await waiter[1].wait()
+                    waiter[1].clear()
+        except TimeoutError:
+            raise AssertionError(self._missing(what, timeout)) from None
+        finally:
+            self._bag.unwatch(waiter)
+        return found
+
+    def assert_no_message(self, within: float = 0.5, where: Predicate | None = None) -> None:
+        """Fail if a message (one for which ``where`` is true) arrives, or has arrived, within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        with self._bag.changed:
+            while True:
+                unwanted = [message for message in self.messages if where is None or where(message)]
+                if unwanted:
+                    raise AssertionError(f"expected no message, got {len(unwanted)}:\n{_listing(unwanted)}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._bag.changed.wait(left)
+
+    def _found(self, what: int | Predicate) -> list[ReceivedMessage] | ReceivedMessage | None:
+        messages = self.messages
+        if isinstance(what, int):
+            return messages[:what] if len(messages) >= what else None
+        return next((message for message in messages if what(message)), None)
+
+    def _missing(self, what: int | Predicate, timeout: float) -> str:
+        wanted = f"{what} message(s)" if isinstance(what, int) else f"a message matching {_name(what)}"
+        messages = self.messages
+        return f"waited {timeout} s for {wanted}; {len(messages)} arrived:\n{_listing(messages)}"
+
+    def __repr__(self) -> str:
+        return f"<Outbox {len(self)} message(s)>"
+
+
+def _listing(messages: list[ReceivedMessage]) -> str:
+    return "\n".join(f"  #{n} {message.summary()}" for n, message in enumerate(messages, 1)) or "  (nothing)"
+
+
+def _name(predicate: Predicate) -> str:
+    return getattr(predicate, "__qualname__", repr(predicate))

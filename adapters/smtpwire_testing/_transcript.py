@@ -1,0 +1,115 @@
+"""The wire transcript of a server's sessions, from the adapters' own ``smtpwire.transcript`` log lines.
+
+The driver writes those lines only while that logger is enabled for DEBUG,
+so a running ``MailServer`` enables it (and puts the level back when the
+last one stops); each server keeps the lines of its own sessions only, and
+the lines only it wanted go no further.
+AUTH exchanges are withheld there already, so no password is shown.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+
+_log = logging.getLogger("smtpwire.transcript")
+
+#: Lines kept per server at most (the oldest are dropped): a runaway test must not eat the memory.
+MAX_LINES = 10_000
+
+
+_SIDES = {"<<<": "C:", ">>>": "S:"}
+
+
+def readable(shown: str) -> list[str]:
+    """The driver's ``repr(bytes)`` made into text lines (a withheld or cut note stays as it is)."""
+    head, cut, rest = shown.partition(" (+")
+    if not head.startswith(("b'", 'b"')):
+        return [shown]
+    try:
+        data = ast.literal_eval(head)
+    except (ValueError, SyntaxError):
+        return [shown]
+    lines = data.decode("utf-8", "backslashreplace").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if cut:
+        lines.append(f"[... {rest.rstrip(')')} more]")
+    return [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
+
+
+class TranscriptRecorder:
+    """Keeps the transcript lines of the sessions ``watch()`` was told about."""
+
+    def __init__(self) -> None:
+        self._sessions: set[str] = set()
+        self._lines: list[tuple[int, str]] = []  # (sequence number, line)
+        self._count = 0
+        self._guard = threading.Lock()
+
+    def watch(self, session_id: str) -> None:
+        with self._guard:
+            self._sessions.add(session_id)
+
+    def dropped(self, session_id: str) -> None:
+        """An injected fault dropped the session: what the server queued after it never went out."""
+        with self._guard:
+            self._sessions.discard(session_id)
+            self._count += 1
+            self._lines.append((self._count, f"{session_id} -- connection dropped (injected fault)"))
+
+    def take(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 3 and args[0] in self._sessions):
+            return
+        session_id, direction, shown = args
+        with self._guard:
+            self._count += 1
+            for line in readable(str(shown)):
+                self._lines.append((self._count, f"{session_id} {_SIDES.get(str(direction), direction)} {line}"))
+            del self._lines[:-MAX_LINES]
+
+    def mark(self) -> int:
+        """A point in the transcript: ``text(since=mark)`` shows what came after."""
+        return self._count
+
+    def text(self, since: int = 0) -> str:
+        with self._guard:
+            return "\n".join(line for number, line in self._lines if number > since)
+
+    def attach(self) -> None:
+        with _tap_lock:
+            if not _recorders:
+                _tap.saved_level = _log.level
+                _log.setLevel(logging.DEBUG)
+                _log.addFilter(_tap)
+            _recorders.add(self)
+
+    def detach(self) -> None:
+        with _tap_lock:
+            _recorders.discard(self)
+            if not _recorders:
+                _log.removeFilter(_tap)
+                _log.setLevel(_tap.saved_level)
+
+
+class _Tap(logging.Filter):
+    """Hands every transcript line to the recorders, then lets through only what the logger's own level would.
+
+    A filter on the logger, not a handler: what we enabled for ourselves
+    never reaches the application's handlers (nor pytest's captured log).
+    """
+
+    saved_level = logging.NOTSET
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for recorder in list(_recorders):
+            recorder.take(record)
+        level = self.saved_level or (_log.parent.getEffectiveLevel() if _log.parent else logging.WARNING)
+        return record.levelno >= level
+
+
+_tap = _Tap()
+_tap_lock = threading.Lock()
+_recorders: set[TranscriptRecorder] = set()
