@@ -15,64 +15,15 @@ DNS (the relay host is an address literal).  Starting Postfix needs root.
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
-import pwd
 import re
-import shutil
-import signal
 import smtplib
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 
-import pytest
-
+from tests.postfix import maillog, throwaway_postfix
 from tests.test_cli import serve, split_trace, stored
-from tests.test_interop import MESSAGE, TIMEOUT, need
-
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {home}/queue
-data_directory = {home}/data
-maillog_file = {home}/maillog
-maillog_file_prefixes = {home}
-myhostname = postfix.test
-mydomain = test
-mydestination =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{relay_port}
-smtp_host_lookup = native
-smtp_dns_support_level = disabled
-"""
-
-#: Only what relaying needs; nothing chrooted, nothing delivered locally.
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-proxymap  unix  - - n -  - proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
+from tests.test_interop import MESSAGE, TIMEOUT
 
 
 def free_port() -> int:
@@ -80,55 +31,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def postfix(home: pathlib.Path, command: str) -> None:
-    result = subprocess.run(
-        [need("postfix"), "-c", str(home / "etc"), command], capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert result.returncode == 0, f"postfix {command}: {result.stdout}{result.stderr}{maillog(home)}"
-
-
-def maillog(home: pathlib.Path) -> str:
-    log = home / "maillog"
-    return log.read_text(errors="replace") if log.exists() else ""
-
-
-def stop_master(home: pathlib.Path) -> None:
-    """``postfix stop`` signals the master; wait (bounded) for it to go, and kill it only if it stays."""
-    with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-        postfix(home, "stop")
-    pid_file = home / "queue" / "pid" / "master.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text().strip())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-
-
 @contextlib.contextmanager
 def postfix_relay(relay_port: int) -> Iterator[tuple[int, pathlib.Path]]:
     """A Postfix instance relaying everything it accepts to 127.0.0.1:``relay_port``; yields its port and home."""
-    if os.geteuid() != 0:
-        pytest.skip("starting a Postfix instance needs root")
-    home = pathlib.Path(tempfile.mkdtemp(prefix="smtpwire-postfix-"))
-    home.chmod(0o755)  # its daemons run as the postfix user
     port = free_port()
-    for folder in ("etc", "queue", "data"):
-        (home / folder).mkdir(mode=0o755)
-    shutil.chown(home / "data", pwd.getpwnam("postfix").pw_uid)
-    (home / "etc" / "main.cf").write_text(MAIN_CF.format(home=home, relay_port=relay_port))
-    (home / "etc" / "master.cf").write_text(MASTER_CF.format(port=port))
-    try:
-        postfix(home, "start")
+    main_cf = (
+        "myhostname = postfix.test\nmydomain = test\ninet_interfaces = 127.0.0.1\nmynetworks = 127.0.0.0/8\n"
+        f"relayhost = [127.0.0.1]:{relay_port}\nsmtp_host_lookup = native\n"
+    )
+    services = f"127.0.0.1:{port} inet n - n - - smtpd\nsmtp unix - - n - - smtp\nrelay unix - - n - - smtp\n"
+    with throwaway_postfix(main_cf, services) as home:
         yield port, home
-    finally:
-        stop_master(home)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_postfix_relays_into_serve_with_its_dsn_requests(tmp_path: pathlib.Path) -> None:

@@ -13,7 +13,6 @@ import pathlib
 import shutil
 import socket
 import subprocess
-import tempfile
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import smtpwire
 from smtpwire_anyio import TLSInfo
 from smtpwire_serve._lmtp import SPOOL, Mailboxes, folder_name
 from smtpwire_serve._store import protocol_name
+from tests.postfix import sendmail, shared_temp_dir, throwaway_postfix
 from tests.test_cli import Serve
 from tests.test_interop import MESSAGE, TIMEOUT
 
@@ -203,68 +203,21 @@ def test_smtp_source_speaks_lmtp_to_serve(tmp_path: pathlib.Path) -> None:
     assert sorted(p.name for p in boxes["b@example.org"]) == sorted(p.name for p in boxes["2b@example.org"])
 
 
-_POSTFIX_SERVICES = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-retry     unix  -       -       n       -       -       error
-error     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
-
-@contextmanager
-def throwaway_postfix(socket_path: pathlib.Path, home: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A Postfix instance of its own (no listener) that sends all mail by LMTP to ``socket_path``; yields its config."""
-    postfix = shutil.which("postfix") or shutil.which("/usr/sbin/postfix")
-    if postfix is None:
-        pytest.fail("postfix is not installed")
-    etc, queue, data = home / "etc", home / "queue", home / "data"
-    for folder in (etc, queue, data):
-        folder.mkdir()
-    shutil.chown(data, "postfix")
-    (etc / "main.cf").write_text(
-        "compatibility_level = 3.6\n"
-        f"queue_directory = {queue}\ndata_directory = {data}\n"
-        f"maillog_file = {home}/maillog\nmaillog_file_prefixes = {home}\n"
-        "mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = mta.test\nmyorigin = mta.test\n"
-        "mydestination =\nrelay_domains =\ninet_interfaces = loopback-only\ninet_protocols = ipv4\n"
-        "alias_maps =\nalias_database =\nsmtputf8_enable = no\n"
-        f"default_transport = lmtp:unix:{socket_path}\n"
-    )
-    (etc / "master.cf").write_text(_POSTFIX_SERVICES)
-    started = subprocess.run([postfix, "-c", str(etc), "start"], capture_output=True, text=True, timeout=TIMEOUT)
-    assert started.returncode == 0, started.stderr + (home / "maillog").read_text(errors="replace")
-    try:
-        yield etc
-    finally:
-        subprocess.run([postfix, "-c", str(etc), "stop"], capture_output=True, timeout=TIMEOUT)
-
-
 def test_postfix_delivers_by_lmtp_over_the_unix_socket(tmp_path: pathlib.Path) -> None:
     """Postfix's own lmtp client (default_transport = lmtp:unix:...): one message, two recipients, two copies."""
-    home = pathlib.Path(tempfile.mkdtemp(prefix="smtpwire-postfix-"))  # the postfix user must reach it
+    sockets = shared_temp_dir()  # the lmtp client runs as the postfix user
     try:
-        home.chmod(0o755)
-        path, root = home / "lmtp.sock", tmp_path / "mail"
+        path, root = sockets / "lmtp.sock", tmp_path / "mail"
+        main_cf = (
+            "myhostname = mta.test\nmyorigin = mta.test\nrelay_domains =\ninet_interfaces = loopback-only\n"
+            f"smtputf8_enable = no\ndefault_transport = lmtp:unix:{path}\n"
+        )
         # 0666: the lmtp client runs as the postfix user (in production: 0660 and postfix in the socket's group)
         with (
             serve_unix(path, "--lmtp", "--maildir", str(root), "--socket-mode", "0666") as server,
-            throwaway_postfix(path, home) as etc,
+            throwaway_postfix(main_cf, "lmtp unix - - n - - lmtp\n") as home,
         ):
-            sendmail = ["sendmail", "-C", str(etc), "-f", "alice@example.org", "bob@example.org", "carol@example.org"]
-            subprocess.run(sendmail, input=MESSAGE, check=True, timeout=TIMEOUT)
+            sendmail(home, "alice@example.org", ["bob@example.org", "carol@example.org"], MESSAGE)
             for recipient in ("bob", "carol"):
                 server.wait_for(rf"accepted id=\w+ from=<alice@example.org> to=<{recipient}@example.org> .* peer=unix")
             assert server.stop() == 0
@@ -275,7 +228,7 @@ def test_postfix_delivers_by_lmtp_over_the_unix_socket(tmp_path: pathlib.Path) -
         assert b"(unix socket)\r\n\tby mx.test (smtpwire) with LMTP id " in bob.read_bytes()
         assert b"Received: by mta.test (Postfix" in bob.read_bytes()  # Postfix's own trace, below ours
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 # -- the naming and the store, without a server
