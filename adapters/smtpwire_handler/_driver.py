@@ -402,10 +402,17 @@ class SessionDriver:
             self._queue("message", (self.session, self.session.envelope), event)
 
     def _message_rejected(self, event: smtpwire.MessageRejected) -> None:
+        self._log_refusal("the message", event.reply)
         self._aborted(event.reply)
 
     def _command_rejected(self, event: smtpwire.CommandRejected) -> None:
+        self._log_refusal(event.command or "a command", event.reply)
         self._queue("error", (self.session, event.command, event.reply), event)
+
+    def _log_refusal(self, what: str, reply: Reply) -> None:
+        """Every refusal leaves a line: what was refused and the reply the client got."""
+        first, *more = reply.to_bytes(True).decode(errors="replace").splitlines()
+        self.log.info("session %s: refused %s: %s%s", self.session.id, what, first, " ..." if more else "")
 
     def _auth(self, event: smtpwire.AuthCredentials | smtpwire.CredentialsLookup) -> None:
         hook = "authenticate" if isinstance(event, smtpwire.AuthCredentials) else "credentials"
@@ -476,6 +483,8 @@ class SessionDriver:
             conn.send(reply)
         if reply is None or reply.code in event.accepts:
             self._accepted(event)
+        else:
+            self._log_refusal(_refused(event), reply)
         if type(event) is smtpwire.EndOfMessage:
             self._in_message = False
             more = self.conn.transaction is not None and hook != "deliver"  # LMTP: recipients are still due
@@ -537,6 +546,30 @@ def _warn_text_reply(log: logging.Logger, handler: type[object], hook: str, text
         _WARNED.add((handler, hook))
         log.warning("%s.%s returned %r, a str: answered as such; return smtpwire.Reply", handler.__name__, hook, text)
 
+
+def _refused(event: smtpwire.Decision) -> str:
+    """What a refused decision was, for the log line."""
+    if isinstance(event, smtpwire.MailFrom | smtpwire.RcptTo):
+        return f"{_COMMANDS[type(event)]}<{event.address}>"
+    if isinstance(event, smtpwire.EndOfMessage):
+        return "the message" if event.recipient is None else f"the message for <{event.recipient}>"
+    if isinstance(event, smtpwire.ExtensionCommand):
+        return event.verb
+    if isinstance(event, smtpwire.DataRequested):
+        return "BDAT" if event.chunked else "DATA"
+    return _COMMANDS.get(type(event), type(event).__name__)
+
+
+_COMMANDS: dict[type[smtpwire.Event], str] = {
+    smtpwire.ConnectionOpened: "the connection",
+    smtpwire.Helo: "HELO",
+    smtpwire.Ehlo: "EHLO",
+    smtpwire.MailFrom: "MAIL FROM:",
+    smtpwire.RcptTo: "RCPT TO:",
+    smtpwire.Vrfy: "VRFY",
+    smtpwire.AuthCredentials: "AUTH",
+    smtpwire.CredentialsLookup: "AUTH",
+}
 
 _READING_MESSAGE = frozenset({smtpwire.State.DATA, smtpwire.State.CHUNK})
 
