@@ -906,9 +906,10 @@ class Harness:
         return max(0, self.skip_end - self.consumed())
 
     def discards_chunk(self, event: object) -> bool:
-        """A BDAT refused by the core: 503/500/530 or 552 (but 501 closes), or too big between chunks."""
+        """A BDAT the core refused (503, 500, 530, 552; 501 or an over-long line closes), or too big between chunks."""
         if isinstance(event, smtpwire.CommandRejected):
-            return event.command == "BDAT" and event.reply.code != 501
+            lost = event.reply.code == 501 or event.reply.text == ("Line too long",)
+            return event.command == "BDAT" and not lost
         return isinstance(event, smtpwire.MessageRejected) and event.reply.code == 552 and self.chunked
 
     def discard_chunk(self, line: bytes | None) -> None:
@@ -1528,6 +1529,9 @@ SEEDS: dict[str, bytes] = {
     "regress-bdat-bad-characters": config(AUTO)
     + lines(*EHLO_TO_DATA[:3])
     + feed(b"BDAT \x00\x0b\r\n\r\n.\r\nQUIT\r\n"),
+    "regress-bdat-over-long-line": config(AUTO)
+    + lines(*EHLO_TO_DATA[:3])
+    + feed(b"BDAT 6" + b" " * 600 + b"LAST\r\nRSET\r\nQUIT\r\n"),
     "bdat-quit-between-chunks": config(AUTO) + lines(*EHLO_TO_DATA[:3]) + feed(b"BDAT 2\r\nabQUIT\r\n"),
     "bdat-lost-size": config(AUTO) + lines(*EHLO_TO_DATA[:3], "BDAT 5 NOTLAST", "NOOP"),
     "bdat-require-tls": config(STARTTLS | REQUIRE_TLS | AUTO)
