@@ -26,10 +26,9 @@ import pytest
 import scramp
 
 import smtpwire
-from smtpwire_handler import AsyncHandler, ServerOptions
+from smtpwire_handler import AsyncHandler, Maildir, ServerOptions
 from smtpwire_serve import _authfile
 from smtpwire_serve._authlimit import Attempt, FailureBudget, client_network
-from smtpwire_serve._maildir import Maildir
 from smtpwire_serve._store import MaildirHandler, SinkHandler
 from tests.servers import running
 from tests.test_cli import Serve, serve, starttls

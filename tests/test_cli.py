@@ -18,14 +18,15 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import pytest
 import scramp
 
 import smtpwire
 from smtpwire_anyio import TLSInfo
+from smtpwire_handler._trace import protocol_name
 from smtpwire_serve import _authfile
-from smtpwire_serve._store import protocol_name
 from tests import certs
 from tests.test_interop import MESSAGE, TIMEOUT, need, starttls_client
 
@@ -35,10 +36,12 @@ SERVING = re.compile(r"smtpwire serving on (\S+?):(\d+)")
 class Serve:
     """A running ``python -m smtpwire_serve serve``, its log and its address."""
 
-    def __init__(self, args: list[str], preexec: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, args: list[str], preexec: Callable[[], None] | None = None, stdout: IO[str] | None = None
+    ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "smtpwire_serve", "serve", *args],
-            stdout=subprocess.DEVNULL,
+            stdout=stdout or subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=preexec,
@@ -83,8 +86,8 @@ class Serve:
 
 
 @contextmanager
-def serve(*args: str, preexec: Callable[[], None] | None = None) -> Iterator[Serve]:
-    server = Serve(["--listen", "127.0.0.1:0", "--hostname", "mx.test", *args], preexec)
+def serve(*args: str, preexec: Callable[[], None] | None = None, stdout: IO[str] | None = None) -> Iterator[Serve]:
+    server = Serve(["--listen", "127.0.0.1:0", "--hostname", "mx.test", *args], preexec, stdout)
     try:
         yield server
     finally:
@@ -234,7 +237,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--listen", "nonsense"], "expected HOST:PORT (IPv6 as [::1]:PORT), not 'nonsense'"),
         (["--listen", "127.0.0.1:99999"], "expected HOST:PORT"),
-        (["--tls-cert", "/nonexistent/cert.pem"], "cannot load the TLS certificate /nonexistent/cert.pem"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "cannot read --tls-cert /nonexistent/cert.pem: No such file"),
         (["--tls-listen", "127.0.0.1:0"], "--tls-listen and --require-starttls need --tls-cert"),
         (["--require-starttls"], "--tls-listen and --require-starttls need --tls-cert"),
         (["--hostname", "bad name"], "hostname must be 1-255 printable ASCII characters"),
@@ -558,7 +561,8 @@ def test_bad_auth_options_give_one_clear_line(
 def test_an_auth_file_others_can_read_is_warned_about(tls_files: list[str], auth_file: str) -> None:
     pathlib.Path(auth_file).chmod(0o644)
     with serve(*tls_files, "--auth-file", auth_file, "--sink") as server:
-        assert any(f"WARNING: {auth_file} is open to other users (mode 0644)" in line for line in server.log)
+        warning = f"WARNING smtpwire.serve: {auth_file} is open to other users (mode 0644)"
+        assert any(warning in line for line in server.log)
 
 
 @pytest.mark.parametrize(
@@ -598,3 +602,23 @@ def test_unknown_scram_users_look_like_the_users_of_the_file(tmp_path: pathlib.P
             )
             assert code == 334 and base64.b64decode(server_first).endswith(b",i=5000")
             assert client.docmd("*")[0] == 501
+
+
+def test_print_shows_each_message_on_standard_output(tmp_path: pathlib.Path) -> None:
+    """``--print``, like ``python -m aiosmtpd``'s debugging mode: the message with who sent it to whom."""
+    printed = tmp_path / "stdout"
+    with printed.open("w") as stdout, serve("--print", stdout=stdout) as server:
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            client.sendmail("alice@example.org", ["bob@example.net", "carol@example.net"], MESSAGE)
+        server.wait_for(r"accepted id=\w+ from=<alice@example.org> .* printed")
+        assert server.stop() == 0
+    output = printed.read_text()
+    assert "X-MailFrom: alice@example.org\nX-RcptTo: bob@example.net, carol@example.net\n" in output
+    assert "Subject: interop\n" in output and not list(tmp_path.glob("maildir*"))
+
+
+def test_print_and_sink_are_one_or_the_other() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpwire_serve", "serve", "--print", "--sink"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "give either --print or --sink, not both" in result.stderr

@@ -20,8 +20,7 @@ import anyio.to_thread
 import pytest
 
 from smtpwire import Reply
-from smtpwire_handler import Envelope, Reject, Session
-from smtpwire_serve._maildir import STORAGE_FAILED, STORAGE_FULL, Delivery, Maildir
+from smtpwire_handler import STORAGE_FAILED, STORAGE_FULL, Delivery, Envelope, Maildir, Reject, Session
 from smtpwire_serve._store import MaildirHandler
 from tests.driver import Driver
 from tests.test_interop import MESSAGE, TIMEOUT

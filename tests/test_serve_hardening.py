@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from smtpwire_handler import Envelope
+from smtpwire_handler import Envelope, Maildir, trace_headers
 from smtpwire_serve._cli import _Formatter
-from smtpwire_serve._maildir import Maildir
-from smtpwire_serve._store import MaildirHandler, trace_headers
+from smtpwire_serve._store import MaildirHandler
 from tests.test_cli import serve, split_trace, stored
 from tests.test_interop import MESSAGE, TIMEOUT
 from tests.test_maildir import deliver

@@ -21,8 +21,8 @@ import pytest
 
 import smtpwire
 from smtpwire_anyio import TLSInfo
+from smtpwire_handler._trace import protocol_name
 from smtpwire_serve._lmtp import SPOOL, Mailboxes, folder_name
-from smtpwire_serve._store import protocol_name
 from tests.postfix import sendmail, shared_temp_dir, throwaway_postfix
 from tests.test_cli import Serve
 from tests.test_interop import MESSAGE, TIMEOUT

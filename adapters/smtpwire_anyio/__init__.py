@@ -1,14 +1,34 @@
 """smtpwire on anyio: an async SMTP server for asyncio and trio, with STARTTLS and implicit TLS."""
 
-from smtpwire_handler import AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import (
+    Address,
+    AsyncHandler,
+    EmailHandler,
+    Envelope,
+    Handler,
+    MaildirStore,
+    MboxStore,
+    Params,
+    PrintHandler,
+    Reject,
+    ServerOptions,
+    Session,
+    TLSInfo,
+)
 
 from ._server import Server, serve
 from ._session import SessionRunner, handle_stream
 
 __all__ = [
+    "Address",
     "AsyncHandler",
+    "EmailHandler",
     "Envelope",
     "Handler",
+    "MaildirStore",
+    "MboxStore",
+    "Params",
+    "PrintHandler",
     "Reject",
     "Server",
     "ServerOptions",

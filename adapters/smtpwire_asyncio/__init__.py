@@ -6,7 +6,22 @@ Handler hooks may be plain (run inline) or ``async def`` (awaited as a task,
 reading from that client paused until it answers).
 """
 
-from smtpwire_handler import AsyncHandler, Envelope, Handler, HostPort, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import (
+    Address,
+    AsyncHandler,
+    EmailHandler,
+    Envelope,
+    Handler,
+    HostPort,
+    MaildirStore,
+    MboxStore,
+    Params,
+    PrintHandler,
+    Reject,
+    ServerOptions,
+    Session,
+    TLSInfo,
+)
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
 from ._protocol import SMTPProtocol
@@ -14,10 +29,16 @@ from ._server import Server, serve
 
 __all__ = [
     "LOOPS",
+    "Address",
     "AsyncHandler",
+    "EmailHandler",
     "Envelope",
     "Handler",
     "HostPort",
+    "MaildirStore",
+    "MboxStore",
+    "Params",
+    "PrintHandler",
     "Reject",
     "SMTPProtocol",
     "Server",

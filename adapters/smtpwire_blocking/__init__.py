@@ -6,9 +6,37 @@ implicit-TLS listeners (RFC 8314); the hooks are the plain ``def`` methods
 of ``Handler``.  ``BlockingSession`` serves one socket you accepted yourself.
 """
 
-from smtpwire_handler import Envelope, Handler, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler import (
+    Address,
+    EmailHandler,
+    Envelope,
+    Handler,
+    MaildirStore,
+    MboxStore,
+    Params,
+    PrintHandler,
+    Reject,
+    ServerOptions,
+    Session,
+    TLSInfo,
+)
 
 from ._server import Server
 from ._session import BlockingSession
 
-__all__ = ["BlockingSession", "Envelope", "Handler", "Reject", "Server", "ServerOptions", "Session", "TLSInfo"]
+__all__ = [
+    "Address",
+    "BlockingSession",
+    "EmailHandler",
+    "Envelope",
+    "Handler",
+    "MaildirStore",
+    "MboxStore",
+    "Params",
+    "PrintHandler",
+    "Reject",
+    "Server",
+    "ServerOptions",
+    "Session",
+    "TLSInfo",
+]

@@ -7,10 +7,16 @@ to write.  ``asyncio_example`` shows a whole server on asyncio's Protocol API.
 
 from smtpwire_handler import (
     FEED_SIZE,
+    Address,
     ClientCounter,
+    EmailHandler,
     Envelope,
     Handler,
+    MaildirStore,
+    MboxStore,
+    Params,
     PendingInput,
+    PrintHandler,
     Reject,
     ServerOptions,
     Session,
@@ -22,10 +28,16 @@ from ._session import SMTPSession
 
 __all__ = [
     "FEED_SIZE",
+    "Address",
     "ClientCounter",
+    "EmailHandler",
     "Envelope",
     "Handler",
+    "MaildirStore",
+    "MboxStore",
+    "Params",
     "PendingInput",
+    "PrintHandler",
     "Reject",
     "SMTPSession",
     "ServerOptions",

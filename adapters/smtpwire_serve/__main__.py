@@ -1,5 +1,5 @@
 """``python -m smtpwire_serve``: the same as the ``smtpwire`` command."""
 
-from ._cli import main
+from ._launch import main
 
 main()

@@ -366,9 +366,13 @@ class Accounts:
         budget: FailureBudget | None = None,
         pbkdf2_threads: int = PBKDF2_THREADS,
     ) -> None:
-        self.users = dict(users)
         self.budget = FailureBudget() if budget is None else budget
         self.pbkdf2 = anyio.CapacityLimiter(pbkdf2_threads)  # not anyio.to_thread's: the Maildir's
+        self.replace(users)
+
+    def replace(self, users: Mapping[str, ScramCredentials]) -> None:
+        """Take the users of a reloaded file; attempts under way finish against the keys they started with."""
+        self.users: dict[str, ScramCredentials] = dict(users)
         # An unknown user costs as much as a wrong password, so timing does not tell them apart.
         self._decoy = ScramCredentials(b"\0" * 16, usual_iterations(self.users), b"\0" * 32, b"\0" * 32)
 

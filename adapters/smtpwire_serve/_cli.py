@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
+import json
 import logging
 import multiprocessing
 import os
@@ -12,7 +14,6 @@ import signal
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +25,14 @@ import smtpwire
 import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_asyncio import HostPort
-from smtpwire_handler import AsyncHandler, ServerOptions
+from smtpwire_handler import AsyncHandler, Maildir, ServerOptions
 from smtpwire_handler._unix import DEFAULT_MODE
 
-from . import _authfile, _authlimit, _run
-from ._devcert import write_self_signed
+from . import _authfile, _authlimit, _run, _tls
+from ._devcert import make_self_signed
 from ._lmtp import LmtpMaildirHandler, Mailboxes
-from ._maildir import Maildir
-from ._store import MaildirHandler, SinkHandler
+from ._reload import Reloader
+from ._store import MaildirHandler, PrintingHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
@@ -39,6 +40,8 @@ _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P
 
 #: A listener: (host, port), or the path of a Unix socket.
 Listen = HostPort | str
+#: The plain listener when no --listen is given (with or without --tls-listen).
+DEFAULT_LISTEN: HostPort = ("127.0.0.1", 8025)
 
 
 def parse_host_port(value: str) -> HostPort:
@@ -104,6 +107,10 @@ def _mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return mode
 
 
+#: Timeouts: above 0 and below a day, as ServerOptions takes them.
+_SECONDS = click.FloatRange(min=0, max=86400, min_open=True, max_open=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything a worker process needs, as plain values (picklable)."""
@@ -112,7 +119,7 @@ class Settings:
     tls_listen: tuple[HostPort, ...]
     cert: str | None
     key: str | None
-    maildir: str | None  # None: the sink
+    maildir: str | None  # None: the sink, or standard output with print_messages
     hostname: str
     require_starttls: bool
     max_message_size: int
@@ -133,11 +140,22 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()  # not counted per client; with proxy_protocol, they send PROXY
     proxy_protocol: bool = False
     lmtp: bool = False
+    print_messages: bool = False  # --print: each message to standard output instead of a store
     socket_mode: int = DEFAULT_MODE  # of the Unix sockets
+    self_signed: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)  # PEM certificate, key
+    command_timeout: float = ServerOptions.command_timeout
+    data_timeout: float = ServerOptions.data_timeout
+    min_data_rate: float = ServerOptions.min_data_rate
+    tls_handshake_timeout: float = ServerOptions.tls_handshake_timeout
+    proxy_timeout: float = ServerOptions.proxy_timeout
+    shutdown_grace: float = ServerOptions.shutdown_grace
+    max_errors: int = smtpwire.ServerConfig.max_errors
+    log_format: str = "text"
 
 
 def default_hostname() -> str:
-    name = socket.getfqdn()
+    """This machine's name as the kernel has it (``hostname``): no DNS lookup, which could hang or say localhost."""
+    name = socket.gethostname()
     return name if re.fullmatch(r"[A-Za-z0-9.-]{1,255}", name) else "localhost"
 
 
@@ -147,14 +165,23 @@ def request_extensions(tls: bool) -> tuple[smtpwire.Extension, ...]:
     return (*extensions, smtpwire.RequireTls()) if tls else extensions
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context, from --tls-cert and --tls-key or the --self-signed pair; ``None`` without TLS."""
+    if settings.cert is None and settings.self_signed is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if settings.self_signed is not None:
+        _tls.load_from_memory(context, *settings.self_signed)
+        return context
+    try:
+        _tls.load(context, str(settings.cert), settings.key)
+    except _tls.TLSFileError as error:
+        raise click.ClickException(str(error)) from None
+    return context
+
+
 def build_options(settings: Settings) -> ServerOptions:
-    context = None
-    if settings.cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(settings.cert, settings.key)
-        except (OSError, ssl.SSLError) as error:
-            raise click.ClickException(f"cannot load the TLS certificate {settings.cert}: {error}") from None
+    context = tls_context(settings)
     auth: tuple[smtpwire.Auth, ...] = ()
     if settings.auth_file is not None:  # SCRAM-SHA-256 PLAIN LOGIN, only over TLS
         iterations = _authfile.usual_iterations(dict(settings.users))
@@ -168,6 +195,7 @@ def build_options(settings: Settings) -> ServerOptions:
             require_tls=settings.require_starttls,
             require_auth=settings.require_auth,
             max_auth_failures=settings.max_auth_failures,
+            max_errors=settings.max_errors,
             lmtp=settings.lmtp,
         )
         return ServerOptions(
@@ -177,6 +205,12 @@ def build_options(settings: Settings) -> ServerOptions:
             max_sessions_per_client=settings.max_sessions_per_client,
             proxy_protocol_from=settings.trusted_proxies if settings.proxy_protocol else (),
             client_limit_exceptions=(*ServerOptions.client_limit_exceptions, *settings.trusted_proxies),
+            command_timeout=settings.command_timeout,
+            data_timeout=settings.data_timeout,
+            min_data_rate=settings.min_data_rate,
+            tls_handshake_timeout=settings.tls_handshake_timeout,
+            proxy_timeout=settings.proxy_timeout,
+            shutdown_grace=settings.shutdown_grace,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -187,6 +221,8 @@ def build_handler(settings: Settings) -> AsyncHandler:
     if settings.auth_file is not None:
         limits = (settings.auth_failure_limit, settings.auth_failure_window, settings.auth_failure_delay)
         accounts = _authfile.Accounts(dict(settings.users), budget=_authlimit.FailureBudget(*limits))
+    if settings.print_messages:
+        return PrintingHandler(accounts)
     if settings.maildir is None:
         return SinkHandler(accounts)
     try:
@@ -199,22 +235,26 @@ def build_handler(settings: Settings) -> AsyncHandler:
 
 def run(settings: Settings, reuse_port: bool = False) -> None:
     """One server process, on asyncio's Protocol server (uvloop when installed) or, for trio, the anyio adapter."""
-    configure_logging(settings.verbose)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop reloads on it: never a death at start-up
+    configure_logging(settings.verbose, settings.log_format)
     options, handler = build_options(settings), build_handler(settings)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
+    accounts = handler.accounts if isinstance(handler, _authfile.AuthFileHandler) else None
+    context = options.tls_context if settings.cert else None  # the --self-signed pair has no file to reload
+    reload = Reloader(context, settings.cert, settings.key, accounts, settings.auth_file)
     listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
     try:
         if settings.backend == "trio":
             server = smtpwire_anyio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            anyio.run(_run.serve_anyio, server, backend="trio")
+            anyio.run(_run.serve_anyio, server, reload, backend="trio")
         else:
             protocols = smtpwire_asyncio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            smtpwire_asyncio.run(_run.serve_asyncio(protocols), loop=settings.loop)
+            smtpwire_asyncio.run(_run.serve_asyncio(protocols, reload), loop=settings.loop)
     except OSError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
@@ -233,7 +273,7 @@ def run_worker(settings: Settings) -> None:
 
 
 def run_workers(settings: Settings, workers: int) -> None:
-    """Several processes on the same ports (SO_REUSEPORT); signals are passed on to them."""
+    """Several processes on the same ports (SO_REUSEPORT); signals (SIGHUP too: each reloads) are passed on."""
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=run_worker, args=(settings,), name=f"smtpwire-{n}") for n in range(workers)]
     for process in processes:
@@ -244,8 +284,8 @@ def run_workers(settings: Settings, workers: int) -> None:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
     for process in processes:
         process.join()
     if any(process.exitcode for process in processes):
@@ -307,12 +347,68 @@ class _Formatter(logging.Formatter):
         return "\n".join("    " + cls.escape(line) for line in text.split("\n"))
 
 
-def configure_logging(verbose: bool) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC), ``level``, ``logger``, ``session`` (when there is one), ``message``.
+
+    The session id is a field of its own, taken from the records that name it
+    (the driver's ``session %s: ...``, the transcript's ``session %s <<< ...``
+    and the store's ``accepted id=%s ...``), so nobody parses it out of the
+    text.  The guarantees of the text format hold: ``json.dumps`` escapes C0
+    controls, and the other characters ``_Formatter`` escapes (C1 controls,
+    U+2028/U+2029, format characters, lone surrogates) are written as JSON
+    ``\\uXXXX`` escapes, so a record is always one line and never reorders a
+    terminal's display; other printable text, UTF-8 included, stays as it is.
+    A traceback is the ``exception`` field.
+    """
+
+    _SESSION_PREFIXES = ("session %s: ", "session %s ")
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        fields = {"time": created.isoformat(timespec="milliseconds"), "level": record.levelname, "logger": record.name}
+        session, message = self._session_and_message(record)
+        if session is not None:
+            fields["session"] = session
+        fields["message"] = message
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        text = json.dumps(fields, ensure_ascii=False)
+        return text if text.isprintable() else _Formatter._UNSAFE.sub(self._escaped, text)
+
+    @classmethod
+    def _session_and_message(cls, record: logging.LogRecord) -> tuple[str | None, str]:
+        args, msg = record.args, record.msg
+        if isinstance(args, tuple) and args and isinstance(msg, str):
+            for prefix in cls._SESSION_PREFIXES:
+                if msg.startswith(prefix):
+                    return str(args[0]), msg[len(prefix) :] % args[1:]
+            if msg.startswith("accepted id=%s "):
+                return str(args[0]), record.getMessage()
+        return None, record.getMessage()
+
+    @staticmethod
+    def _escaped(match: re.Match[str]) -> str:
+        """A JSON escape: ``\\u0085``, or a surrogate pair for a code point beyond U+FFFF."""
+        code = ord(match[0])
+        if code < 0x10000:
+            return f"\\u{code:04x}"
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+#: The choices of --log-format.
+LOG_FORMATS = ("text", "json")
+
+
+def configure_logging(verbose: bool, log_format: str = "text") -> None:
     """One line per record on stderr; what the format does not show is not gathered (logging's own advice)."""
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no stack walk for a file name nobody prints
     handler = logging.StreamHandler()
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
 
@@ -353,9 +449,29 @@ def main() -> None:
     multiple=True,
     help="Implicit-TLS listener (RFC 8314, like port 465). Repeatable.",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate chain, PEM.")
-@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key, PEM (default: in --tls-cert).")
-@click.option("--self-signed", is_flag=True, help="Generate a throwaway self-signed certificate. For development only.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(readable=False),  # checked by _tls.load, at start and on SIGHUP alike
+    metavar="FILE",
+    help="Certificate chain, PEM. Reloaded on SIGHUP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(readable=False),
+    metavar="FILE",
+    help="Private key, PEM, unencrypted (default: in --tls-cert). Reloaded on SIGHUP.",
+)
+@click.option(
+    "--self-signed",
+    is_flag=True,
+    help="Make a throwaway self-signed certificate, in memory (its SHA-256 fingerprint is logged). Development only.",
+)
+@click.option(
+    "--self-signed-cert-out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="With --self-signed: write its certificate (not the key) to FILE, for clients to trust.",
+)
 @click.option(
     "--maildir",
     type=click.Path(file_okay=False),
@@ -365,7 +481,16 @@ def main() -> None:
 )
 @click.option("--sink", is_flag=True, help="Accept and discard every message (for testing clients and benchmarks).")
 @click.option(
-    "--hostname", metavar="NAME", help="Name in the greeting, EHLO and Received headers. Default: this machine's name."
+    "--print",
+    "print_messages",
+    is_flag=True,
+    help="Print each message to standard output instead of storing it (like python -m aiosmtpd's debugging mode).",
+)
+@click.option(
+    "--hostname",
+    metavar="NAME",
+    help="Name in the greeting, EHLO and Received headers. Default: this machine's name as `hostname` prints it"
+    " (no DNS lookup).",
 )
 @click.option(
     "--require-starttls",
@@ -463,6 +588,69 @@ def main() -> None:
     help="A proxy network (repeatable): not counted by --max-sessions-per-client, and with --proxy-protocol"
     " the networks that may (and must) send the PROXY header.",
 )
+@click.option(
+    "--command-timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    default=ServerOptions.command_timeout,
+    show_default=True,
+    help="A whole command line (or AUTH exchange) must arrive within this; then 421 4.4.2.",
+)
+@click.option(
+    "--data-timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    default=ServerOptions.data_timeout,
+    show_default=True,
+    help="Message data: the deadline each read extends (at --min-data-rate), never further ahead than this.",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    default=ServerOptions.tls_handshake_timeout,
+    show_default=True,
+    help="A TLS handshake (STARTTLS or --tls-listen) must finish within this.",
+)
+@click.option(
+    "--proxy-timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    default=ServerOptions.proxy_timeout,
+    show_default=True,
+    help="With --proxy-protocol: the PROXY header must arrive within this.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=_SECONDS,
+    metavar="SECONDS",
+    default=ServerOptions.shutdown_grace,
+    show_default=True,
+    help="On SIGTERM or SIGINT, open transactions may finish within this; then every connection is closed.",
+)
+@click.option(
+    "--min-data-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="OCTETS",
+    default=ServerOptions.min_data_rate,
+    show_default=True,
+    help="Octets a second of message data that keep extending its deadline (Postfix's smtpd_min_data_rate).",
+)
+@click.option(
+    "--max-errors",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=smtpwire.ServerConfig.max_errors,
+    show_default=True,
+    help="Refused commands (5xx) in a session before it ends with 421 4.7.0.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text: one line per record; json: one JSON object per line (time, level, logger, session, message).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
 def serve(
     listen: tuple[Listen, ...],
@@ -472,6 +660,7 @@ def serve(
     self_signed: bool,
     maildir: str,
     sink: bool,
+    print_messages: bool,
     hostname: str | None,
     require_starttls: bool,
     max_message_size: int,
@@ -492,13 +681,22 @@ def serve(
     verbose: bool,
     socket_mode: int,
     lmtp: bool,
+    self_signed_cert_out: str | None,
+    command_timeout: float,
+    data_timeout: float,
+    tls_handshake_timeout: float,
+    proxy_timeout: float,
+    shutdown_grace: float,
+    min_data_rate: float,
+    max_errors: int,
+    log_format: str,
 ) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
 
     \b
     Examples:
       smtpwire serve                                   # 127.0.0.1:8025 into ./maildir
-      smtpwire serve --self-signed --tls-listen 127.0.0.1:8465
+      smtpwire serve --self-signed --tls-listen 127.0.0.1:8465   # and 127.0.0.1:8025
       smtpwire serve --listen 0.0.0.0:25 --listen [::]:25 \\
           --tls-cert cert.pem --tls-key key.pem --require-starttls --workers 4
       smtpwire serve --self-signed --auth-file users --require-auth
@@ -508,17 +706,20 @@ def serve(
         raise click.UsageError("give either --tls-cert or --self-signed, not both")
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
+    if self_signed_cert_out and not self_signed:
+        raise click.UsageError("--self-signed-cert-out needs --self-signed")
     if backend == "trio" and loop != "auto":
         raise click.UsageError("--loop is for --backend asyncio")
     if loop == "uvloop" and not smtpwire_asyncio.uvloop_available():
         raise click.UsageError("--loop uvloop needs uvloop: pip install 'smtpwire[uvloop]'")
+    configure_logging(verbose, log_format)  # start-up warnings in the format of the rest of the log
     file_limit = _run.raise_file_limit()
     if max_sessions is not None and max_sessions > _run.sessions_for(file_limit):
-        click.secho(
-            f"WARNING: --max-sessions {max_sessions} may run out of descriptors (the open-file limit is {file_limit})",
-            fg="yellow",
-            err=True,
+        log.warning(
+            "--max-sessions %d may run out of descriptors (the open-file limit is %d)", max_sessions, file_limit
         )
+    if print_messages and sink:
+        raise click.UsageError("give either --print or --sink, not both")
     if require_auth and auth_file is None:
         raise click.UsageError("--require-auth needs --auth-file")
     if proxy_protocol and not trusted_proxies:
@@ -529,53 +730,72 @@ def serve(
         raise click.UsageError("--workers works with TCP listeners only: a unix:PATH socket is bound by one process")
     if auth_file is not None and not (tls_cert or self_signed):
         raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
+    if (tls_listen or require_starttls) and not (tls_cert or self_signed):
+        raise click.UsageError("--tls-listen and --require-starttls need --tls-cert (or --self-signed)")
     users = load_users(auth_file) if auth_file is not None else {}
     salt_key = load_salt_key(auth_file, users) if auth_file is not None else None  # once, for every worker
     hostname = hostname or default_hostname()
-    with tempfile.TemporaryDirectory(prefix="smtpwire-devcert-") as scratch:
-        if self_signed:
-            tls_cert, tls_key = map(str, write_self_signed(Path(scratch), hostname))
-            click.secho(
-                "WARNING: using a self-signed certificate made just now. It is for development only:"
-                " clients cannot verify it.",
-                fg="yellow",
-                err=True,
-            )
-        if (tls_listen or require_starttls) and not tls_cert:
-            raise click.UsageError("--tls-listen and --require-starttls need --tls-cert (or --self-signed)")
-        settings = Settings(
-            listen=listen or (() if tls_listen else (("127.0.0.1", 8025),)),
-            tls_listen=tls_listen,
-            cert=tls_cert,
-            key=tls_key,
-            maildir=None if sink else maildir,
-            hostname=hostname,
-            require_starttls=require_starttls,
-            max_message_size=max_message_size,
-            max_recipients=max_recipients,
-            backend=backend,
-            loop=loop,
-            max_sessions=max_sessions or _run.sessions_for(file_limit),
-            max_sessions_per_client=max_sessions_per_client or None,
-            verbose=verbose,
-            auth_file=auth_file,
-            users=tuple(users.items()),
-            require_auth=require_auth,
-            max_auth_failures=max_auth_failures,
-            salt_key=salt_key,
-            auth_failure_limit=auth_failure_limit,
-            auth_failure_window=auth_failure_window,
-            auth_failure_delay=auth_failure_delay,
-            trusted_proxies=trusted_proxies,
-            proxy_protocol=proxy_protocol,
-            lmtp=lmtp,
-            socket_mode=socket_mode,
-        )
-        if workers > 1:
-            build_options(settings)  # fail here, once, rather than in every worker
-            run_workers(settings, workers)
-        else:
-            run(settings)
+    settings = Settings(
+        listen=listen or (DEFAULT_LISTEN,),
+        tls_listen=tls_listen,
+        cert=tls_cert,
+        key=tls_key,
+        maildir=None if sink or print_messages else maildir,
+        print_messages=print_messages,
+        hostname=hostname,
+        require_starttls=require_starttls,
+        max_message_size=max_message_size,
+        max_recipients=max_recipients,
+        backend=backend,
+        loop=loop,
+        max_sessions=max_sessions or _run.sessions_for(file_limit),
+        max_sessions_per_client=max_sessions_per_client or None,
+        verbose=verbose,
+        auth_file=auth_file,
+        users=tuple(users.items()),
+        require_auth=require_auth,
+        max_auth_failures=max_auth_failures,
+        salt_key=salt_key,
+        auth_failure_limit=auth_failure_limit,
+        auth_failure_window=auth_failure_window,
+        auth_failure_delay=auth_failure_delay,
+        trusted_proxies=trusted_proxies,
+        proxy_protocol=proxy_protocol,
+        lmtp=lmtp,
+        socket_mode=socket_mode,
+        self_signed=self_signed_pair(hostname, self_signed_cert_out) if self_signed else None,
+        command_timeout=command_timeout,
+        data_timeout=data_timeout,
+        min_data_rate=min_data_rate,
+        tls_handshake_timeout=tls_handshake_timeout,
+        proxy_timeout=proxy_timeout,
+        shutdown_grace=shutdown_grace,
+        max_errors=max_errors,
+        log_format=log_format,
+    )
+    if workers > 1:
+        build_options(settings)  # fail here, once, rather than in every worker
+        run_workers(settings, workers)
+    else:
+        run(settings)
+
+
+def self_signed_pair(hostname: str, cert_out: str | None) -> tuple[bytes, bytes]:
+    """A new certificate and key in memory, announced loudly with its fingerprint; the certificate to ``cert_out``."""
+    certificate, key = make_self_signed(hostname)
+    if cert_out is not None:
+        try:
+            Path(cert_out).write_bytes(certificate)
+        except OSError as error:
+            raise click.ClickException(f"cannot write --self-signed-cert-out {cert_out}: {error.strerror}") from None
+    trust = f"trust {cert_out}" if cert_out else "pin the fingerprint, or trust the file --self-signed-cert-out writes"
+    log.warning(
+        "using a self-signed certificate made just now, SHA-256 fingerprint %s. It is for development only:"
+        " clients cannot verify it unless they %s.",
+        _tls.fingerprint(certificate),
+        trust,
+    )
+    return certificate, key
 
 
 def load_users(auth_file: str) -> dict[str, smtpwire.ScramCredentials]:
@@ -586,9 +806,9 @@ def load_users(auth_file: str) -> dict[str, smtpwire.ScramCredentials]:
         raise click.ClickException(str(error)) from None
     warning = _authfile.loose_permissions(auth_file)
     if warning:
-        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
+        log.warning("%s", warning)
     if not users:
-        click.secho(f"WARNING: {auth_file} has no users: every AUTH attempt will fail", fg="yellow", err=True)
+        log.warning("%s has no users: every AUTH attempt will fail", auth_file)
     return users
 
 
@@ -599,7 +819,7 @@ def load_salt_key(auth_file: str, users: dict[str, smtpwire.ScramCredentials]) -
     except _authfile.AuthFileError as error:
         raise click.ClickException(str(error)) from None
     if found.note:
-        click.secho(f"WARNING: {found.note}" if found.warning else found.note, fg="yellow", err=True)
+        log.log(logging.WARNING if found.warning else logging.INFO, "%s", found.note)
     return found.key
 
 

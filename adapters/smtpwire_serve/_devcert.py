@@ -1,4 +1,8 @@
-"""A self-signed certificate for development (``smtpwire serve --self-signed``), never for production."""
+"""A self-signed certificate for development (``smtpwire serve --self-signed``), never for production.
+
+``serve`` makes the pair in memory (``make_self_signed``) and loads it
+without leaving a file behind (see ``_tls.load_from_memory``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def write_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
-    """Write cert.pem and key.pem (P-256, 30 days, names: hostname, localhost, 127.0.0.1, ::1)."""
+def make_self_signed(hostname: str) -> tuple[bytes, bytes]:
+    """The certificate and key, PEM (P-256, 30 days, names: hostname, localhost, 127.0.0.1, ::1)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -32,10 +36,17 @@ def write_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def write_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """Write the pair to cert.pem and key.pem in ``directory`` (for tools that want files: the benchmarks)."""
+    certificate_pem, key_pem = make_self_signed(hostname)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate_pem)
+    key_path.write_bytes(key_pem)
     key_path.chmod(0o600)
     return cert_path, key_path

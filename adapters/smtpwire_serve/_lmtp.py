@@ -30,10 +30,10 @@ from pathlib import Path
 import anyio.to_thread
 
 from smtpwire import Reply
-from smtpwire_handler import Envelope, MaybeAwaitable, Session
+from smtpwire_handler import Delivery, DirectorySync, Envelope, Maildir, MaybeAwaitable, Session, storage_reply
+from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE
 
 from ._authfile import Accounts
-from ._maildir import FILE_MODE, FOLDER_MODE, Delivery, DirectorySync, Maildir, storage_reply
 from ._store import MaildirHandler, log_accepted
 
 log = logging.getLogger("smtpwire.serve")

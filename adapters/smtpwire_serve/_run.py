@@ -1,9 +1,10 @@
-"""Run one server process on the chosen event loop until SIGINT or SIGTERM.
+"""Run one server process on the chosen event loop until SIGINT or SIGTERM; SIGHUP reloads.
 
 asyncio (the default) runs ``smtpwire_asyncio``'s Protocol server, on uvloop
-when it is installed; trio runs the anyio adapter.  The first signal shuts
-down gracefully (idle sessions get 421 4.3.2, transactions may finish), a
-second one closes every connection at once.
+when it is installed; trio runs the anyio adapter.  The first SIGINT or
+SIGTERM shuts down gracefully (idle sessions get 421 4.3.2, transactions may
+finish within the shutdown grace), a second one closes every connection at
+once.  SIGHUP calls ``reload`` (see ``_reload``) and serving goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import resource
 import signal
+from collections.abc import Callable
 
 import anyio
 
@@ -45,14 +47,14 @@ def sessions_for(file_limit: int) -> int:
 
 
 def _serving(addresses: list[tuple[str, int]], unix: list[str], where: str) -> None:
+    """Said once the signals are handled: from this line on, SIGHUP reloads (before it, it is ignored)."""
     shown = [f"{host}:{port}" for host, port in addresses] + [f"unix:{path}" for path in unix]
     log.info("smtpwire serving on %s (%s)", ", ".join(shown), where)
 
 
-async def serve_asyncio(server: smtpwire_asyncio.Server) -> None:
+async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     await server.start()
-    _serving(server.addresses + server.tls_addresses, server.unix_addresses, smtpwire_asyncio.loop_name(loop))
     done = asyncio.Event()
     shutdown: asyncio.Task[None] | None = None
 
@@ -69,10 +71,12 @@ async def serve_asyncio(server: smtpwire_asyncio.Server) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    _serving(server.addresses + server.tls_addresses, server.unix_addresses, smtpwire_asyncio.loop_name(loop))
     await done.wait()
 
 
-async def serve_anyio(server: smtpwire_anyio.Server) -> None:
+async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None]) -> None:
     async with anyio.create_task_group() as group:
 
         async def shut_down() -> None:
@@ -80,9 +84,12 @@ async def serve_anyio(server: smtpwire_anyio.Server) -> None:
             group.cancel_scope.cancel()
 
         await group.start(server.serve)
-        _serving(server.addresses + server.tls_addresses, server.unix_addresses, "trio")
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            _serving(server.addresses + server.tls_addresses, server.unix_addresses, "trio")
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reload()
+                    continue
                 if group.cancel_scope.cancel_called or server.stopping:
                     log.info("%s again: closing every connection now", signal.Signals(signum).name)
                     group.cancel_scope.cancel()

@@ -10,8 +10,8 @@ local user could open them.  An existing Maildir keeps the permissions its
 operator gave it (a group-shared Maildir is a deliberate set-up);
 ``Maildir.open_to_others`` names what other users may read, for a warning.
 
-Everything here that touches the disk blocks: call it from a worker thread,
-never from an event loop.
+Everything here that touches the disk blocks: an event loop calls it from a
+worker thread (as ``smtpwire serve`` does); ``MaildirStore`` calls it inline.
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ _counter = itertools.count()
 def storage_reply(error: OSError) -> Reply:
     """What to tell the client when the disk said no."""
     return STORAGE_FULL if error.errno in _FULL_ERRORS else STORAGE_FAILED
+
+
+def write_all(fd: int, data: bytes, path: Path) -> None:
+    """All of ``data``, or the error that stopped it."""
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):  # a short write, then the error (ENOSPC, EFBIG) on the next
+            count = os.write(fd, view[written:])
+            if count == 0:
+                raise OSError(errno.ENOSPC, "the file system took no more data", str(path))
+            written += count
 
 
 class Maildir:
@@ -197,13 +208,7 @@ class Delivery:
     def write(self, data: bytes) -> None:
         self.create()
         assert self._fd is not None
-        with memoryview(data) as view:
-            written = 0
-            while written < len(view):  # a short write, then the error (ENOSPC, EFBIG) on the next
-                count = os.write(self._fd, view[written:])
-                if count == 0:
-                    raise OSError(errno.ENOSPC, "the file system took no more data", str(self.tmp))
-                written += count
+        write_all(self._fd, data, self.tmp)
         self.size += len(data)
 
     def commit(self, data: bytes = b"") -> Path:

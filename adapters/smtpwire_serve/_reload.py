@@ -1,0 +1,56 @@
+"""What SIGHUP reloads: the TLS certificate and the auth file, without dropping a session.
+
+Certificate renewals are routine, so a reload must be cheap and safe: the new
+pair goes into the live ``ssl.SSLContext`` (only handshakes that start later
+use it; sessions under way keep theirs), the new users into the live
+``Accounts``.  A file that fails to load changes nothing: the old certificate
+or users stay, and one ERROR line says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+from . import _authfile, _tls
+
+log = logging.getLogger("smtpwire.serve")
+
+
+@dataclass
+class Reloader:
+    """Called on SIGHUP; ``context`` is ``None`` without ``--tls-cert``, ``accounts`` without ``--auth-file``."""
+
+    context: ssl.SSLContext | None
+    cert: str | None
+    key: str | None
+    accounts: _authfile.Accounts | None
+    auth_file: str | None
+
+    def __call__(self) -> None:
+        if self.context is None and self.accounts is None:
+            log.info("SIGHUP: nothing to reload (no --tls-cert, no --auth-file)")
+        self._certificate()
+        self._users()
+
+    def _certificate(self) -> None:
+        if self.context is None or self.cert is None:
+            return
+        try:
+            fingerprint = _tls.load(self.context, self.cert, self.key)
+        except _tls.TLSFileError as error:
+            log.error("SIGHUP: %s; keeping the certificate loaded before", error)
+        else:
+            log.info("SIGHUP: reloaded the TLS certificate %s (SHA-256 fingerprint %s)", self.cert, fingerprint)
+
+    def _users(self) -> None:
+        if self.accounts is None or self.auth_file is None:
+            return
+        try:
+            users = _authfile.load(self.auth_file)
+        except _authfile.AuthFileError as error:
+            log.error("SIGHUP: %s; keeping the %d user(s) loaded before", error, len(self.accounts))
+        else:
+            self.accounts.replace(users)
+            log.info("SIGHUP: reloaded %d user(s) of %s", len(users), self.auth_file)
