@@ -31,7 +31,8 @@ def refusals(caplog: pytest.LogCaptureFixture, data: bytes, options: ServerOptio
 
 
 def test_refusals_by_the_core_and_the_application_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    data = ENVELOPE + b"RCPT TO:<nobody@example.net>\r\nDATA\r\nspam\r\n.\r\nXYZZY\r\n" + b"NOOP " + b"x" * 600 + b"\r\n"
+    data = ENVELOPE + b"RCPT TO:<nobody@example.net>\r\nDATA\r\nspam\r\n.\r\nXYZZY\r\n"
+    data += b"NOOP " + b"x" * 600 + b"\r\n"
     assert refusals(caplog, data) == [
         "refused RCPT TO:<nobody@example.net>: 550 5.1.1 No such user",
         "refused the message: 554 5.7.1 Spam",
