@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from smtpwire_handler import Envelope, Maildir, trace_headers
-from smtpwire_serve._cli import _Formatter
+from smtpwire_serve._logging import TextFormatter
 from smtpwire_serve._store import MaildirHandler
 from tests.test_cli import serve, split_trace, stored
 from tests.test_interop import MESSAGE, TIMEOUT
@@ -213,7 +213,7 @@ def test_without_smtputf8_the_headers_are_ascii() -> None:
 
 
 def formatted(message: str, *args: object, exc_info: Any = None) -> str:
-    formatter = _Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     record = logging.LogRecord("smtpwire.serve", logging.INFO, __file__, 1, message, args, exc_info)
     return formatter.format(record)
 
@@ -251,7 +251,7 @@ def test_a_traceback_keeps_its_lines_but_cannot_forge_a_record() -> None:
 
 
 def test_the_escaped_set_is_exactly_the_controls_separators_and_format_characters() -> None:
-    escaped = {chr(code) for code in range(sys.maxunicode + 1) if _Formatter._UNSAFE.match(chr(code))}
+    escaped = {chr(code) for code in range(sys.maxunicode + 1) if TextFormatter._UNSAFE.match(chr(code))}
     categories = {unicodedata.category(char) for char in escaped}
     assert categories == {"Cc", "Cf", "Zl", "Zp", "Cs"}
     for code in range(sys.maxunicode + 1):

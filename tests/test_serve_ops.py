@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 import smtpwire
-from smtpwire_serve import _authfile, _cli
+from smtpwire_serve import _authfile, _cli, _logging
 from tests import certs
 from tests.test_cli import SERVING, Serve
 from tests.test_interop import MESSAGE, TIMEOUT, starttls_client
@@ -501,9 +501,11 @@ def test_json_log_escapes_what_the_text_log_escapes() -> None:
     record = logging.LogRecord(
         "smtpwire.test", logging.INFO, __file__, 1, "session %s: HELO %s", ("abc123", hostile), None
     )
-    line = _cli._JsonFormatter().format(record)
+    line = _logging.JsonFormatter().format(record)
     assert "\n" not in line and line.isprintable()
     assert "é" in line  # printable text stays as it is
     parsed = json.loads(line)
     assert parsed["session"] == "abc123" and parsed["message"] == f"HELO {hostile}"
-    assert _cli._Formatter.escape(hostile) == _cli._Formatter.escape(parsed["message"][5:])  # the same text
+    assert _logging.TextFormatter.escape(hostile) == _logging.TextFormatter.escape(
+        parsed["message"][5:]
+    )  # the same text

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
-import json
 import logging
 import multiprocessing
 import os
@@ -14,7 +11,6 @@ import signal
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,84 +27,12 @@ from smtpwire_handler._unix import DEFAULT_MODE
 from . import _authfile, _authlimit, _run, _tls
 from ._devcert import make_self_signed
 from ._lmtp import LmtpMaildirHandler, Mailboxes
+from ._logging import LOG_FORMATS, configure_logging
+from ._params import DEFAULT_LISTEN, SECONDS, HostPortType, Listen, ListenType, networks, octal_mode
 from ._reload import Reloader
 from ._store import MaildirHandler, PrintingHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")
-_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
-
-
-#: A listener: (host, port), or the path of a Unix socket.
-Listen = HostPort | str
-#: The plain listener when no --listen is given (with or without --tls-listen).
-DEFAULT_LISTEN: HostPort = ("127.0.0.1", 8025)
-
-
-def parse_host_port(value: str) -> HostPort:
-    match = _HOST_PORT.fullmatch(value.strip())
-    if match is None or not 0 <= int(match["port"]) <= 65535:
-        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), not {value!r}")
-    return (match["v6"] or match["host"], int(match["port"]))
-
-
-def parse_listen(value: str) -> Listen:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH`` (a Unix socket; the path as given, relative or not)."""
-    if value.startswith("unix:"):
-        path = value[len("unix:") :]
-        if not path or "\0" in path:
-            raise ValueError(f"expected unix:PATH with a file path, not {value!r}")
-        return path
-    try:
-        return parse_host_port(value)
-    except ValueError as error:
-        raise ValueError(f"{error} (or unix:PATH, a Unix socket)") from None
-
-
-def _networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    """--trusted-proxy values, checked now: IP networks such as 10.0.0.0/8 (or single addresses)."""
-    try:
-        return tuple(str(ipaddress.ip_network(value)) for value in values)
-    except ValueError as error:
-        raise click.BadParameter(f"not an IP network such as 10.0.0.0/8: {error}", ctx, param) from None
-
-
-class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    name = "HOST:PORT"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> HostPort:
-        if isinstance(value, tuple):  # a default, already converted
-            return (str(value[0]), int(value[1]))
-        try:
-            return parse_host_port(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-
-class ListenType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    name = "HOST:PORT|unix:PATH"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
-        if isinstance(value, tuple):  # a default, already converted
-            return (str(value[0]), int(value[1]))
-        try:
-            return parse_listen(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-
-def _mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    """--socket-mode, checked now: octal permission bits such as 0660."""
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
-        raise click.BadParameter(f"expected octal permission bits such as 0660, not {value!r}", ctx, param)
-    return mode
-
-
-#: Timeouts: above 0 and below a day, as ServerOptions takes them.
-_SECONDS = click.FloatRange(min=0, max=86400, min_open=True, max_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,127 +216,6 @@ def run_workers(settings: Settings, workers: int) -> None:
         sys.exit(1)
 
 
-class _Formatter(logging.Formatter):
-    """One record, one line: client text escaped; logging's time stamps, the date part made once a second.
-
-    Whatever logger wrote it, a record cannot forge another record or
-    reorder a terminal's display: C0 and C1 controls (newlines, escape
-    sequences), the Unicode line and paragraph separators and the format
-    characters (bidi overrides, zero-width and other invisible ones) are
-    shown as Python escapes (``\\n``, ``\\x85``, ``\\u202e``).  A traceback
-    keeps its newlines, each of its lines escaped and indented, so a line
-    that starts in column 0 always starts a record.
-    """
-
-    #: Unicode 14 categories Cc, Cf, Zl, Zp and Cs (lone surrogates come from surrogateescape).
-    _UNSAFE = re.compile(
-        "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
-        "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
-        "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
-    )
-    _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime(self.default_time_format, self.converter(second))
-        return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record's line escaped; then logging's own newline and the traceback, if any, indented."""
-        text = super().format(record)
-        if text.isprintable():  # nearly every record: one line, no Cc, Cf, Zl, Zp or Cs (a C-speed check)
-            return text
-        line = self.formatMessage(record)  # as format() made it: message and time are set on the record
-        traceback = text[len(line) :].removeprefix("\n")
-        return self.escape(line) + ("\n" + self._indented(traceback) if traceback else "")
-
-    @classmethod
-    def escape(cls, text: str) -> str:
-        return cls._UNSAFE.sub(cls._escaped, text)
-
-    @classmethod
-    def _escaped(cls, match: re.Match[str]) -> str:
-        """``\\n``, ``\\r``, ``\\t``, else as Python writes the code point: ``\\x1b``, ``\\u2028``, ``\\U000e0041``."""
-        char, code = match[0], ord(match[0])
-        if char in cls._NAMED:
-            return cls._NAMED[char]
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-    @classmethod
-    def _indented(cls, text: str) -> str:
-        return "\n".join("    " + cls.escape(line) for line in text.split("\n"))
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object a line: ``time`` (UTC), ``level``, ``logger``, ``session`` (when there is one), ``message``.
-
-    The session id is a field of its own, taken from the records that name it
-    (the driver's ``session %s: ...``, the transcript's ``session %s <<< ...``
-    and the store's ``accepted id=%s ...``), so nobody parses it out of the
-    text.  The guarantees of the text format hold: ``json.dumps`` escapes C0
-    controls, and the other characters ``_Formatter`` escapes (C1 controls,
-    U+2028/U+2029, format characters, lone surrogates) are written as JSON
-    ``\\uXXXX`` escapes, so a record is always one line and never reorders a
-    terminal's display; other printable text, UTF-8 included, stays as it is.
-    A traceback is the ``exception`` field.
-    """
-
-    _SESSION_PREFIXES = ("session %s: ", "session %s ")
-
-    def format(self, record: logging.LogRecord) -> str:
-        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        fields = {"time": created.isoformat(timespec="milliseconds"), "level": record.levelname, "logger": record.name}
-        session, message = self._session_and_message(record)
-        if session is not None:
-            fields["session"] = session
-        fields["message"] = message
-        if record.exc_info:
-            fields["exception"] = self.formatException(record.exc_info)
-        text = json.dumps(fields, ensure_ascii=False)
-        return text if text.isprintable() else _Formatter._UNSAFE.sub(self._escaped, text)
-
-    @classmethod
-    def _session_and_message(cls, record: logging.LogRecord) -> tuple[str | None, str]:
-        args, msg = record.args, record.msg
-        if isinstance(args, tuple) and args and isinstance(msg, str):
-            for prefix in cls._SESSION_PREFIXES:
-                if msg.startswith(prefix):
-                    return str(args[0]), msg[len(prefix) :] % args[1:]
-            if msg.startswith("accepted id=%s "):
-                return str(args[0]), record.getMessage()
-        return None, record.getMessage()
-
-    @staticmethod
-    def _escaped(match: re.Match[str]) -> str:
-        """A JSON escape: ``\\u0085``, or a surrogate pair for a code point beyond U+FFFF."""
-        code = ord(match[0])
-        if code < 0x10000:
-            return f"\\u{code:04x}"
-        code -= 0x10000
-        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
-#: The choices of --log-format.
-LOG_FORMATS = ("text", "json")
-
-
-def configure_logging(verbose: bool, log_format: str = "text") -> None:
-    """One line per record on stderr; what the format does not show is not gathered (logging's own advice)."""
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # no stack walk for a file name nobody prints
-    handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 @click.group()
 @click.version_option(smtpwire.__version__, prog_name="smtpwire")
 def main() -> None:
@@ -434,7 +237,7 @@ def main() -> None:
     metavar="MODE",
     default="0660",
     show_default=True,
-    callback=_mode,
+    callback=octal_mode,
     help="Permissions of the unix:PATH sockets (octal): who may connect. A stale socket there is replaced.",
 )
 @click.option(
@@ -584,13 +387,13 @@ def main() -> None:
     "trusted_proxies",
     metavar="CIDR",
     multiple=True,
-    callback=_networks,
+    callback=networks,
     help="A proxy network (repeatable): not counted by --max-sessions-per-client, and with --proxy-protocol"
     " the networks that may (and must) send the PROXY header.",
 )
 @click.option(
     "--command-timeout",
-    type=_SECONDS,
+    type=SECONDS,
     metavar="SECONDS",
     default=ServerOptions.command_timeout,
     show_default=True,
@@ -598,7 +401,7 @@ def main() -> None:
 )
 @click.option(
     "--data-timeout",
-    type=_SECONDS,
+    type=SECONDS,
     metavar="SECONDS",
     default=ServerOptions.data_timeout,
     show_default=True,
@@ -606,7 +409,7 @@ def main() -> None:
 )
 @click.option(
     "--tls-handshake-timeout",
-    type=_SECONDS,
+    type=SECONDS,
     metavar="SECONDS",
     default=ServerOptions.tls_handshake_timeout,
     show_default=True,
@@ -614,7 +417,7 @@ def main() -> None:
 )
 @click.option(
     "--proxy-timeout",
-    type=_SECONDS,
+    type=SECONDS,
     metavar="SECONDS",
     default=ServerOptions.proxy_timeout,
     show_default=True,
@@ -622,7 +425,7 @@ def main() -> None:
 )
 @click.option(
     "--shutdown-grace",
-    type=_SECONDS,
+    type=SECONDS,
     metavar="SECONDS",
     default=ServerOptions.shutdown_grace,
     show_default=True,

@@ -1,0 +1,85 @@
+"""The command line's own value types: listeners, networks, socket modes, timeouts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import click
+
+from smtpwire_asyncio import HostPort
+
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+
+
+#: A listener: (host, port), or the path of a Unix socket.
+Listen = HostPort | str
+#: The plain listener when no --listen is given (with or without --tls-listen).
+DEFAULT_LISTEN: HostPort = ("127.0.0.1", 8025)
+
+
+def parse_host_port(value: str) -> HostPort:
+    match = _HOST_PORT.fullmatch(value.strip())
+    if match is None or not 0 <= int(match["port"]) <= 65535:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), not {value!r}")
+    return (match["v6"] or match["host"], int(match["port"]))
+
+
+def parse_listen(value: str) -> Listen:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH`` (a Unix socket; the path as given, relative or not)."""
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError(f"expected unix:PATH with a file path, not {value!r}")
+        return path
+    try:
+        return parse_host_port(value)
+    except ValueError as error:
+        raise ValueError(f"{error} (or unix:PATH, a Unix socket)") from None
+
+
+def networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """--trusted-proxy values, checked now: IP networks such as 10.0.0.0/8 (or single addresses)."""
+    try:
+        return tuple(str(ipaddress.ip_network(value)) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(f"not an IP network such as 10.0.0.0/8: {error}", ctx, param) from None
+
+
+class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    name = "HOST:PORT"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> HostPort:
+        if isinstance(value, tuple):  # a default, already converted
+            return (str(value[0]), int(value[1]))
+        try:
+            return parse_host_port(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class ListenType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    name = "HOST:PORT|unix:PATH"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
+        if isinstance(value, tuple):  # a default, already converted
+            return (str(value[0]), int(value[1]))
+        try:
+            return parse_listen(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def octal_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """--socket-mode, checked now: octal permission bits such as 0660."""
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"expected octal permission bits such as 0660, not {value!r}", ctx, param)
+    return mode
+
+
+#: Timeouts: above 0 and below a day, as ServerOptions takes them.
+SECONDS = click.FloatRange(min=0, max=86400, min_open=True, max_open=True)
