@@ -16,7 +16,7 @@ import smtpwire
 from smtpwire import AuthCredentials, CredentialsLookup, Reply
 from smtpwire_serve import _authfile
 from smtpwire_serve._authfile import Accounts, AuthFileError, AuthFileHandler, load, prepare_username, set_user
-from smtpwire_serve._cli import Settings
+from tests.test_unix_socket import settings as serve_settings
 
 PASSWORD = "correct horse battery staple"
 KEYS = smtpwire.scram_credentials(PASSWORD, salt=b"0123456789abcdef")
@@ -252,24 +252,8 @@ def test_without_accounts_nobody_gets_in() -> None:
 
 
 def test_settings_with_users_cross_to_a_worker_process() -> None:
-    settings = Settings(
-        listen=(("127.0.0.1", 0),),
-        tls_listen=(),
-        cert="cert.pem",
-        key=None,
-        maildir=None,
-        hostname="mx.test",
-        require_starttls=False,
-        max_message_size=1000,
-        max_recipients=1,
-        backend="asyncio",
-        loop="auto",
-        max_sessions=100,
-        verbose=False,
-        auth_file="users",
-        users=(("alice", KEYS),),
-        require_auth=True,
-        salt_key=b"k" * 32,
+    settings = serve_settings(
+        cert="cert.pem", auth_file="users", users=(("alice", KEYS),), require_auth=True, salt_key=b"k" * 32
     )
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert "kkkk" not in repr(settings)
