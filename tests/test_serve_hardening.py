@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import smtpwire
 from smtpwire_handler import Envelope, Maildir, trace_headers
 from smtpwire_serve._logging import TextFormatter
 from smtpwire_serve._store import MaildirHandler
@@ -137,7 +138,13 @@ def test_serve_stores_private_mail_even_under_umask_000(tmp_path: pathlib.Path) 
 
 def hostile_session(helo: str | None) -> Any:
     return types.SimpleNamespace(
-        helo_name=helo, peer_host="192.0.2.7", esmtp=True, tls=None, authenticated=None, id="3f9a0c4b21de"
+        helo_name=helo,
+        peer_host="192.0.2.7",
+        esmtp=True,
+        tls=None,
+        authenticated=None,
+        id="3f9a0c4b21de",
+        conn=smtpwire.ServerConnection(),
     )
 
 

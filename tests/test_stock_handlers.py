@@ -32,6 +32,7 @@ import anyio.from_thread
 import pytest
 
 import smtpwire
+import smtpwire_anyio
 import smtpwire_handler
 from smtpwire import Reply
 from smtpwire_handler import (
@@ -429,3 +430,31 @@ def test_every_adapter_reexports_the_handler_api(adapter: str) -> None:
     for name in (*REEXPORTED, *ADAPTERS[adapter]):
         assert name in module.__all__, f"{adapter}.__all__ lacks {name}"
         assert getattr(module, name) is getattr(smtpwire_handler, name), f"{adapter}.{name}"
+
+
+class Noted(smtpwire_anyio.AsyncMaildirStore):
+    """Records what ``stored`` was told."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, hostname="mx.example")
+        self.stored_paths: list[tuple[int, Path]] = []
+
+    def stored(self, session: Session, envelope: Envelope, size: int, path: Path) -> None:
+        self.stored_paths.append((size, path))
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "anyio-asyncio", "anyio-trio"])
+def test_async_maildir_store_delivers_off_the_event_loop(kind: str, tmp_path: Path) -> None:
+    """The same Maildir as MaildirStore's, stored by worker threads, on asyncio and trio; big messages too."""
+    folder = tmp_path / "Maildir"
+    store = Noted(folder)
+    big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 8000  # over one 256 KiB write
+    with serving(kind, store, max_message_size=1 << 20) as address:
+        send(address)
+        send(address, big)
+    subjects = sorted(str(message["Subject"]) for message in mailbox.Maildir(folder, factory=None, create=False))
+    assert subjects == ["big", "from lines"]
+    bodies = [path.read_bytes() for _, path in store.stored_paths]  # in the order sent
+    assert len(bodies) == 2 and bodies[0].endswith(MESSAGE) and bodies[1].endswith(big)
+    assert [size for size, _ in store.stored_paths] == [len(body) for body in bodies]
+    assert list((folder / "tmp").iterdir()) == []

@@ -16,12 +16,14 @@ from smtpwire_handler import (
     TLSInfo,
 )
 
+from ._maildir_store import AsyncMaildirStore
 from ._server import Server, serve
 from ._session import SessionRunner, handle_stream
 
 __all__ = [
     "Address",
     "AsyncHandler",
+    "AsyncMaildirStore",
     "EmailHandler",
     "Envelope",
     "Handler",

@@ -27,13 +27,6 @@ _DELIVERY = "smtpwire.maildir_store"  # the session.state key of the message on 
 _SPOOL = "smtpwire.mbox_store"
 
 
-def _trace(session: Session, hostname: str | None) -> bytes:
-    """The Return-Path and Received headers, ``by`` the store's host name or else the server's."""
-    assert session.envelope is not None
-    config = session.conn.config
-    return trace_headers(session, session.envelope, hostname or config.hostname, config.lmtp)
-
-
 class MaildirStore(Handler):
     """Streams each message into a Maildir's tmp/ and answers 250 only once it is durably in new/.
 
@@ -52,7 +45,8 @@ class MaildirStore(Handler):
         """The file in tmp/ is made now, so a Maildir that cannot take it refuses DATA at once."""
         delivery = self.maildir.begin()
         try:
-            delivery.write(_trace(session, self.hostname))
+            assert session.envelope is not None  # data_start comes inside a transaction
+            delivery.write(trace_headers(session, session.envelope, self.hostname))
         except OSError as error:
             delivery.abort()
             log.error("session %s: cannot create a file in %s: %s", session.id, self.maildir.path, error)
@@ -103,7 +97,8 @@ class MboxStore(Handler):
     def data_start(self, session: Session) -> Reply | None:
         try:
             spool = Spool(self.path.parent)
-            spool.write(_trace(session, self.hostname))
+            assert session.envelope is not None
+            spool.write(trace_headers(session, session.envelope, self.hostname))
         except OSError as error:
             log.error("session %s: cannot spool a message next to %s: %s", session.id, self.path, error)
             return storage_reply(error)

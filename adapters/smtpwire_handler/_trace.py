@@ -111,8 +111,11 @@ def address_shown(address: str, utf8: bool) -> str:
     return shown if shown == safe else shown.replace('"', "?").replace("\\", "?")
 
 
-def trace_headers(session: Session, envelope: Envelope, hostname: str, lmtp: bool = False) -> bytes:
+def trace_headers(session: Session, envelope: Envelope, hostname: str | None = None) -> bytes:
     """Return-Path and a Received header (RFC 5321 4.4) for the top of the stored message.
+
+    ``by hostname``, by default the server's (``ServerConfig.hostname``);
+    ``with`` names the protocol as RFC 3848 does (LMTP when the server speaks it).
 
     One clause a line, each line bounded well under RFC 5322's 998 octets
     whatever the client sent, and nothing from the client that could end a
@@ -120,11 +123,12 @@ def trace_headers(session: Session, envelope: Envelope, hostname: str, lmtp: boo
     ``address_shown``).
     """
     utf8 = "SMTPUTF8" in envelope.mail_params
-    protocol = protocol_name(session, utf8, lmtp)
+    config = session.conn.config
+    protocol = protocol_name(session, utf8, config.lmtp)
     lines = [
         f"Return-Path: <{address_shown(envelope.mail_from, utf8)}>",
         f"Received: from {helo_shown(session.helo_name, utf8)} ({peer_shown(session)})",
-        f"\tby {hostname} (smtpwire) with {protocol} id {session.id}",
+        f"\tby {hostname or config.hostname} (smtpwire) with {protocol} id {session.id}",
     ]
     if session.tls:
         lines.append(f"\t(using {session.tls.version} with cipher {session.tls.cipher} ({session.tls.bits} bits))")

@@ -30,6 +30,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from smtpwire import Reply
+from smtpwire_anyio._maildir_store import DELIVERY
 from smtpwire_handler import Delivery, DirectorySync, Envelope, Maildir, MaybeAwaitable, Session, storage_reply
 from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE
 
@@ -179,8 +180,6 @@ class LmtpMaildirHandler(MaildirHandler):
     answered from its own outcome.
     """
 
-    lmtp = True
-
     def __init__(self, mailboxes: Mailboxes, hostname: str, accounts: Accounts | None = None) -> None:
         super().__init__(mailboxes.spool, hostname, accounts)
         self.mailboxes = mailboxes
@@ -211,9 +210,9 @@ class LmtpMaildirHandler(MaildirHandler):
         return None
 
     async def _store(self, session: Session, envelope: Envelope) -> dict[str, Outcome]:
-        delivery: Delivery = session.state.pop("delivery")
+        delivery: Delivery = session.state.pop(DELIVERY)
         folders = [folder_name(recipient) for recipient in envelope.rcpt_tos]
-        outcomes = await anyio.to_thread.run_sync(self.mailboxes.deliver, delivery, self._take(session), folders)
+        outcomes = await anyio.to_thread.run_sync(self.mailboxes.deliver, delivery, self.take(session), folders)
         session.state["size"] = delivery.size  # with the trace headers, as stored
-        self._proven = any(isinstance(outcome, Path) for outcome in outcomes.values())  # the spool took it
+        self.proven = any(isinstance(outcome, Path) for outcome in outcomes.values())  # the spool took it
         return outcomes
