@@ -17,8 +17,8 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import IO
+from contextlib import AbstractContextManager, contextmanager
+from typing import IO, TypeVar
 
 import pytest
 import scramp
@@ -85,15 +85,24 @@ class Serve:
         return "".join(self.log)
 
 
+ServeT = TypeVar("ServeT", bound=Serve)
+
+
 @contextmanager
-def serve(*args: str, preexec: Callable[[], None] | None = None, stdout: IO[str] | None = None) -> Iterator[Serve]:
-    server = Serve(["--listen", "127.0.0.1:0", "--hostname", "mx.test", *args], preexec, stdout)
+def killed_after(server: ServeT) -> Iterator[ServeT]:
+    """The server for the block; whatever happened in it, it is gone afterwards."""
     try:
         yield server
     finally:
         if server.process.poll() is None:
             server.process.kill()
         server.process.wait(TIMEOUT)
+
+
+def serve(
+    *args: str, preexec: Callable[[], None] | None = None, stdout: IO[str] | None = None
+) -> AbstractContextManager[Serve]:
+    return killed_after(Serve(["--listen", "127.0.0.1:0", "--hostname", "mx.test", *args], preexec, stdout))
 
 
 def stored(maildir: pathlib.Path) -> list[bytes]:

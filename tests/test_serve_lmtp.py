@@ -15,7 +15,7 @@ import socket
 import subprocess
 import types
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
@@ -24,7 +24,7 @@ from smtpwire_anyio import TLSInfo
 from smtpwire_handler._trace import protocol_name
 from smtpwire_serve._lmtp import SPOOL, Mailboxes, folder_name
 from tests.postfix import sendmail, shared_temp_dir, throwaway_postfix
-from tests.test_cli import Serve
+from tests.test_cli import Serve, killed_after
 from tests.test_interop import MESSAGE, TIMEOUT
 
 BACKENDS = ["asyncio", "trio"]
@@ -38,15 +38,8 @@ class UnixServe(Serve):
         return ("", 0)
 
 
-@contextmanager
-def serve_unix(socket_path: pathlib.Path, *args: str) -> Iterator[UnixServe]:
-    server = UnixServe(["--listen", f"unix:{socket_path}", "--hostname", "mx.test", *args])
-    try:
-        yield server
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-        server.process.wait(TIMEOUT)
+def serve_unix(socket_path: pathlib.Path, *args: str) -> AbstractContextManager[UnixServe]:
+    return killed_after(UnixServe(["--listen", f"unix:{socket_path}", "--hostname", "mx.test", *args]))
 
 
 class Wire:

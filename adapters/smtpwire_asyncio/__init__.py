@@ -6,45 +6,21 @@ Handler hooks may be plain (run inline) or ``async def`` (awaited as a task,
 reading from that client paused until it answers).
 """
 
-from smtpwire_handler import (
-    Address,
-    AsyncHandler,
-    EmailHandler,
-    Envelope,
-    Handler,
-    HostPort,
-    MaildirStore,
-    MboxStore,
-    Params,
-    PrintHandler,
-    Reject,
-    ServerOptions,
-    Session,
-    TLSInfo,
-)
+from smtpwire_handler import AsyncHandler, HostPort
+from smtpwire_handler.api import *  # noqa: F403  (the handler API, re-exported)
+from smtpwire_handler.api import __all__ as _handler_api
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
 from ._protocol import SMTPProtocol
 from ._server import Server, serve
 
 __all__ = [
+    *_handler_api,
     "LOOPS",
-    "Address",
     "AsyncHandler",
-    "EmailHandler",
-    "Envelope",
-    "Handler",
     "HostPort",
-    "MaildirStore",
-    "MboxStore",
-    "Params",
-    "PrintHandler",
-    "Reject",
     "SMTPProtocol",
     "Server",
-    "ServerOptions",
-    "Session",
-    "TLSInfo",
     "loop_factory",
     "loop_name",
     "run",

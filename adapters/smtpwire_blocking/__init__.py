@@ -6,37 +6,10 @@ implicit-TLS listeners (RFC 8314); the hooks are the plain ``def`` methods
 of ``Handler``.  ``BlockingSession`` serves one socket you accepted yourself.
 """
 
-from smtpwire_handler import (
-    Address,
-    EmailHandler,
-    Envelope,
-    Handler,
-    MaildirStore,
-    MboxStore,
-    Params,
-    PrintHandler,
-    Reject,
-    ServerOptions,
-    Session,
-    TLSInfo,
-)
+from smtpwire_handler.api import *  # noqa: F403  (the handler API, re-exported)
+from smtpwire_handler.api import __all__ as _handler_api
 
 from ._server import Server
 from ._session import BlockingSession
 
-__all__ = [
-    "Address",
-    "BlockingSession",
-    "EmailHandler",
-    "Envelope",
-    "Handler",
-    "MaildirStore",
-    "MboxStore",
-    "Params",
-    "PrintHandler",
-    "Reject",
-    "Server",
-    "ServerOptions",
-    "Session",
-    "TLSInfo",
-]
+__all__ = [*_handler_api, "BlockingSession", "Server"]

@@ -5,43 +5,11 @@ Twisted): ``SMTPSession`` takes what the transport received and returns what
 to write.  ``asyncio_example`` shows a whole server on asyncio's Protocol API.
 """
 
-from smtpwire_handler import (
-    FEED_SIZE,
-    Address,
-    ClientCounter,
-    EmailHandler,
-    Envelope,
-    Handler,
-    MaildirStore,
-    MboxStore,
-    Params,
-    PendingInput,
-    PrintHandler,
-    Reject,
-    ServerOptions,
-    Session,
-    TLSInfo,
-)
+from smtpwire_handler import FEED_SIZE, ClientCounter, PendingInput
 from smtpwire_handler import too_many_sessions as too_many
+from smtpwire_handler.api import *  # noqa: F403  (the handler API, re-exported)
+from smtpwire_handler.api import __all__ as _handler_api
 
 from ._session import SMTPSession
 
-__all__ = [
-    "FEED_SIZE",
-    "Address",
-    "ClientCounter",
-    "EmailHandler",
-    "Envelope",
-    "Handler",
-    "MaildirStore",
-    "MboxStore",
-    "Params",
-    "PendingInput",
-    "PrintHandler",
-    "Reject",
-    "SMTPSession",
-    "ServerOptions",
-    "Session",
-    "TLSInfo",
-    "too_many",
-]
+__all__ = [*_handler_api, "FEED_SIZE", "ClientCounter", "PendingInput", "SMTPSession", "too_many"]
