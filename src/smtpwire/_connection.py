@@ -399,16 +399,17 @@ class ServerConnection:
             return self._lost_chunk(LINE_TOO_LONG) if head.upper() == _BDAT else self._reject("", LINE_TOO_LONG)
         if not isinstance(line, bytes):
             return line
+        bdat = line[: len(_BDAT)].upper() == _BDAT  # a BDAT line the core cannot read loses its chunk's end
         try:
             text = line.decode()
-        except UnicodeDecodeError:  # a BDAT line the core cannot read loses its chunk's end, as below
-            return self._lost_chunk() if line[: len(_BDAT)].upper() == _BDAT else self._reject("", BAD_CHARACTERS)
+        except UnicodeDecodeError:
+            return self._lost_chunk() if bdat else self._reject("", BAD_CHARACTERS)
         verb, _, argument = text.partition(" ")
         if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
             return self._reject("", UNRECOGNIZED)
         verb = verb.upper()
-        if FORBIDDEN_IN_COMMAND.search(text):  # a refused BDAT's octets follow, but how many can't be trusted
-            return self._lost_chunk() if verb == "BDAT" else self._reject(verb, BAD_CHARACTERS)
+        if FORBIDDEN_IN_COMMAND.search(text):  # its octets follow, but how many can't be trusted
+            return self._lost_chunk() if bdat else self._reject(verb, BAD_CHARACTERS)
         return self._dispatch(verb, argument.strip(" "))
 
     def _read_response(self) -> NextEvent:
@@ -465,14 +466,19 @@ class ServerConnection:
         event, self._message_end = self._message_end, None
         assert event is not None and self._transaction is not None
         if isinstance(event, ev.MessageRejected):
-            for _ in range(len(self._transaction.recipients) if self.config.lmtp else 1):  # RFC 2033 4.2
-                self._queue(event.reply)
+            self._queue_message_end(event.reply)
             self._end_transaction(event)
             return event
         if self.config.lmtp:
             first, *rest = self._transaction.recipients
             event, self._recipients_due = ev.EndOfMessage(first), tuple(rest)
         return self._decide(event)
+
+    def _queue_message_end(self, reply: Reply) -> None:
+        """The answer to the end of a message: in LMTP, one per accepted recipient (RFC 2033 4.2)."""
+        assert self._transaction is not None
+        for _ in range(len(self._transaction.recipients) if self.config.lmtp else 1):
+            self._queue(reply)
 
     # -- internals: commands, chosen by verb ---------------------------------
 
@@ -636,8 +642,9 @@ class ServerConnection:
 
         In LMTP only BDAT LAST, the end of the message, is answered once per recipient (RFC 2033 4.2).
         """
-        assert self._transaction is not None
-        for _ in range(len(self._transaction.recipients) if self.config.lmtp and last else 1):
+        if last:
+            self._queue_message_end(MESSAGE_TOO_BIG)
+        else:
             self._queue(MESSAGE_TOO_BIG)
         rejected = ev.MessageRejected(MESSAGE_TOO_BIG)
         self._end_transaction(rejected)
