@@ -49,25 +49,23 @@ def networks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "HOST:PORT"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> HostPort:
-        if isinstance(value, tuple):  # a default, already converted
-            return (str(value[0]), int(value[1]))
-        try:
-            return parse_host_port(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-
-class ListenType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    name = "HOST:PORT|unix:PATH"
-
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
         if isinstance(value, tuple):  # a default, already converted
             return (str(value[0]), int(value[1]))
         try:
-            return parse_listen(str(value))
+            return self.parse(str(value))
         except ValueError as error:
             self.fail(str(error), param, ctx)
+
+    def parse(self, text: str) -> Listen:
+        return parse_host_port(text)
+
+
+class ListenType(HostPortType):
+    name = "HOST:PORT|unix:PATH"
+
+    def parse(self, text: str) -> Listen:
+        return parse_listen(text)
 
 
 def octal_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
