@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 import smtpwire
 from smtpwire import Reply
-from smtpwire_handler import NEED_DATA, AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session
+from smtpwire_handler import CLOSED, NEED_DATA, AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session
 from tests.test_driver import new_driver, replies, run
 
 LMTP = ServerOptions(config=smtpwire.ServerConfig(lmtp=True))
@@ -135,3 +138,13 @@ def test_the_driver_counts_a_chunk_being_read_as_reading_the_message() -> None:
     assert driver.reading_message and not driver.idle
     run(driver, b"defghij")
     assert not driver.reading_message and not driver.idle  # between chunks: a command is due
+
+
+def test_an_lmtp_message_counts_once_however_many_recipients_took_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The closing line counts messages, not deliveries: a deliver hook answering 3 recipients is 1 message."""
+    caplog.set_level(logging.INFO, logger="test")
+    lmtp_session(PerRecipient(), b"DATA\r\none\r\n.\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<dan@example.net>\r\n")
+    closed = lmtp_session(PerRecipient(), b"DATA\r\none\r\n.\r\nQUIT\r\n")
+    assert closed[1] is CLOSED
+    lines = [record.getMessage() for record in caplog.records if "closed (" in record.getMessage()]
+    assert len(lines) == 1 and "closed (1 message(s)" in lines[0]

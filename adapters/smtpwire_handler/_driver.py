@@ -128,6 +128,7 @@ class SessionDriver:
         self._shared: tuple[Reply | None] | None = None  # LMTP: the message hook's answer, for every recipient
         self._stop: str | None = None  # None, "when idle" or "now": a shutdown's request
         self._messages = 0
+        self._delivered = False  # this transaction's message was accepted (in LMTP: for one recipient at least)
         self._clock = clock
         self._deadline = 0.0  # when the client's next record (command line, SASL exchange, message) is due
         self._progressed = True  # an event came out since the last wait: a new record is due
@@ -487,8 +488,9 @@ class SessionDriver:
             self._log_refusal(_refused(event), reply)
         if type(event) is smtpwire.EndOfMessage:
             self._in_message = False
-            more = self.conn.transaction is not None and hook != "deliver"  # LMTP: recipients are still due
-            self._shared = (reply,) if more else None
+            more = self.conn.transaction is not None  # LMTP: recipients are still due
+            self._shared = (reply,) if more and hook != "deliver" else None
+            self._delivered = self._delivered and more
 
     def _accepted(self, event: smtpwire.Decision) -> None:
         """Keep the session's envelope in step with what the core accepted."""
@@ -501,8 +503,9 @@ class SessionDriver:
             envelope.rcpt_params.append(event.params)
         elif type(event) is smtpwire.DataRequested:
             self._in_message = True
-        elif type(event) is smtpwire.EndOfMessage and self._shared is None:  # LMTP: a message, not a recipient
+        elif type(event) is smtpwire.EndOfMessage and not self._delivered:  # LMTP: a message, not a recipient
             self._messages += 1
+            self._delivered = True
 
     def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
         try:
