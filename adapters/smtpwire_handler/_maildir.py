@@ -34,7 +34,7 @@ STORAGE_FAILED = Reply(451, "Requested action aborted: error in storing the mess
 _FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 FILE_MODE = 0o600  #: message files: the server's user only
 FOLDER_MODE = 0o700  #: the folders the server creates
-_SUBFOLDERS = ("tmp", "new", "cur")
+SUBFOLDERS = ("tmp", "new", "cur")
 _counter = itertools.count()
 
 
@@ -54,6 +54,22 @@ def write_all(fd: int, data: bytes, path: Path) -> None:
             written += count
 
 
+def make_folders(path: Path) -> None:
+    """``path`` and its tmp/, new/ and cur/, each 0700; missing parents made as ``mkdir -p`` makes them."""
+    path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    for sub in SUBFOLDERS:
+        (path / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the names in the directory ``path`` durable (the file data is each file's own fsync)."""
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class Maildir:
     """A Maildir directory, created (with tmp/, new/, cur/, each 0700) if missing.
 
@@ -64,9 +80,7 @@ class Maildir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-        self.path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-        for sub in _SUBFOLDERS:
-            (self.path / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
+        make_folders(self.path)
         #: The group commit of new/: deliveries renamed at about the same time share one fsync.
         self.new_sync = DirectorySync(self.path / "new")
 
@@ -78,7 +92,7 @@ class Maildir:
     def open_to_others(self) -> list[str]:
         """The Maildir's folders that other users may enter or read, with their modes (an operator-made Maildir)."""
         loose = []
-        for folder in (self.path, *(self.path / sub for sub in _SUBFOLDERS)):
+        for folder in (self.path, *(self.path / sub for sub in SUBFOLDERS)):
             mode = stat.S_IMODE(folder.stat().st_mode)
             if mode & 0o007:
                 loose.append(f"{folder} (mode {mode:04o})")
@@ -139,11 +153,7 @@ class DirectorySync:
                 return
         group.error = OSError(errno.EIO, "the fsync did not finish", str(self.path))  # until it does
         try:
-            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(self.path)
             group.error = None
         except OSError as error:
             group.error = OSError(error.errno, error.strerror, str(self.path))

@@ -32,7 +32,7 @@ import anyio.to_thread
 from smtpwire import Reply
 from smtpwire_anyio._maildir_store import DELIVERY
 from smtpwire_handler import Delivery, DirectorySync, Envelope, Maildir, MaybeAwaitable, Session, storage_reply
-from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE
+from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE, fsync_directory, make_folders
 
 from ._authfile import Accounts
 from ._store import MaildirHandler, log_accepted
@@ -48,7 +48,6 @@ _MAX_NAME = 200
 _HEAD = 180
 #: Link errors that mean "no link here, copy instead": other file system, none supported, too many links.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
-_SUBFOLDERS = ("tmp", "new", "cur")
 
 Outcome = Path | OSError
 
@@ -139,11 +138,9 @@ class Mailboxes:
         box = self.path / folder
         if (box / "new").is_dir():
             return box
-        box.mkdir(mode=FOLDER_MODE, exist_ok=True)
-        for sub in _SUBFOLDERS:
-            (box / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
-        _fsync_directory(box)
-        _fsync_directory(self.path)
+        make_folders(box)
+        fsync_directory(box)
+        fsync_directory(self.path)
         return box
 
 
@@ -162,14 +159,6 @@ def _copy(source: Path, tmp: Path, target: Path) -> None:
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fsync_directory(path: Path) -> None:
-    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class LmtpMaildirHandler(MaildirHandler):
