@@ -314,6 +314,14 @@ def test_an_over_long_bdat_line_closes_the_connection(split: bool) -> None:
     assert d.conn.state is State.CLOSED and not of_type(d, smtpwire.Quit)
 
 
+def test_an_over_long_bdat_line_right_after_another_over_long_line_closes_too() -> None:
+    """The first long line is still being dropped when the BDAT line starts: its start is what counts."""
+    d = in_transaction()
+    sent = d.feed(b"NOOP" + b" " * 2000) + d.feed(b"\r\nBDAT 6" + b" " * 2000 + b"LAST\r\n" + DANGEROUS)
+    assert sent == b"500 5.5.2 Line too long\r\n" * 2 + BDAT_LOST.split(b"\r\n")[1] + b"\r\n"
+    assert d.conn.state is State.CLOSED and not of_type(d, smtpwire.Quit)
+
+
 def test_other_over_long_lines_are_only_refused() -> None:
     d = in_transaction()
     assert d.feed(b"NOOP" + b" " * 600 + b"\r\nNOOP\r\n") == b"500 5.5.2 Line too long\r\n" + NOOP_OK

@@ -171,6 +171,7 @@ class ServerConnection:
         self._chunk_left = 0
         self._chunk_last = False
         self._skip = 0  # octets of refused BDAT chunks still to discard
+        self._long_line_head = b""  # the start of the last line found too long
         self._recipients_due: tuple[str, ...] = ()  # LMTP: recipients whose end-of-message answer is due
         self._commands = _LMTP_COMMANDS if self.config.lmtp else _SMTP_COMMANDS
         self._sequence_errors = LMTP_SEQUENCE_ERRORS if self.config.lmtp else SEQUENCE_ERRORS
@@ -370,7 +371,10 @@ class ServerConnection:
         return ev.ConnectionClosed()
 
     def _take_line(self, limit: int) -> bytes | NextEvent | None:
-        """The next line without its ending, ``None`` if longer than ``limit``, or what to return instead."""
+        """The next line without its ending, ``None`` if longer than ``limit``, or what to return instead.
+
+        For a line too long, ``_long_line_head`` keeps its first octets: whether it was a BDAT line.
+        """
         line = self._buffer.extract_line()
         if self._discarding_line:
             if line is None:
@@ -380,11 +384,13 @@ class ServerConnection:
             return self._take_line(limit)
         if line is None:
             if len(self._buffer) > limit:
+                self._long_line_head = self._buffer.peek(len(_BDAT))
                 self._buffer.clear()
                 self._discarding_line = True  # drop the rest of it as it arrives
                 return None
             return self._read_closed() if self._peer_closed else NEED_DATA
         if len(line) > limit:
+            self._long_line_head = line[: len(_BDAT)]
             return None
         return line[: -2 if line.endswith(b"\r\n") else -1]
 
@@ -393,10 +399,11 @@ class ServerConnection:
             self._skip -= len(self._buffer.take(self._skip))
             if self._skip:
                 return self._read_closed() if self._peer_closed else NEED_DATA
-        head = b"" if self._discarding_line else self._buffer.peek(len(_BDAT))
         line = self._take_line(self.config.max_command_line + self.extensions.line_allowance)
         if line is None:  # an over-long BDAT line has lost its chunk's end too
-            return self._lost_chunk(LINE_TOO_LONG) if head.upper() == _BDAT else self._reject("", LINE_TOO_LONG)
+            if self._long_line_head.upper() == _BDAT:
+                return self._lost_chunk(LINE_TOO_LONG)
+            return self._reject("", LINE_TOO_LONG)
         if not isinstance(line, bytes):
             return line
         bdat = line[: len(_BDAT)].upper() == _BDAT  # a BDAT line the core cannot read loses its chunk's end
