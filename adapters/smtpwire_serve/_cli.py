@@ -513,8 +513,6 @@ def serve(
         raise click.UsageError("--self-signed-cert-out needs --self-signed")
     if backend == "trio" and loop != "auto":
         raise click.UsageError("--loop is for --backend asyncio")
-    if loop == "uvloop" and not smtpwire_asyncio.uvloop_available():
-        raise click.UsageError("--loop uvloop needs uvloop: pip install 'smtpwire[uvloop]'")
     configure_logging(verbose, log_format)  # start-up warnings in the format of the rest of the log
     file_limit = _run.raise_file_limit()
     if max_sessions is not None and max_sessions > _run.sessions_for(file_limit):

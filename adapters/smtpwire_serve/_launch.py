@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 #: What every command needs: the ``cli`` extra.
 CLI_MODULES = ("click", "anyio", "cryptography")
-#: What an option needs: (option, value, module, extra).
+#: What an option needs: (option, value, module, extra); checked here only, as every way in starts here.
 OPTIONAL = (("--backend", "trio", "trio", "cli"), ("--loop", "uvloop", "uvloop", "uvloop"))
 
 
