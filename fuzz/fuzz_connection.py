@@ -72,6 +72,8 @@ are asserted:
   refused as too big; accepting its first chunk sends nothing; the octets of
   every refused chunk (declined, out of sequence, not offered, 530, 552) are
   never read as commands: the harness counts them off the BDAT line itself;
+  a refused line whose first word is BDAT for some reader (words ending at
+  any octet no verb holds: HTAB, NBSP...) has its chunk discarded or closes;
 - LMTP (RFC 2033): LHLO is the greeting (no ``Helo``), the end of a message
   asks once per accepted recipient, in RCPT order, each answer alone on the
   wire, and the transaction ends with the last;
@@ -518,6 +520,10 @@ def chunk_declared(line: bytes) -> int:
     return int(match[1])
 
 
+#: RFC 3030 2 as any reader could take it: the first word is BDAT, words ending at any octet no verb holds.
+MISREAD_BDAT = re.compile(rb"[^A-Za-z0-9\-]*[Bb][Dd][Aa][Tt](?![A-Za-z0-9\-])")
+
+
 def chunk_size(conn: smtpwire.ServerConnection) -> int:
     """The declared size of the BDAT chunk being read (or last read)."""
     return conn._chunk_size
@@ -853,6 +859,7 @@ class Harness:
             assert self.events <= self.fed + 3 * self.ops + 8, "events without input: a loop?"
             reading_commands = conn.state in COMMAND_STATES and conn.pending is None
             line = next_command_line(conn, self.skip_left()) if reading_commands else None
+            from_line = line is not None and conn._event_from_answer is None  # the event will be read from that line
             event = conn.next_event()
             if self.report is not None:  # the outcome of the last answer comes first
                 self.check_report(event)
@@ -870,6 +877,8 @@ class Harness:
             self.observe(event)
             if discarding:
                 self.discard_chunk(line)
+            if from_line and isinstance(event, smtpwire.CommandRejected):
+                self.check_bdat_trusted(event, line, discarding)
             if isinstance(event, smtpwire.ConnectionClosed):
                 assert conn.state is State.CLOSED
                 self.raw = None
@@ -912,6 +921,13 @@ class Harness:
             return event.command == "BDAT" and not lost
         return isinstance(event, smtpwire.MessageRejected) and event.reply.code == 552 and self.chunked
 
+    def check_bdat_trusted(self, event: smtpwire.CommandRejected, line: bytes | None, discarding: bool) -> None:
+        """A refused line some reader takes for BDAT: its chunk is discarded by its size, or the connection closes."""
+        assert line is not None
+        limit = self.config.max_command_line + self.conn.extensions.line_allowance  # what the core reads of it
+        if MISREAD_BDAT.match(line[:limit]):
+            assert discarding or self.conn.state is State.CLOSED, (event, line[:80])
+
     def discard_chunk(self, line: bytes | None) -> None:
         """The next octets, as many as the BDAT line declared, must never be read as commands (RFC 3030 2)."""
         assert line is not None and self.skip_left() == 0, (line, self.skip_left())
@@ -930,7 +946,8 @@ class Harness:
         """Waiting for bytes: the core keeps at most one partial line (or a few DATA bytes)."""
         conn = self.conn
         waiting = len(conn._buffer)
-        assert self.skip_left() == conn._skip, (self.skip_left(), conn._skip)  # the refused chunks' octets
+        left = conn._refused_chunks_left  # the refused chunks' octets
+        assert self.skip_left() == left, (self.skip_left(), left)
         if conn.state is State.CHUNK:  # every octet that came is passed on at once
             assert waiting == 0 and self.chunk_octets < chunk_size(conn), (waiting, self.chunk_octets)
         elif conn.state is State.DATA:
@@ -1532,6 +1549,8 @@ SEEDS: dict[str, bytes] = {
     "regress-bdat-over-long-line": config(AUTO)
     + lines(*EHLO_TO_DATA[:3])
     + feed(b"BDAT 6" + b" " * 600 + b"LAST\r\nRSET\r\nQUIT\r\n"),
+    # a line "BDAT<TAB>6" was an unknown verb, and the 6 octets after it ran as commands
+    "regress-bdat-tab-separated": config(AUTO) + lines(*EHLO_TO_DATA[:3]) + feed(b"BDAT\t6\r\nRSET\r\nQUIT\r\n"),
     "bdat-quit-between-chunks": config(AUTO) + lines(*EHLO_TO_DATA[:3]) + feed(b"BDAT 2\r\nabQUIT\r\n"),
     "bdat-lost-size": config(AUTO) + lines(*EHLO_TO_DATA[:3], "BDAT 5 NOTLAST", "NOOP"),
     "bdat-require-tls": config(STARTTLS | REQUIRE_TLS | AUTO)

@@ -334,6 +334,59 @@ def test_other_lines_with_bad_characters_are_only_refused() -> None:
     )
 
 
+BDAT_SYNTAX = Reply(501, "Syntax: BDAT chunk-size [LAST]", (5, 5, 4))
+#: Ways to end a word other than one SP: ASCII and Unicode whitespace, as octets on the wire.
+OTHER_SEPARATORS = [b"\t", b"\x0b", b"\x0c", b"\r", b"\x1f", b"\xc2\x85", b"\xc2\xa0", b"\xe2\x80\x83", b"\xe3\x80\x80"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"BDAT\t6",
+        b"bdat\t6\tLAST",
+        b"BdAt\x0b6",
+        b"BDAT\xc2\xa06 LAST",
+        b"BDAT\xe3\x80\x806",
+        b"BDAT\r6",
+        b"BDAT:6",
+        b"BDAT\t",
+        b" BDAT 6",
+        b"\tBDAT\t6",
+        b"\xc2\xa0bdat 6 LAST",
+    ],
+)
+def test_a_bdat_split_off_otherwise_than_by_sp_closes_the_connection(line: bytes) -> None:
+    """A reader splitting words at that separator sees a chunk: its octets must never run as commands here."""
+    d = in_transaction()
+    assert d.feed(line + b"\r\n" + DANGEROUS) == BDAT_LOST
+    assert d.events == [CommandRejected("BDAT", BDAT_SYNTAX), ConnectionClosed()]
+    assert d.conn.state is State.CLOSED
+
+
+@pytest.mark.parametrize("before", [b"", b"HELO client.test\r\n"])
+def test_a_tab_split_bdat_closes_out_of_sequence_and_without_chunking(before: bytes) -> None:
+    d = Driver(with_extensions(smtpwire.EnhancedStatusCodes()))
+    assert d.feed(before + b"BDAT\t6\r\n" + DANGEROUS).endswith(BDAT_LOST)
+    assert d.conn.state is State.CLOSED and not of_type(d, smtpwire.Rset)
+
+
+@pytest.mark.parametrize(
+    "line", [b"BDAT\t6" + b" " * 2000, b"\t" * 10 + b"BDAT 6" + b" " * 2000], ids=["tab-after", "tabs-before"]
+)
+def test_an_over_long_line_whose_first_word_is_bdat_closes_the_connection(line: bytes) -> None:
+    d = in_transaction()
+    sent = d.feed(line + b"\r\n" + DANGEROUS)
+    assert sent == b"500 5.5.2 Line too long\r\n" + BDAT_LOST.split(b"\r\n")[1] + b"\r\n"
+    assert d.conn.state is State.CLOSED and not of_type(d, smtpwire.Quit)
+
+
+@pytest.mark.parametrize("line", [b"BDATX\t6", b"BDAT-X 6", b"XBDAT 6", b"BDAT6", b"NOOP\tBDAT 6", b"B DAT 6"])
+def test_lines_whose_first_word_is_not_bdat_are_only_refused(line: bytes) -> None:
+    d = in_transaction()
+    assert d.feed(line + b"\r\nNOOP\r\n") == b"500 5.5.2 Command unrecognized\r\n" + NOOP_OK
+    assert d.conn.state is State.RCPT
+
+
 def test_an_unparsable_size_closes_even_out_of_sequence() -> None:
     d = Driver()
     d.say("EHLO client.test")
@@ -615,3 +668,30 @@ def test_a_refused_chunk_of_any_bytes_is_never_executed(content: bytes, data: st
     out = b"".join(d.feed(piece) for piece in split_anywhere(data, wire))
     assert out == EHLO_REPLY + b"503 5.5.1 Need MAIL command\r\n" + NOOP_OK
     assert [type(e) for e in d.events] == [smtpwire.Ehlo, CommandRejected, smtpwire.Noop]
+
+
+def bdat_separators() -> st.SearchStrategy[bytes]:
+    """What could end a word for some reader: SP, whitespace of any kind, any octet no verb holds (not LF)."""
+    non_verb = st.integers(0, 255).filter(lambda octet: not (chr(octet).isalnum() or chr(octet) in "-\n"))
+    return st.one_of(st.sampled_from([b" ", *OTHER_SEPARATORS]), non_verb.map(lambda octet: bytes([octet])))
+
+
+@st.composite
+def misread_bdat_lines(draw: st.DrawFn) -> bytes:
+    """A line whose first word is BDAT, in any case, for a reader splitting at some separator, yet no BDAT command."""
+    leading = b"".join(draw(st.lists(bdat_separators(), max_size=3)))
+    verb = bytes(draw(st.sampled_from([octet, octet | 0x20])) for octet in b"BDAT")
+    after = draw(bdat_separators().filter(lambda separator: bool(leading) or separator != b" "))
+    return leading + verb + after + draw(st.sampled_from([b"6", b"", b"6 LAST", after + b"6"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(misread_bdat_lines(), st.binary(max_size=40), st.data())
+def test_a_chunk_after_a_misread_bdat_line_is_never_executed(line: bytes, chunk: bytes, data: st.DataObject) -> None:
+    """However the verb is split off, the chunk after it is no command: 501 and 421, whatever arrives after."""
+    wire = b"".join(line + b"\r\n" for line in map(str.encode, ENVELOPE)) + line + b"\r\n" + chunk + DANGEROUS
+    d = Driver()
+    out = b"".join(d.feed(piece) for piece in split_anywhere(data, wire))
+    assert out == ENVELOPE_REPLIES + BDAT_LOST
+    rejected, *after = d.events[3:]  # once closed, the core says so to every next_event()
+    assert rejected == CommandRejected("BDAT", BDAT_SYNTAX) and set(after) == {ConnectionClosed()}

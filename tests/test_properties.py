@@ -39,7 +39,7 @@ from smtpwire import (
     State,
     Vrfy,
 )
-from smtpwire._connection import _SMTP_COMMANDS
+from smtpwire._connection import _SMTP_VERBS
 
 HOST = "mx.test"
 DEFAULT = ServerConfig(hostname=HOST)
@@ -531,7 +531,7 @@ def _unicode_spellings(verb: str) -> list[str]:
     return out
 
 
-NON_ASCII_VERBS = sorted({s for v in _SMTP_COMMANDS for s in _unicode_spellings(v)})
+NON_ASCII_VERBS = sorted({s for v in _SMTP_VERBS for s in _unicode_spellings(v)})
 
 
 @settings(max_examples=60, deadline=None)

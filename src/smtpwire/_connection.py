@@ -72,13 +72,21 @@ _RECEIVABLE = (bytes, bytearray, memoryview)
 
 @dataclass(frozen=True)
 class Transaction:
-    """The envelope so far: what MAIL and the accepted RCPTs said."""
+    """The envelope so far: what MAIL and the accepted RCPTs said.
+
+    Each accepted RCPT replaces it with a copy one recipient longer; ``number``
+    stays, so a view of the transaction can tell it from the next one.
+    """
 
     mail_from: str
     mail_params: ev.Parameters = field(hash=False)
     recipients: tuple[str, ...] = ()
+    #: Each recipient's parameters, in the order of ``recipients``.
+    recipient_params: tuple[ev.Parameters, ...] = field(default=(), hash=False)
     #: How the message was sent, once DATA or BDAT was tried: the two may not be mixed (RFC 3030 2).
     body_command: str | None = None
+    #: The transaction's place in the connection: 1 for the first MAIL accepted, 2 for the next...
+    number: int = 0
 
     @property
     def smtputf8(self) -> bool:
@@ -112,7 +120,9 @@ BDAT_SYNTAX = _reply(501, "Syntax: BDAT chunk-size [LAST]", (5, 5, 4))
 #: Without a chunk size the chunk cannot be told from commands: reading on could run its octets as commands.
 BDAT_LOST = _reply(421, "Cannot find the end of the BDAT chunk, closing connection", (4, 5, 0))
 _MAX_CHUNK_DIGITS = 20
-_BDAT = b"BDAT "
+#: What a verb is made of (RFC 5321 4.1.1 Keyword); any other octet (HTAB, VT, NBSP...) ends a word for some reader.
+_VERB_OCTETS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+_WORD_SEPARATORS = bytes(octet for octet in range(256) if octet not in _VERB_OCTETS)
 #: RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad recipient's; 501 as RFC 5321 4.5.3.1.9 has it.
 _ADDRESS_STATUS = {"MAIL": (5, 1, 7), "RCPT": (5, 1, 3)}
 _ADDRESS_TEXT = {
@@ -164,18 +174,19 @@ class ServerConnection:
         self._helo_name: str | None = None
         self._esmtp = False
         self._transaction: Transaction | None = None
+        self._transactions = 0  # MAIL commands accepted so far: the next transaction's number, less one
         self._dot = DotReader(check_line_endings=False)
         self._message_size = 0
         self._message_end: MessageEnd | None = None
         self._chunk_size = 0  # the BDAT chunk being read: its size, what is left, whether LAST
         self._chunk_left = 0
         self._chunk_last = False
-        self._skip = 0  # octets of refused BDAT chunks still to discard
-        self._long_line_head = b""  # the start of the last line found too long
+        self._refused_chunks_left = 0  # octets of refused BDAT chunks still to discard, never commands
+        self._long_line_bdat = False  # whether the last line found too long was a BDAT line
         self._recipients_due: tuple[str, ...] = ()  # LMTP: recipients whose end-of-message answer is due
-        self._commands = _LMTP_COMMANDS if self.config.lmtp else _SMTP_COMMANDS
+        self._verbs = _LMTP_VERBS if self.config.lmtp else _SMTP_VERBS
         self._sequence_errors = LMTP_SEQUENCE_ERRORS if self.config.lmtp else SEQUENCE_ERRORS
-        self._report: ev.Event | None = None  # an outcome of an answer, for the next next_event()
+        self._event_from_answer: ev.Event | None = None  # what the last answer led to: the next next_event()
         self._mechanism: Mechanism | None = None
         self._authenticated: ev.Authenticated | None = None
         self._auth_failures = 0
@@ -237,9 +248,9 @@ class ServerConnection:
 
     def next_event(self) -> NextEvent:
         """The next event, ``NEED_DATA`` or ``PAUSED``."""
-        if self._report is not None:
-            report, self._report = self._report, None
-            return report
+        if self._event_from_answer is not None:
+            event, self._event_from_answer = self._event_from_answer, None
+            return event
         if self._pending is not None:
             return PAUSED
         return self._READERS[self._state](self)
@@ -263,8 +274,8 @@ class ServerConnection:
         if accepted and isinstance(event, ev.Ehlo):
             reply = cached_reply(reply.code, reply.lines + self._ehlo_keywords())
         self._pending = None
-        if self._report is event:  # answered (through ``pending``) before next_event() gave it out
-            self._report = None
+        if self._event_from_answer is event:  # answered (through ``pending``) before next_event() gave it out
+            self._event_from_answer = None
         if not (accepted and isinstance(event, ev.DataRequested) and event.chunked):  # no 354 before a chunk
             self._queue(reply, event.carries_enhanced_code(reply.code))
         if reply.code == 421:
@@ -290,7 +301,7 @@ class ServerConnection:
             raise LocalProtocolError("no CredentialsLookup is waiting for supply()")
         step = mechanism.found(secret)  # raises on a secret of the wrong type, changing nothing
         self._pending = None
-        self._report = self._sasl_step(step)
+        self._event_from_answer = self._sasl_step(step)
 
     # -- what the adapter reports ------------------------------------------
 
@@ -324,8 +335,8 @@ class ServerConnection:
     def _close_with(self, reply: Reply) -> None:
         if self._state is not State.CLOSED:
             self._pending = None
-            if isinstance(self._report, ev.Decision):  # the next LMTP recipient's question, now never asked
-                self._report = None
+            if isinstance(self._event_from_answer, ev.Decision):  # the next LMTP recipient's question, now never asked
+                self._event_from_answer = None
             self._queue(reply)
             self._move(Outcome.CLOSED)
 
@@ -373,7 +384,7 @@ class ServerConnection:
     def _take_line(self, limit: int) -> bytes | NextEvent | None:
         """The next line without its ending, ``None`` if longer than ``limit``, or what to return instead.
 
-        For a line too long, ``_long_line_head`` keeps its first octets: whether it was a BDAT line.
+        For a line too long, ``_long_line_bdat`` says whether it was a BDAT line, judged on ``limit`` octets.
         """
         line = self._buffer.extract_line()
         if self._discarding_line:
@@ -384,34 +395,36 @@ class ServerConnection:
             return self._take_line(limit)
         if line is None:
             if len(self._buffer) > limit:
-                self._long_line_head = self._buffer.peek(len(_BDAT))
+                self._long_line_bdat = _first_word_is_bdat(self._buffer.peek(limit))
                 self._buffer.clear()
                 self._discarding_line = True  # drop the rest of it as it arrives
                 return None
             return self._read_closed() if self._peer_closed else NEED_DATA
         if len(line) > limit:
-            self._long_line_head = line[: len(_BDAT)]
+            self._long_line_bdat = _first_word_is_bdat(line[:limit])
             return None
         return line[: -2 if line.endswith(b"\r\n") else -1]
 
     def _read_command(self) -> NextEvent:
-        if self._skip:  # a refused BDAT chunk's octets are never commands
-            self._skip -= len(self._buffer.take(self._skip))
-            if self._skip:
+        if self._refused_chunks_left:  # a refused BDAT chunk's octets are never commands
+            self._refused_chunks_left -= len(self._buffer.take(self._refused_chunks_left))
+            if self._refused_chunks_left:
                 return self._read_closed() if self._peer_closed else NEED_DATA
         line = self._take_line(self.config.max_command_line + self.extensions.line_allowance)
         if line is None:  # an over-long BDAT line has lost its chunk's end too
-            if self._long_line_head.upper() == _BDAT:
+            if self._long_line_bdat:
                 return self._lost_chunk(LINE_TOO_LONG)
             return self._reject("", LINE_TOO_LONG)
         if not isinstance(line, bytes):
             return line
-        bdat = line[: len(_BDAT)].upper() == _BDAT  # a BDAT line the core cannot read loses its chunk's end
+        bdat = _first_word_is_bdat(line)  # a BDAT line the core cannot read loses its chunk's end
         try:
             text = line.decode()
         except UnicodeDecodeError:
             return self._lost_chunk() if bdat else self._reject("", BAD_CHARACTERS)
         verb, _, argument = text.partition(" ")
+        if bdat and verb.upper() != "BDAT":  # split off by HTAB, NBSP...: a reader splitting there sees a chunk
+            return self._lost_chunk()
         if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
             return self._reject("", UNRECOGNIZED)
         verb = verb.upper()
@@ -490,23 +503,25 @@ class ServerConnection:
     # -- internals: commands, chosen by verb ---------------------------------
 
     def _dispatch(self, verb: str, argument: str) -> NextEvent:
-        handler = self._commands.get(verb)
+        handler = self._verbs.get(verb)
         if handler is None:
             return self._extension_command(verb, argument)
         if self.config.require_tls and not self._tls_active and verb not in BEFORE_TLS:
-            return self._refuse(verb, argument, TLS_REQUIRED)
+            return self._reject_with_chunk(verb, argument, TLS_REQUIRED)
         if self._state not in ALLOWED_STATES[verb]:
-            return self._refuse(verb, argument, self._sequence_errors.get((verb, self._state), DEFAULT_SEQUENCE_ERROR))
+            return self._reject_with_chunk(
+                verb, argument, self._sequence_errors.get((verb, self._state), DEFAULT_SEQUENCE_ERROR)
+            )
         return handler(self, argument)
 
-    def _refuse(self, verb: str, argument: str, reply: Reply) -> ev.Event:
-        """Refuse a command; a refused BDAT's chunk follows all the same, and is discarded."""
+    def _reject_with_chunk(self, verb: str, argument: str, reply: Reply) -> ev.Event:
+        """Reject a command; a rejected BDAT's chunk follows all the same, and is discarded."""
         if verb != "BDAT":
             return self._reject(verb, reply)
         chunk = _chunk_size(argument)
         if chunk is None:
             return self._lost_chunk()
-        self._skip += chunk[0]
+        self._refused_chunks_left += chunk[0]
         return self._reject(verb, reply)
 
     def _lost_chunk(self, reply: Reply = BDAT_SYNTAX) -> ev.Event:
@@ -623,18 +638,18 @@ class ServerConnection:
         if chunk is None:
             return self._lost_chunk()
         if self.extensions.offered("CHUNKING", self) is None:
-            return self._refuse("BDAT", argument, UNRECOGNIZED)
+            return self._reject_with_chunk("BDAT", argument, UNRECOGNIZED)
         transaction = self._transaction
         assert transaction is not None
         if transaction.body_command == "DATA":
-            return self._refuse("BDAT", argument, BDAT_AFTER_DATA)
+            return self._reject_with_chunk("BDAT", argument, BDAT_AFTER_DATA)
         size, last = chunk
         self._chunk_size, self._chunk_left, self._chunk_last = size, size, last
         starting = self._state is State.RCPT
         if starting:
             self._message_size = 0
         if self._message_size + size > self.config.max_message_size:  # known before a single octet arrives
-            self._skip += size
+            self._refused_chunks_left += size
             self._chunk_left = 0
             return self._chunk_too_big(starting, last)
         self._message_size += size
@@ -677,7 +692,7 @@ class ServerConnection:
     def _help(self, argument: str) -> ev.Event:
         verbs = [
             verb
-            for verb in self._commands
+            for verb in self._verbs
             if verb not in _EXTENSION_VERBS or self.extensions.offered(_EXTENSION_VERBS[verb], self)
         ]
         verbs += (verb.name for extension in self.extensions if extension.offered(self) for verb in extension.verbs)
@@ -771,7 +786,7 @@ class ServerConnection:
     def _greeted(self, event: ev.Decision) -> None:
         self._move(Outcome.GREETING_SENT)
 
-    def _refused(self, event: ev.Decision) -> None:
+    def _greeting_refused(self, event: ev.Decision) -> None:
         self._move(Outcome.GREETING_REFUSED)
 
     def _hello(self, event: ev.Decision) -> None:
@@ -783,13 +798,18 @@ class ServerConnection:
 
     def _mail_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.MailFrom)
-        self._transaction = Transaction(event.address, event.params)
+        self._transactions += 1
+        self._transaction = Transaction(event.address, event.params, number=self._transactions)
         self._move(Outcome.MAIL_ACCEPTED)
 
     def _rcpt_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.RcptTo) and self._transaction is not None
         transaction = self._transaction
-        self._transaction = replace(transaction, recipients=(*transaction.recipients, event.address))
+        self._transaction = replace(
+            transaction,
+            recipients=(*transaction.recipients, event.address),
+            recipient_params=(*transaction.recipient_params, event.params),
+        )
         self._move(Outcome.RCPT_ACCEPTED)
 
     def _data_accepted(self, event: ev.Decision) -> None:
@@ -804,14 +824,14 @@ class ServerConnection:
     def _data_declined(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.DataRequested)
         if event.chunked:  # the refused chunk's octets follow all the same
-            self._skip += self._chunk_left
+            self._refused_chunks_left += self._chunk_left
             self._chunk_left = 0
 
     def _credentials_accepted(self, event: ev.Decision) -> None:
         assert self._mechanism is not None
         step = self._mechanism.verified(True)
         assert isinstance(step, Success)
-        self._report = self._succeeded(step)
+        self._event_from_answer = self._succeeded(step)
 
     def _auth_declined(self, event: ev.Decision) -> None:
         self._count_auth_failure()
@@ -823,7 +843,7 @@ class ServerConnection:
             return
         recipient, *rest = self._recipients_due
         self._recipients_due = tuple(rest)
-        self._report = self._decide(ev.EndOfMessage(recipient))
+        self._event_from_answer = self._decide(ev.EndOfMessage(recipient))
 
     def _end_transaction(self, event: ev.Event) -> None:
         self._transaction = None
@@ -847,7 +867,8 @@ class ServerConnection:
         State.CLOSED: _read_closed,
     }
 
-    _COMMANDS: dict[str, Callable[[ServerConnection, str], NextEvent]] = {
+    #: The core's verbs, each with the method that serves it; SMTP adds HELO and EHLO, LMTP adds LHLO.
+    _VERBS: dict[str, Callable[[ServerConnection, str], NextEvent]] = {
         "MAIL": _mail,
         "RCPT": _rcpt,
         "DATA": _data,
@@ -875,7 +896,7 @@ class ServerConnection:
     }
 
     _ON_DECLINE: dict[type, Callable[[ServerConnection, ev.Decision], None]] = {
-        ev.ConnectionOpened: _refused,
+        ev.ConnectionOpened: _greeting_refused,
         ev.DataRequested: _data_declined,
         ev.EndOfMessage: _message_answered,
         ev.AuthCredentials: _auth_declined,
@@ -883,8 +904,17 @@ class ServerConnection:
     }
 
 
-_SMTP_COMMANDS = {"HELO": ServerConnection._helo, "EHLO": ServerConnection._ehlo, **ServerConnection._COMMANDS}
-_LMTP_COMMANDS = {"LHLO": ServerConnection._lhlo, **ServerConnection._COMMANDS}
+_SMTP_VERBS = {"HELO": ServerConnection._helo, "EHLO": ServerConnection._ehlo, **ServerConnection._VERBS}
+_LMTP_VERBS = {"LHLO": ServerConnection._lhlo, **ServerConnection._VERBS}
+
+
+def _first_word_is_bdat(line: bytes) -> bool:
+    """Whether any reader could take the line for BDAT, and the octets after it for a chunk (RFC 3030 2).
+
+    Readers split words differently (SP, HTAB, any whitespace), so a word here ends at any octet no verb holds.
+    """
+    word = line.lstrip(_WORD_SEPARATORS)
+    return word[:4].upper() == b"BDAT" and (len(word) == 4 or word[4] in _WORD_SEPARATORS)
 
 
 def _chunk_size(argument: str) -> tuple[int, bool] | None:

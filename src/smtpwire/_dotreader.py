@@ -16,16 +16,16 @@ class DotReader:
     def __init__(self, check_line_endings: bool) -> None:
         self._check = check_line_endings
         # The CRLF that ended the DATA command starts the first line; it is
-        # never part of the message, so it is skipped when emitting.
+        # never part of the message, so it is held but not emitted.
         self._held = b"\r\n"
-        self._skip = 2
+        self._held_not_content = 2  # octets at the start of ``_held`` already dealt with: never emitted
         self.bare_line_ending = False
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Return (message bytes, rest); ``rest`` is ``None`` until the end of data."""
         buf = self._held + data
         pieces: list[bytes] = []
-        start = self._skip
+        start = self._held_not_content
         position = 0
         while True:
             found = buf.find(_LINE_DOT, position)
@@ -43,7 +43,7 @@ class DotReader:
         pieces.append(buf[start:cut])
         self._check_line_endings(buf[:cut])
         self._held = buf[cut:]
-        self._skip = max(0, start - cut)
+        self._held_not_content = max(0, start - cut)
         return b"".join(pieces), None
 
     def _check_line_endings(self, region: bytes) -> None:
