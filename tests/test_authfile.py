@@ -253,7 +253,7 @@ def test_without_accounts_nobody_gets_in() -> None:
 
 def test_settings_with_users_cross_to_a_worker_process() -> None:
     settings = serve_settings(
-        cert="cert.pem", auth_file="users", users=(("alice", KEYS),), require_auth=True, salt_key=b"k" * 32
+        tls_cert="cert.pem", auth_file="users", users=(("alice", KEYS),), require_auth=True, salt_key=b"k" * 32
     )
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert "kkkk" not in repr(settings)

@@ -20,13 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, TypeVar
 
+import click
 import pytest
 import scramp
 
 import smtpwire
 from smtpwire_anyio import TLSInfo
+from smtpwire_handler import ServerOptions
 from smtpwire_handler._trace import protocol_name
-from smtpwire_serve import _authfile
+from smtpwire_serve import _authfile, _cli
+from smtpwire_serve._settings import Settings, build_options
 from tests import certs
 from tests.test_interop import MESSAGE, TIMEOUT, need, starttls_client
 
@@ -251,6 +254,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--require-starttls"], "--tls-listen and --require-starttls need --tls-cert"),
         (["--hostname", "bad name"], "hostname must be 1-255 printable ASCII characters"),
         (["--max-recipients", "0"], "Invalid value for '--max-recipients'"),
+        (
+            ["--max-sessions", "0"],
+            "Error: Invalid value for '--max-sessions': max_sessions must be an integer of at least 1",
+        ),
         (["--backend", "twisted"], "Invalid value for '--backend'"),
     ],
 )
@@ -631,3 +638,97 @@ def test_print_and_sink_are_one_or_the_other() -> None:
         [sys.executable, "-m", "smtpwire_serve", "serve", "--print", "--sink"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "give either --print or --sink, not both" in result.stderr
+
+
+# -- the settings: built once from the parsed command line, checked by ServerOptions' rules -----
+
+
+def settings_of(*args: str) -> Settings:
+    """The Settings ``serve`` builds from this command line (with an open-file limit of 1,024)."""
+    with _cli.serve.make_context("serve", ["--sink", *args]) as ctx:
+        return _cli.settings_from(ctx.params, file_limit=1024)
+
+
+def test_the_options_reach_the_server_options_under_their_own_names() -> None:
+    limits = ("command-timeout", "data-timeout", "min-data-rate", "tls-handshake-timeout", "proxy-timeout")
+    limits += ("shutdown-grace", "max-sessions", "max-message-size", "max-recipients", "max-errors")
+    limits += ("max-auth-failures",)
+    given = {name: 7 + n for n, name in enumerate(limits)}
+    args = [text for name, value in given.items() for text in (f"--{name}", str(value))]
+    options = build_options(settings_of(*args, "--max-sessions-per-client", "0", "--hostname", "mx.example", "--lmtp"))
+    for name, value in given.items():
+        field = name.replace("-", "_")
+        assert getattr(options if hasattr(options, field) else options.config, field) == value, name
+    assert options.max_sessions_per_client is None  # 0: no limit per client
+    assert options.config.hostname == "mx.example" and options.config.lmtp
+
+
+def test_without_options_the_limits_are_the_librarys() -> None:
+    options, library = build_options(settings_of("--hostname", "mx.test")), ServerOptions()
+    for name in ("command_timeout", "data_timeout", "min_data_rate", "tls_handshake_timeout", "proxy_timeout"):
+        assert getattr(options, name) == getattr(library, name), name
+    assert (options.shutdown_grace, options.max_sessions_per_client) == (library.shutdown_grace, 50)
+    for name in ("max_message_size", "max_recipients", "max_errors", "max_auth_failures"):
+        assert getattr(options.config, name) == getattr(library.config, name), name
+    assert options.max_sessions == (1024 - 64) // 2  # what the open-file limit allows
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-sessions", "0"], "'--max-sessions': max_sessions must be an integer of at least 1, not 0"),
+        (
+            ["--max-message-size", "-1"],
+            "'--max-message-size': max_message_size must be an integer of at least 1, not -1",
+        ),
+        (
+            ["--max-auth-failures", "0"],
+            "'--max-auth-failures': max_auth_failures must be an integer of at least 1, not 0",
+        ),
+        (["--hostname", ""], "'--hostname': hostname must be 1-255 printable ASCII characters without spaces, not ''"),
+        (
+            ["--data-timeout", "inf"],
+            "'--data-timeout': data_timeout must be a number of seconds above 0 and below 86400, not inf",
+        ),
+        (
+            ["--min-data-rate", "nan"],
+            "'--min-data-rate': min_data_rate must be a number of octets a second above 0, not nan",
+        ),
+    ],
+)
+def test_a_value_the_library_refuses_is_named_by_its_flag(args: list[str], message: str) -> None:
+    with pytest.raises(click.BadParameter) as refused:
+        settings_of(*args)
+    assert refused.value.format_message() == f"Invalid value for {message}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--require-starttls"], "--tls-listen and --require-starttls need --tls-cert (or --self-signed)"),
+        (["--tls-listen", "127.0.0.1:0"], "--tls-listen and --require-starttls need --tls-cert (or --self-signed)"),
+        (["--auth-file", "users"], "--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS"),
+        (["--require-auth", "--self-signed"], "--require-auth needs --auth-file"),
+        (
+            ["--proxy-protocol", "--trusted-proxy", "10.0.0.0/8", "--self-signed", "--tls-listen", "127.0.0.1:0"],
+            "--proxy-protocol works with --listen only: a PROXY header cannot precede TLS",
+        ),
+    ],
+)
+def test_a_combination_server_options_refuses_is_said_in_the_options_words(args: list[str], message: str) -> None:
+    """ServerOptions judges; the command line only words it (a change of ServerOptions' messages shows here)."""
+    with pytest.raises(click.UsageError) as refused:
+        settings_of(*args)
+    assert type(refused.value) is click.UsageError and refused.value.format_message() == message
+
+
+def test_a_refused_command_line_reads_and_writes_nothing(tmp_path: pathlib.Path) -> None:
+    """ServerOptions' rules are asked before the auth file is read, its salt key made or a certificate written."""
+    users, certificate = tmp_path / "users", tmp_path / "dev.pem"
+    users.write_text("# nobody\n")
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--auth-file", str(users))
+    assert result.returncode == 2 and "needs --tls-cert" in result.stderr and "no users" not in result.stderr
+    assert sorted(tmp_path.iterdir()) == [users]
+    result = run_cli("serve", "--require-auth", "--self-signed", "--self-signed-cert-out", str(certificate))
+    assert result.returncode == 2 and "--require-auth needs --auth-file" in result.stderr
+    assert "self-signed" not in result.stderr and not certificate.exists()

@@ -17,7 +17,7 @@ import smtpwire
 import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_handler import ServerOptions, Session
-from smtpwire_serve import _cli
+from smtpwire_serve import _cli, _settings
 from smtpwire_serve._authlimit import FailureBudget
 from tests.test_cli import run_cli, serve, stored
 from tests.test_interop import MESSAGE, TIMEOUT
@@ -160,32 +160,20 @@ def test_unix_clients_share_one_auth_failure_budget() -> None:
     assert budget.begin(Session(smtpwire.ServerConnection(), peer="/run/client.sock").peer_host).refused
 
 
-def settings(**changes: object) -> _cli.Settings:
-    base = _cli.Settings(
-        listen=(("127.0.0.1", 0),),
-        tls_listen=(),
-        cert=None,
-        key=None,
-        maildir=None,
-        hostname="mx.test",
-        require_starttls=False,
-        max_message_size=1000,
-        max_recipients=10,
-        backend="asyncio",
-        loop="auto",
-        max_sessions=10,
-        verbose=False,
-    )
+def settings(**changes: object) -> _settings.Settings:
+    """The command line's Settings, built as ``serve`` builds them, with ``changes``."""
+    with _cli.serve.make_context("serve", ["--listen", "127.0.0.1:0", "--hostname", "mx.test", "--sink"]) as ctx:
+        base = _cli.settings_from(ctx.params, file_limit=1024)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def test_trusted_proxy_networks_are_not_counted_per_client() -> None:
     """--trusted-proxy alone exempts a relay carrying many clients; with --proxy-protocol it must send PROXY too."""
-    exempt = _cli.build_options(settings(trusted_proxies=("192.0.2.0/24",)))
+    exempt = _settings.build_options(settings(trusted_proxies=("192.0.2.0/24",)))
     assert exempt.counted_client(("192.0.2.7", 1)) is None and exempt.counted_client(("198.51.100.7", 1))
     assert exempt.counted_client(("127.0.0.1", 1)) is None  # the local host stays exempt
     assert not exempt.trusts_proxy(("192.0.2.7", 1))
-    proxied = _cli.build_options(settings(trusted_proxies=("192.0.2.0/24",), proxy_protocol=True))
+    proxied = _settings.build_options(settings(trusted_proxies=("192.0.2.0/24",), proxy_protocol=True))
     assert proxied.trusts_proxy(("192.0.2.7", 1)) and not proxied.trusts_proxy(("198.51.100.7", 1))
     assert proxied.counted_client(("192.0.2.7", 1)) is None
-    assert _cli.build_options(settings(lmtp=True)).config.lmtp
+    assert _settings.build_options(settings(lmtp=True)).config.lmtp

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtpwire_handler import client_key
+from smtpwire_handler.kit import client_key
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -105,7 +105,7 @@ class FailureBudget:
         counted = client.failures + client.running
         if counted >= self.limit:
             client.last_failure = now  # a client that keeps trying stays refused
-            self._report(host, network, client)
+            self._log_refusal_once(host, network, client)
             return Attempt(network, self.wait_after(counted), refused=True)
         client.running += 1
         return Attempt(network, self.wait_after(counted), refused=False)
@@ -142,7 +142,8 @@ class FailureBudget:
                 return
             del self._clients[network]
 
-    def _report(self, host: str, network: str, client: _Client) -> None:
+    def _log_refusal_once(self, host: str, network: str, client: _Client) -> None:
+        """One warning per client while it stays refused, not one per attempt."""
         if client.reported:
             return
         client.reported = True

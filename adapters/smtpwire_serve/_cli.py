@@ -11,8 +11,9 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
@@ -20,61 +21,33 @@ import click
 import smtpwire
 import smtpwire_anyio
 import smtpwire_asyncio
-from smtpwire_asyncio import HostPort
 from smtpwire_handler import AsyncHandler, Maildir, ServerOptions
-from smtpwire_handler._unix import DEFAULT_MODE
+from smtpwire_handler.kit import DEFAULT_MODE
 
 from . import _authfile, _authlimit, _run, _tls
 from ._devcert import make_self_signed
 from ._lmtp import LmtpMaildirHandler, Mailboxes
 from ._logging import LOG_FORMATS, configure_logging
-from ._params import DEFAULT_LISTEN, SECONDS, HostPortType, Listen, ListenType, networks, octal_mode
+from ._params import DEFAULT_LISTEN, HostPortType, ListenType, networks, octal_mode
 from ._reload import Reloader
+from ._settings import FIELDS, Settings, build_options, options_for
 from ._store import MaildirHandler, PrintingHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")
 
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything a worker process needs, as plain values (picklable)."""
-
-    listen: tuple[Listen, ...]
-    tls_listen: tuple[HostPort, ...]
-    cert: str | None
-    key: str | None
-    maildir: str | None  # None: the sink, or standard output with print_messages
-    hostname: str
-    require_starttls: bool
-    max_message_size: int
-    max_recipients: int
-    backend: str
-    loop: str
-    max_sessions: int
-    verbose: bool
-    auth_file: str | None = None  # None: no AUTH
-    users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # loaded once, by the parent process
-    require_auth: bool = False
-    max_auth_failures: int = 3
-    salt_key: bytes | None = dataclasses.field(default=None, repr=False)  # unknown users' SCRAM salts
-    auth_failure_limit: int = _authlimit.DEFAULT_LIMIT
-    auth_failure_window: float = _authlimit.DEFAULT_WINDOW
-    auth_failure_delay: float = _authlimit.DEFAULT_DELAY
-    max_sessions_per_client: int | None = 50
-    trusted_proxies: tuple[str, ...] = ()  # not counted per client; with proxy_protocol, they send PROXY
-    proxy_protocol: bool = False
-    lmtp: bool = False
-    print_messages: bool = False  # --print: each message to standard output instead of a store
-    socket_mode: int = DEFAULT_MODE  # of the Unix sockets
-    self_signed: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)  # PEM certificate, key
-    command_timeout: float = ServerOptions.command_timeout
-    data_timeout: float = ServerOptions.data_timeout
-    min_data_rate: float = ServerOptions.min_data_rate
-    tls_handshake_timeout: float = ServerOptions.tls_handshake_timeout
-    proxy_timeout: float = ServerOptions.proxy_timeout
-    shutdown_grace: float = ServerOptions.shutdown_grace
-    max_errors: int = smtpwire.ServerConfig.max_errors
-    log_format: str = "text"
+NEEDS_CERTIFICATE = "--tls-listen and --require-starttls need --tls-cert (or --self-signed)"
+#: What ServerOptions refuses in a combination of options (how its message starts), in the command line's words.
+REFUSED_COMBINATIONS = {
+    "require_tls needs": NEEDS_CERTIFICATE,
+    "implicit TLS listeners need": NEEDS_CERTIFICATE,
+    "the Auth extension is offered only over TLS": (
+        "--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS"
+    ),
+    "require_auth needs": "--require-auth needs --auth-file",
+    "proxy_protocol_from works on plain listeners only": (
+        "--proxy-protocol works with --listen only: a PROXY header cannot precede TLS"
+    ),
+}
 
 
 def default_hostname() -> str:
@@ -83,61 +56,73 @@ def default_hostname() -> str:
     return name if re.fullmatch(r"[A-Za-z0-9.-]{1,255}", name) else "localhost"
 
 
-def request_extensions(tls: bool) -> tuple[smtpwire.Extension, ...]:
-    """DSN, LIMITS and BINARYMIME (a store takes binary MIME as it is); REQUIRETLS where TLS can be."""
-    extensions = (smtpwire.Dsn(), smtpwire.Limits(), smtpwire.BinaryMime())
-    return (*extensions, smtpwire.RequireTls()) if tls else extensions
+def refuse_conflicts(params: Mapping[str, Any]) -> None:
+    """What the command line alone refuses: options that exclude or need one another (ServerOptions checks the rest)."""
+    unix = any(isinstance(address, str) for address in params["listen"])
+    rules = (
+        (params["tls_cert"] and params["self_signed"], "give either --tls-cert or --self-signed, not both"),
+        (params["tls_key"] and not params["tls_cert"], "--tls-key needs --tls-cert"),
+        (params["self_signed_cert_out"] and not params["self_signed"], "--self-signed-cert-out needs --self-signed"),
+        (params["backend"] == "trio" and params["loop"] != "auto", "--loop is for --backend asyncio"),
+        (params["print_messages"] and params["sink"], "give either --print or --sink, not both"),
+        (
+            params["proxy_protocol"] and not params["trusted_proxies"],
+            "--proxy-protocol needs --trusted-proxy CIDR: the networks that may send the header",
+        ),
+        (
+            params["workers"] > 1 and unix,
+            "--workers works with TCP listeners only: a unix:PATH socket is bound by one process",
+        ),
+    )
+    for broken, message in rules:
+        if broken:
+            raise click.UsageError(message)
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The server's TLS context, from --tls-cert and --tls-key or the --self-signed pair; ``None`` without TLS."""
-    if settings.cert is None and settings.self_signed is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    if settings.self_signed is not None:
-        _tls.load_from_memory(context, *settings.self_signed)
-        return context
-    try:
-        _tls.load(context, str(settings.cert), settings.key)
-    except _tls.TLSFileError as error:
-        raise click.ClickException(str(error)) from None
-    return context
+def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
+    """``serve``'s parsed parameters as Settings, refused as ServerOptions would refuse them, before anything is loaded.
 
-
-def build_options(settings: Settings) -> ServerOptions:
-    context = tls_context(settings)
-    auth: tuple[smtpwire.Auth, ...] = ()
-    if settings.auth_file is not None:  # SCRAM-SHA-256 PLAIN LOGIN, only over TLS
-        iterations = _authfile.usual_iterations(dict(settings.users))
-        auth = (smtpwire.Auth(scram_iterations=iterations, scram_salt_key=settings.salt_key),)  # like the usual user
-    try:
-        config = smtpwire.ServerConfig(
-            hostname=settings.hostname,
-            extensions=(*smtpwire.STANDARD_EXTENSIONS, *auth, *request_extensions(tls=context is not None)),
-            max_message_size=settings.max_message_size,
-            max_recipients=settings.max_recipients,
-            require_tls=settings.require_starttls,
-            require_auth=settings.require_auth,
-            max_auth_failures=settings.max_auth_failures,
-            max_errors=settings.max_errors,
-            lmtp=settings.lmtp,
-        )
-        return ServerOptions(
-            config=config,
-            tls_context=context,
-            max_sessions=settings.max_sessions,
-            max_sessions_per_client=settings.max_sessions_per_client,
-            proxy_protocol_from=settings.trusted_proxies if settings.proxy_protocol else (),
-            client_limit_exceptions=(*ServerOptions.client_limit_exceptions, *settings.trusted_proxies),
-            command_timeout=settings.command_timeout,
-            data_timeout=settings.data_timeout,
-            min_data_rate=settings.min_data_rate,
-            tls_handshake_timeout=settings.tls_handshake_timeout,
-            proxy_timeout=settings.proxy_timeout,
-            shutdown_grace=settings.shutdown_grace,
-        )
+    A parameter named like a field is that field; those below are made from others.  Call it in the click context.
+    """
+    made = {
+        "listen": params["listen"] or (DEFAULT_LISTEN,),
+        "maildir": None if params["sink"] or params["print_messages"] else params["maildir"],
+        "hostname": default_hostname() if params["hostname"] is None else params["hostname"],
+        "max_sessions": _run.sessions_for(file_limit) if params["max_sessions"] is None else params["max_sessions"],
+        "max_sessions_per_client": params["max_sessions_per_client"] or None,  # 0: no limit
+    }
+    settings = Settings(**{name: value for name, value in params.items() if name in FIELDS} | made)
+    tls = settings.tls_cert is not None or params["self_signed"]
+    try:  # stand-ins for the TLS context and AUTH to come: that they will be there is what the rules ask
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if tls else None
+        options = options_for(settings, context, smtpwire.Auth() if settings.auth_file is not None else None)
+        options.check_listeners(settings.listen, settings.tls_listen)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise refusal(str(error)) from None
+    return settings
+
+
+def refusal(message: str) -> click.UsageError:
+    """ServerOptions' refusal in the command line's words: the combination of options, or the option of the value."""
+    for start, words in REFUSED_COMBINATIONS.items():
+        if message.startswith(start):
+            return click.UsageError(words)
+    ctx = click.get_current_context()
+    field = message.partition(" ")[0]  # ServerOptions and ServerConfig name the field first
+    return click.BadParameter(message, ctx, next((param for param in ctx.command.params if param.name == field), None))
+
+
+def load_once(settings: Settings, params: Mapping[str, Any]) -> Settings:
+    """What the parent reads or makes once for all workers: the auth file's users and salt key, the self-signed pair."""
+    users = load_users(settings.auth_file) if settings.auth_file is not None else {}
+    return dataclasses.replace(
+        settings,
+        users=tuple(users.items()),
+        salt_key=load_salt_key(settings.auth_file, users) if settings.auth_file is not None else None,
+        self_signed_pem=(
+            self_signed_pair(settings.hostname, params["self_signed_cert_out"]) if params["self_signed"] else None
+        ),
+    )
 
 
 def build_handler(settings: Settings) -> AsyncHandler:
@@ -165,8 +150,8 @@ def run(settings: Settings, reuse_port: bool = False) -> None:
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
     accounts = handler.accounts if isinstance(handler, _authfile.AuthFileHandler) else None
-    context = options.tls_context if settings.cert else None  # the --self-signed pair has no file to reload
-    reload = Reloader(context, settings.cert, settings.key, accounts, settings.auth_file)
+    context = options.tls_context if settings.tls_cert else None  # the --self-signed pair has no file to reload
+    reload = Reloader(context, settings.tls_cert, settings.tls_key, accounts, settings.auth_file)
     listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
     try:
         if settings.backend == "trio":
@@ -235,7 +220,7 @@ def main() -> None:
 @click.option(
     "--socket-mode",
     metavar="MODE",
-    default="0660",
+    default=f"{DEFAULT_MODE:04o}",
     show_default=True,
     callback=octal_mode,
     help="Permissions of the unix:PATH sockets (octal): who may connect. A stale socket there is replaced.",
@@ -302,13 +287,17 @@ def main() -> None:
 )
 @click.option(
     "--max-message-size",
-    type=click.IntRange(min=1),
-    default=32 * 1024 * 1024,
+    type=int,
+    default=smtpwire.ServerConfig.max_message_size,
     show_default=True,
     help="Largest message in bytes (advertised with SIZE).",
 )
 @click.option(
-    "--max-recipients", type=click.IntRange(min=1), default=100, show_default=True, help="Recipients per message."
+    "--max-recipients",
+    type=int,
+    default=smtpwire.ServerConfig.max_recipients,
+    show_default=True,
+    help="Recipients per message.",
 )
 @click.option(
     "--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True, help="Event loop."
@@ -322,14 +311,14 @@ def main() -> None:
 )
 @click.option(
     "--max-sessions",
-    type=click.IntRange(min=1),
+    type=int,
     help="Open sessions per process; one more is told 421 4.7.0 and closed."
     f" Default: what the open-file limit allows (2 descriptors a session), at most {_run.MAX_DEFAULT_SESSIONS:,}.",
 )
 @click.option(
     "--max-sessions-per-client",
     type=click.IntRange(min=0),
-    default=50,
+    default=ServerOptions.max_sessions_per_client,
     show_default=True,
     help="Open sessions per client address (IPv6: per /64) and process; one more is told 421 4.7.0. 0: no limit.",
 )
@@ -348,8 +337,8 @@ def main() -> None:
 @click.option("--require-auth", is_flag=True, help="Refuse MAIL until the client authenticated (530 5.7.0).")
 @click.option(
     "--max-auth-failures",
-    type=click.IntRange(min=1),
-    default=3,
+    type=int,
+    default=smtpwire.ServerConfig.max_auth_failures,
     show_default=True,
     help="Failed AUTH attempts before the session is closed (421).",
 )
@@ -393,7 +382,7 @@ def main() -> None:
 )
 @click.option(
     "--command-timeout",
-    type=SECONDS,
+    type=float,
     metavar="SECONDS",
     default=ServerOptions.command_timeout,
     show_default=True,
@@ -401,7 +390,7 @@ def main() -> None:
 )
 @click.option(
     "--data-timeout",
-    type=SECONDS,
+    type=float,
     metavar="SECONDS",
     default=ServerOptions.data_timeout,
     show_default=True,
@@ -409,7 +398,7 @@ def main() -> None:
 )
 @click.option(
     "--tls-handshake-timeout",
-    type=SECONDS,
+    type=float,
     metavar="SECONDS",
     default=ServerOptions.tls_handshake_timeout,
     show_default=True,
@@ -417,7 +406,7 @@ def main() -> None:
 )
 @click.option(
     "--proxy-timeout",
-    type=SECONDS,
+    type=float,
     metavar="SECONDS",
     default=ServerOptions.proxy_timeout,
     show_default=True,
@@ -425,7 +414,7 @@ def main() -> None:
 )
 @click.option(
     "--shutdown-grace",
-    type=SECONDS,
+    type=float,
     metavar="SECONDS",
     default=ServerOptions.shutdown_grace,
     show_default=True,
@@ -433,7 +422,7 @@ def main() -> None:
 )
 @click.option(
     "--min-data-rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     metavar="OCTETS",
     default=ServerOptions.min_data_rate,
     show_default=True,
@@ -441,7 +430,7 @@ def main() -> None:
 )
 @click.option(
     "--max-errors",
-    type=click.IntRange(min=1),
+    type=int,
     metavar="N",
     default=smtpwire.ServerConfig.max_errors,
     show_default=True,
@@ -455,45 +444,7 @@ def main() -> None:
     help="text: one line per record; json: one JSON object per line (time, level, logger, session, message).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log a transcript of every session (AUTH exchanges withheld).")
-def serve(
-    listen: tuple[Listen, ...],
-    tls_listen: tuple[HostPort, ...],
-    tls_cert: str | None,
-    tls_key: str | None,
-    self_signed: bool,
-    maildir: str,
-    sink: bool,
-    print_messages: bool,
-    hostname: str | None,
-    require_starttls: bool,
-    max_message_size: int,
-    max_recipients: int,
-    backend: str,
-    loop: str,
-    max_sessions: int | None,
-    max_sessions_per_client: int,
-    workers: int,
-    auth_file: str | None,
-    require_auth: bool,
-    max_auth_failures: int,
-    auth_failure_limit: int,
-    auth_failure_window: float,
-    auth_failure_delay: float,
-    proxy_protocol: bool,
-    trusted_proxies: tuple[str, ...],
-    verbose: bool,
-    socket_mode: int,
-    lmtp: bool,
-    self_signed_cert_out: str | None,
-    command_timeout: float,
-    data_timeout: float,
-    tls_handshake_timeout: float,
-    proxy_timeout: float,
-    shutdown_grace: float,
-    min_data_rate: float,
-    max_errors: int,
-    log_format: str,
-) -> None:
+def serve(**params: Any) -> None:
     """Run a mail server that stores every message it accepts into a Maildir.
 
     \b
@@ -505,78 +456,20 @@ def serve(
       smtpwire serve --self-signed --auth-file users --require-auth
       smtpwire serve --lmtp --listen unix:/run/smtpwire/lmtp --maildir /var/mail/lmtp
     """
-    if tls_cert and self_signed:
-        raise click.UsageError("give either --tls-cert or --self-signed, not both")
-    if tls_key and not tls_cert:
-        raise click.UsageError("--tls-key needs --tls-cert")
-    if self_signed_cert_out and not self_signed:
-        raise click.UsageError("--self-signed-cert-out needs --self-signed")
-    if backend == "trio" and loop != "auto":
-        raise click.UsageError("--loop is for --backend asyncio")
-    configure_logging(verbose, log_format)  # start-up warnings in the format of the rest of the log
+    refuse_conflicts(params)
     file_limit = _run.raise_file_limit()
-    if max_sessions is not None and max_sessions > _run.sessions_for(file_limit):
+    settings = settings_from(params, file_limit)
+    configure_logging(settings.verbose, settings.log_format)  # start-up warnings in the format of the rest of the log
+    if settings.max_sessions > _run.sessions_for(file_limit):
         log.warning(
-            "--max-sessions %d may run out of descriptors (the open-file limit is %d)", max_sessions, file_limit
+            "--max-sessions %d may run out of descriptors (the open-file limit is %d)",
+            settings.max_sessions,
+            file_limit,
         )
-    if print_messages and sink:
-        raise click.UsageError("give either --print or --sink, not both")
-    if require_auth and auth_file is None:
-        raise click.UsageError("--require-auth needs --auth-file")
-    if proxy_protocol and not trusted_proxies:
-        raise click.UsageError("--proxy-protocol needs --trusted-proxy CIDR: the networks that may send the header")
-    if proxy_protocol and tls_listen:
-        raise click.UsageError("--proxy-protocol works with --listen only: a PROXY header cannot precede TLS")
-    if workers > 1 and any(isinstance(address, str) for address in listen):
-        raise click.UsageError("--workers works with TCP listeners only: a unix:PATH socket is bound by one process")
-    if auth_file is not None and not (tls_cert or self_signed):
-        raise click.UsageError("--auth-file needs --tls-cert (or --self-signed): AUTH is offered only over TLS")
-    if (tls_listen or require_starttls) and not (tls_cert or self_signed):
-        raise click.UsageError("--tls-listen and --require-starttls need --tls-cert (or --self-signed)")
-    users = load_users(auth_file) if auth_file is not None else {}
-    salt_key = load_salt_key(auth_file, users) if auth_file is not None else None  # once, for every worker
-    hostname = hostname or default_hostname()
-    settings = Settings(
-        listen=listen or (DEFAULT_LISTEN,),
-        tls_listen=tls_listen,
-        cert=tls_cert,
-        key=tls_key,
-        maildir=None if sink or print_messages else maildir,
-        print_messages=print_messages,
-        hostname=hostname,
-        require_starttls=require_starttls,
-        max_message_size=max_message_size,
-        max_recipients=max_recipients,
-        backend=backend,
-        loop=loop,
-        max_sessions=max_sessions or _run.sessions_for(file_limit),
-        max_sessions_per_client=max_sessions_per_client or None,
-        verbose=verbose,
-        auth_file=auth_file,
-        users=tuple(users.items()),
-        require_auth=require_auth,
-        max_auth_failures=max_auth_failures,
-        salt_key=salt_key,
-        auth_failure_limit=auth_failure_limit,
-        auth_failure_window=auth_failure_window,
-        auth_failure_delay=auth_failure_delay,
-        trusted_proxies=trusted_proxies,
-        proxy_protocol=proxy_protocol,
-        lmtp=lmtp,
-        socket_mode=socket_mode,
-        self_signed=self_signed_pair(hostname, self_signed_cert_out) if self_signed else None,
-        command_timeout=command_timeout,
-        data_timeout=data_timeout,
-        min_data_rate=min_data_rate,
-        tls_handshake_timeout=tls_handshake_timeout,
-        proxy_timeout=proxy_timeout,
-        shutdown_grace=shutdown_grace,
-        max_errors=max_errors,
-        log_format=log_format,
-    )
-    if workers > 1:
+    settings = load_once(settings, params)
+    if params["workers"] > 1:
         build_options(settings)  # fail here, once, rather than in every worker
-        run_workers(settings, workers)
+        run_workers(settings, params["workers"])
     else:
         run(settings)
 

@@ -1,4 +1,4 @@
-"""The command line's own value types: listeners, networks, socket modes, timeouts."""
+"""The command line's own value types: listeners, networks, socket modes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import click
 
-from smtpwire_asyncio import HostPort
+from smtpwire_handler.kit import HostPort
 
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
 
@@ -77,7 +77,3 @@ def octal_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     if not 0 <= mode <= 0o777:
         raise click.BadParameter(f"expected octal permission bits such as 0660, not {value!r}", ctx, param)
     return mode
-
-
-#: Timeouts: above 0 and below a day, as ServerOptions takes them.
-SECONDS = click.FloatRange(min=0, max=86400, min_open=True, max_open=True)
