@@ -19,7 +19,7 @@ import pytest
 
 import smtpwire_asyncio
 from smtpwire import Reply
-from smtpwire_asyncio import AsyncHandler, Envelope, Server, ServerOptions, Session, SMTPProtocol
+from smtpwire_asyncio import AsyncHandler, AsyncioSession, Envelope, Server, ServerOptions, Session
 from smtpwire_handler import Params
 from tests import certs
 from tests.test_interop import MESSAGE, ON_THE_WIRE
@@ -66,9 +66,9 @@ async def serving(
         server.abort()
 
 
-def the_session(server: Server) -> SMTPProtocol:
+def the_session(server: Server) -> AsyncioSession:
     """The server's one session (the tests look at its transport and driver)."""
-    (protocol,) = server._sessions
+    (protocol,) = server._open_sessions()
     return protocol
 
 
@@ -194,7 +194,7 @@ def test_a_waiting_hook_holds_only_its_own_session(loop: str) -> None:
             assert (await slow.command(b"EHLO slow.example")).startswith(b"250-")
             slow.writer.write(b"MAIL FROM:<slow@example.org>\r\nRCPT TO:<bob@example.net>\r\nNOOP\r\n")
             await asyncio.wait_for(handler.entered.wait(), TIMEOUT)
-            (protocol,) = server._sessions
+            (protocol,) = server._open_sessions()
             assert protocol.transport is not None and not protocol.transport.is_reading()  # paused for the hook
 
             fast = await Client.connect(server.addresses[0])

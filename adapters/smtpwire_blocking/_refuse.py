@@ -3,9 +3,9 @@
 A plain connection is answered in the accept thread: the reply is one short
 line into an empty socket buffer, with a one-second bound.  An implicit-TLS
 connection needs a handshake first, which never runs in the accept thread:
-a few short-lived refusal threads do it; when they are all busy the accept
-thread waits for one (new clients queue in the listen backlog meanwhile), so
-a flood of clients cannot make the refusals themselves unbounded.
+a short-lived refusal thread does it, one of at most ``REFUSALS_AT_ONCE``
+(the server's ``Admission.refusals``); beyond them the connection is
+closed at once, so a flood of clients cannot make the refusals unbounded.
 """
 
 from __future__ import annotations
@@ -14,43 +14,42 @@ import contextlib
 import socket
 import threading
 
-from smtpwire_handler import ServerOptions, too_many_sessions
+from smtpwire_handler import ServerOptions
+from smtpwire_handler.kit import Refusals, too_many_connections
 
 from ._log import log
 from ._tls import HandshakeFailed, handshake
 
 _SEND_TIMEOUT = 1.0
-_TLS_REFUSERS = 8
-_SLOT_POLL = 0.2
 
 
 class Refuser:
-    """Refuses connections over the limit for one server (see the module's docstring)."""
+    """Refuses connections over the limit for one server; ``lock`` guards its ``refusals``."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, refusals: Refusals, lock: threading.Condition) -> None:
         self.options = options
-        self._slots = threading.BoundedSemaphore(_TLS_REFUSERS)
-        self._stopped = threading.Event()
-
-    def stop(self) -> None:
-        """The server is going away: connections still waiting for a refusal thread are just closed."""
-        self._stopped.set()
+        self._refusals = refusals
+        self._lock = lock
 
     def refuse(self, sock: socket.socket, implicit_tls: bool, reason: str) -> None:
         """Called in the accept thread for a connection over a limit (``reason`` says which)."""
-        log.warning("refusing a connection from %s: %s", _peer(sock), reason)
+        peer = _peer(sock)
         if not implicit_tls:
+            log.warning("refusing a connection from %s: %s", peer, reason)
             self._send(sock)
             return
-        while not self._slots.acquire(timeout=_SLOT_POLL):
-            if self._stopped.is_set():
-                sock.close()
-                return
+        with self._lock:
+            may_refuse = self._refusals.start()
+        if not may_refuse:
+            log.warning("closing a connection from %s: %s, and too many refusals under way", peer, reason)
+            sock.close()
+            return
+        log.warning("refusing a connection from %s: %s", peer, reason)
         thread = threading.Thread(target=self._refuse_tls, args=(sock,), name="smtpwire-refuse-tls", daemon=True)
         try:
             thread.start()
         except BaseException:
-            self._slots.release()
+            self._done()
             raise
 
     def _refuse_tls(self, sock: socket.socket) -> None:
@@ -63,12 +62,16 @@ class Refuser:
                 return
             self._send(tls)
         finally:
-            self._slots.release()
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._refusals.done()
 
     def _send(self, sock: socket.socket) -> None:
         try:
             sock.settimeout(_SEND_TIMEOUT)
-            sock.sendall(too_many_sessions(self.options))
+            sock.sendall(too_many_connections(self.options))
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:  # the client left already; it was going to be refused anyway
             log.info("could not refuse a client: %r", error)

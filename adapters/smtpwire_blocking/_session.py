@@ -6,17 +6,8 @@ import socket
 import ssl
 import time
 
-from smtpwire_handler import (
-    CLOSED,
-    NEED_DATA,
-    START_TLS,
-    Address,
-    Handler,
-    PendingInput,
-    ServerOptions,
-    SessionDriver,
-    tls_info,
-)
+from smtpwire_handler import Address, Handler, ServerOptions
+from smtpwire_handler.kit import CLOSED, NEED_DATA, START_TLS, SessionDriver, tls_info
 
 from ._log import log
 from ._tls import HandshakeFailed, handshake
@@ -37,10 +28,9 @@ class BlockingSession:
     byte of the client's handshake is ever read as plaintext.  Waiting for the
     client is a ``poll`` on the socket and a wake-up socket pair, bounded by
     the command or data timeout; ``stop()`` (from any thread) interrupts it.
-    Writes are ``sendall`` bounded by the command timeout.  A large read is
-    given to the driver ``FEED_SIZE`` at a time, each slice's replies sent
-    before the next, so a client that never reads cannot make us hold many
-    times a read's size in replies.
+    Writes are ``sendall`` bounded by the command timeout, so the driver's
+    ``FLUSH`` needs nothing more: a client that never reads cannot make us
+    hold many times a read's size in replies.
     """
 
     def __init__(
@@ -54,7 +44,6 @@ class BlockingSession:
         )
         self.session = self.driver.session
         self._wakeup = Wakeup()
-        self._pending = PendingInput()  # received, not yet given to the driver
 
     def stop(self, *, force: bool = False) -> None:
         """Say 421 4.3.2 and close as soon as no transaction is open (with ``force``: now); thread-safe."""
@@ -62,12 +51,9 @@ class BlockingSession:
             self._wakeup.set()
 
     def run(self) -> None:
-        """Serve the connection; never raises (an error is logged once and ends this session only)."""
+        """Serve the connection; never raises (an error is logged by the driver and ends this session only)."""
         try:
             self._converse()
-        except Exception:
-            log.exception("session %s: unexpected error, closing the connection", self.session.id)
-            self._finish()
         finally:
             self.sock.close()
             self._wakeup.close()
@@ -82,33 +68,23 @@ class BlockingSession:
     def _converse(self) -> None:
         driver = self.driver
         while True:
-            step = driver.next_step()
-            self._send(driver.data_to_send())
-            if step is NEED_DATA:
-                self._receive()
-            elif step is START_TLS:
-                self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
-                self._start_tls()
-            elif step is CLOSED:
-                return
-
-    def _finish(self) -> None:
-        """After an unexpected error: the closing hooks still run, once."""
-        try:
-            self.driver.connection_lost()
-            while self.driver.next_step() is not CLOSED:
-                pass
-        except Exception:
-            log.exception("session %s: unexpected error while closing", self.session.id)
+            try:
+                step = driver.next_step()
+                self._send(driver.data_to_send())  # sendall: a FLUSH is done with it
+                if step is NEED_DATA:
+                    self._receive()
+                elif step is START_TLS:
+                    self._start_tls()
+                elif step is CLOSED:
+                    return
+            except Exception as error:  # a bug: the driver ends the session; the closing hooks still run
+                if not driver.fail(error):
+                    return
 
     def _receive(self) -> None:
-        """Give the core the client's next bytes, or tell the driver why there are none."""
-        if self._pending:
-            self.driver.receive(self._pending.take(self.driver.reading_message))
-            return
-        timeout = self.driver.timeout
+        """Give the driver the client's next bytes, or tell it why there are none."""
         try:
-            data = self._read(timeout)
+            data = self._read(self.driver.timeout)
         except _Stopped:
             return  # the driver says 421 4.3.2 at the next step
         except TimeoutError:
@@ -116,8 +92,7 @@ class BlockingSession:
         except OSError as error:  # reset, or TLS broken mid-session (ssl.SSLError is an OSError)
             self.driver.connection_lost(error)
         else:
-            self._pending.put(data)
-            self.driver.receive(self._pending.take(self.driver.reading_message))
+            self.driver.receive(data)
 
     def _read(self, timeout: float) -> bytes:
         """One ``recv`` of what the client sent (``b""``: it closed), waiting at most ``timeout`` seconds."""

@@ -1,125 +1,34 @@
-"""What the servers share: handler, options, listeners, the open sessions and the limits on them."""
+"""What every server shares: its checked settings, its listeners, who it admits, and the steps it stops in.
+
+An adapter's ``Server`` subclasses ``ServerBase``: ``_listen_all()`` binds
+every listener the one way (see ``_listen``), ``_admit``/``_release`` count
+sessions against the limits (see ``_admission``), and ``_take(step)`` runs a
+step of the shutdown plan (see ``_shutdown``).  The adapter does the I/O:
+accepting, refusing, waiting.
+"""
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
+from ._admission import Admission
 from ._checks import check_handler
 from ._handler import AsyncHandler, Handler
+from ._listen import HostPort, Listening, tcp_sockets
 from ._options import ServerOptions
-from ._unix import DEFAULT_MODE, split_listen
-
-HostPort = tuple[str, int]
-S = TypeVar("S")
-
-#: The most received bytes given to the core at once outside message data.  The replies
-#: to them (pipelined HELP or EHLO answer about 13 times their size) are sent before
-#: more is fed, so a client that never reads holds one slice's replies in our memory.
-FEED_SIZE = 4 * 1024
-#: accept() errors that mean "out of descriptors or memory for now": wait, then accept again.
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: Seconds to wait after such an error before accepting again.
-ACCEPT_RETRY = 0.1
+from ._shutdown import ShutdownStep
+from ._unix import DEFAULT_MODE, UnixListener, split_listen
 
 
-class ClientCounter:
-    """Concurrent sessions per client, against ``limit`` (``None``: no limit, nothing counted).
+class Stoppable(Protocol):
+    """A session as the server sees it: it can be asked to close (see ``SessionDriver.request_stop``)."""
 
-    Not thread-safe: a threaded server calls it under its own lock.
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
-
-    def add(self, key: str | None) -> bool:
-        """Count one more session of ``key``; False (and nothing counted) when it has ``limit`` already."""
-        if self.limit is None or key is None:
-            return True
-        count = self._open.get(key, 0)
-        if count >= self.limit:
-            return False
-        self._open[key] = count + 1
-        return True
-
-    def remove(self, key: str | None) -> None:
-        """One session of ``key`` ended."""
-        if self.limit is None or key is None:
-            return
-        count = self._open.pop(key, 0) - 1
-        if count > 0:
-            self._open[key] = count
+    def stop(self, *, force: bool = False) -> None: ...
 
 
-class AcceptErrors:
-    """Logs failing accept() calls once per burst, not once per retry, and when accepting works again."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
-        self._failures = 0
-
-    def failed(self, where: object, error: OSError) -> None:
-        if not self._failures:
-            self.log.error("cannot accept connections on %s (%r): retrying every %s s", where, error, ACCEPT_RETRY)
-        self._failures += 1
-
-    def accepted(self) -> None:
-        if self._failures:
-            self.log.warning("accepting connections again after %d failed attempts", self._failures)
-            self._failures = 0
-
-
-class PendingInput:
-    """Received bytes not yet given to the core, handed out ``FEED_SIZE`` at a time (see ``FEED_SIZE``)."""
-
-    __slots__ = ("_at", "_data")
-
-    def __init__(self) -> None:
-        self._data = b""
-        self._at = 0
-
-    def __bool__(self) -> bool:
-        return self._at < len(self._data)
-
-    def put(self, data: bytes) -> None:
-        """Add received bytes behind those still pending."""
-        self._data = self._data[self._at :] + data if self else data
-        self._at = 0
-
-    def take(self, in_message: bool = False) -> bytes:
-        """The next slice to feed (``b""`` when nothing is pending).
-
-        ``in_message``: the core reads message data, which has no replies
-        until its end (``CRLF . CRLF``), and the end can come no earlier than
-        the first dot: the slice reaches that far (a fast ``memchr``; base64
-        has no dots), or to the end of what is pending.  A slice that starts
-        with a line end may finish an end begun in the last one: it gets the
-        usual size.
-        """
-        data, at = self._data, self._at
-        if at == 0 and len(data) <= FEED_SIZE:
-            self._data = b""
-            return data
-        end = at + FEED_SIZE
-        if in_message and not data.startswith((b"\n", b"\r\n"), at):
-            dot = data.find(b".", at)
-            end = len(data) if dot < 0 else max(dot + 3, end)
-        self._at = end
-        return data[at:end]
-
-    def take_rest(self) -> bytes:
-        """Everything still pending, at once (the peer closed: nothing more will come)."""
-        rest = self._data[self._at :]
-        self.clear()
-        return rest
-
-    def clear(self) -> None:
-        """Forget what is pending (plaintext behind STARTTLS, or a closed session's bytes)."""
-        self._data = b""
-        self._at = 0
+S = TypeVar("S", bound=Stoppable)
 
 
 class ServerBase(Generic[S]):
@@ -127,8 +36,14 @@ class ServerBase(Generic[S]):
 
     A ``listen`` entry that is a ``str`` is the path of a Unix socket, made
     with ``unix_mode``, a stale one replaced, removed at shutdown (see
-    ``_unix``); ``unix_addresses`` holds the paths once bound.
+    ``_unix``); ``unix_addresses`` holds the paths once bound.  A name is
+    bound on every address it resolves to; ``reuse_port`` sets SO_REUSEPORT.
     """
+
+    #: Whether hooks may be ``async def`` (not on a server that calls them in its own threads).
+    hooks_may_await: ClassVar[bool] = True
+    #: Where the server says what it listens on.
+    log: ClassVar[logging.Logger] = logging.getLogger("smtpwire")
 
     def __init__(
         self,
@@ -140,20 +55,25 @@ class ServerBase(Generic[S]):
         reuse_port: bool = False,
         unix_mode: int = DEFAULT_MODE,
     ) -> None:
+        if options is not None and not isinstance(options, ServerOptions):
+            raise ValueError(f"options must be a ServerOptions, not {type(options).__name__}")
         self.handler: AsyncHandler | Handler = handler or AsyncHandler()
-        check_handler(self.handler, can_await=True)
+        check_handler(self.handler, can_await=self.hooks_may_await)
         self.options = options or ServerOptions()
         self.options.check_listeners(listen, tls_listen)
-        self.listen, self.unix_listen = split_listen(listen)  # TCP addresses; Unix sockets' paths
+        for address in listen:
+            _check_address("listen", address, path_too=True)
+        for address in tls_listen:
+            _check_address("tls_listen", address, path_too=False)
+        tcp, self.unix_listen = split_listen(listen)  # Unix sockets' paths apart
+        self.listen = [(host, port) for host, port in tcp]
         self.unix_mode = unix_mode
         self.unix_addresses: list[str] = []
-        self.tls_listen = list(tls_listen)
+        self.tls_listen = [(host, port) for host, port in tls_listen]
         self.reuse_port = reuse_port
         self.addresses: list[HostPort] = []
         self.tls_addresses: list[HostPort] = []
-        self._sessions: dict[S, str | None] = {}  # each open session and the client it counts for
-        self._clients = ClientCounter(self.options.max_sessions_per_client)
-        self._stopping = False
+        self._admission: Admission[S] = Admission(self.options)
         self._prepare()
 
     def _prepare(self) -> None:
@@ -161,23 +81,77 @@ class ServerBase(Generic[S]):
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._admission.closed
 
     @property
     def sessions(self) -> int:
-        return len(self._sessions)
+        """How many sessions are open now."""
+        return len(self._admission)
 
     def _admit(self, session: S, peer: object) -> str | None:
         """Count ``session`` in; ``None`` when admitted, else why it is refused (for the log)."""
-        if len(self._sessions) >= self.options.max_sessions:
-            return f"{len(self._sessions)} sessions already"
-        key = self.options.counted_client(peer)
-        if not self._clients.add(key):
-            return f"{self.options.max_sessions_per_client} sessions from {key} already"
-        self._sessions[session] = key
-        return None
+        return self._admission.admit(session, peer)
 
     def _release(self, session: S) -> None:
         """``session`` ended: it no longer counts."""
-        if session in self._sessions:
-            self._clients.remove(self._sessions.pop(session))
+        self._admission.release(session)
+
+    def _listen_all(self) -> list[Listening]:
+        """Bind every listener (plain, implicit TLS, Unix); on an error close those bound, and raise it."""
+        listening: list[Listening] = []
+        try:
+            for wanted, implicit_tls in ((self.listen, False), (self.tls_listen, True)):
+                for host, port in wanted:
+                    socks = tcp_sockets(host, port, reuse_port=self.reuse_port)
+                    listening += [Listening.tcp(sock, implicit_tls=implicit_tls) for sock in socks]
+            for path in self.unix_listen:
+                unix = UnixListener(path, self.unix_mode)
+                listening.append(Listening(unix.socket, path, unix=unix))
+        except BaseException:
+            for each in listening:
+                each.close()
+            raise
+        for each in listening:
+            if isinstance(each.address, str):
+                self.unix_addresses.append(each.address)
+            else:
+                (self.tls_addresses if each.implicit_tls else self.addresses).append(each.address)
+        self.log.info(
+            "serving SMTP on %s, implicit TLS on %s, Unix sockets %s",
+            self.addresses,
+            self.tls_addresses,
+            self.unix_addresses,
+        )
+        return listening
+
+    def _take(self, step: ShutdownStep) -> None:
+        """Take one step of the shutdown plan on every open session."""
+        if step is not ShutdownStep.IDLE and self.sessions:
+            self.log.info("shutting down: %d sessions still open: %s", self.sessions, step.value)
+        if step is ShutdownStep.DROP:
+            self._drop_connections()
+            return
+        for session in self._open_sessions():
+            session.stop(force=step is ShutdownStep.FORCE)
+
+    def _open_sessions(self) -> list[S]:
+        return self._admission.sessions()
+
+    def _drop_connections(self) -> None:
+        """Close every connection still open, without a word (the adapter's way)."""
+        raise NotImplementedError
+
+
+def _check_address(what: str, address: object, *, path_too: bool) -> None:
+    if path_too and isinstance(address, str):
+        return
+    if (
+        not isinstance(address, tuple | list)
+        or len(address) != 2
+        or not isinstance(address[0], str)
+        or isinstance(address[1], bool)
+        or not isinstance(address[1], int)
+        or not 0 <= address[1] <= 65535
+    ):
+        paths = " (or a Unix socket's path)" if path_too else ""
+        raise ValueError(f"{what} takes (host, port) pairs{paths} with a port from 0 to 65535, not {address!r}")

@@ -18,9 +18,10 @@ import socket
 import stat
 from collections.abc import Sequence
 
+from ._listen import BACKLOG
+
 #: The socket file's mode: the server's user and group may connect (the usual for LMTP: add the MTA to the group).
 DEFAULT_MODE = 0o660
-_BACKLOG = 1024
 
 
 def split_listen(listen: Sequence[tuple[str, int] | str]) -> tuple[list[tuple[str, int]], list[str]]:
@@ -44,7 +45,7 @@ class UnixListener:
             os.chmod(path, mode)  # before listen(): until then every connect() is refused
             made = os.lstat(path)
             self._identity = (made.st_dev, made.st_ino)
-            self.socket.listen(_BACKLOG)
+            self.socket.listen(BACKLOG)
             self.socket.setblocking(False)
         except BaseException as error:
             self.socket.close()
