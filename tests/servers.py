@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
@@ -20,6 +23,7 @@ from smtpwire_handler import AsyncHandler, Envelope, Handler, ServerOptions, Ses
 KINDS = ("asyncio", "asyncio-uvloop", "anyio-asyncio", "anyio-trio", "blocking", "memorybio")
 HOOKS = [name for name in vars(Handler) if not name.startswith("_")]
 LOCALHOST = "127.0.0.1"
+EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +181,20 @@ def _blocking(handler: Handler, options: ServerOptions, host: str, tls: list[Any
         stop(1.0)
 
 
+def memorybio_example() -> Any:
+    """docs/examples/memorybio_asyncio.py, the MemoryBIO adapter's whole server on asyncio, as a module."""
+    name = "memorybio_asyncio"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def _memorybio(handler: Handler, options: ServerOptions, host: str) -> Iterator[Running]:
-    from smtpwire_memorybio import asyncio_example
+    asyncio_example = memorybio_example()
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="memorybio-loop", daemon=True)

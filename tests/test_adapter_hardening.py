@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpwire_handler import FEED_SIZE, ClientCounter, PendingInput, ServerOptions, client_key
+from smtpwire_handler import ServerOptions
+from smtpwire_handler._input import SLICE, InputQueue
+from smtpwire_handler.kit import ClientCounter, client_key
 from tests.servers import KINDS, Recorder, running
 from tests.test_interop import TIMEOUT, assert_closed, read_reply
 
@@ -83,19 +85,20 @@ def test_max_sessions_per_client_is_checked() -> None:
             ServerOptions(max_sessions_per_client=wrong)  # type: ignore[arg-type]
 
 
-def test_pending_input_comes_out_in_slices_and_in_order() -> None:
-    pending = PendingInput()
-    data = bytes(range(256)) * (FEED_SIZE // 100)
-    pending.put(data)
-    pieces = [pending.take()]
-    pending.put(b"tail")
-    while pending:
-        pieces.append(pending.take())
+def test_queued_input_comes_out_in_slices_and_in_order() -> None:
+    queued = InputQueue()
+    data = bytes(range(256)) * (SLICE // 100)
+    queued.put(data)
+    pieces = [queued.take(in_message=False)]
+    queued.put(b"tail")
+    while queued:
+        pieces.append(queued.take(in_message=False))
     assert b"".join(pieces) == data + b"tail"
-    assert max(map(len, pieces)) == FEED_SIZE
-    pending.put(b"x" * (FEED_SIZE + 1))
-    pending.take()
-    assert pending.take_rest() == b"x" and not pending
+    assert max(map(len, pieces)) == SLICE
+    queued.put(b"x" * (SLICE + 1))
+    queued.take(in_message=False)
+    queued.clear()
+    assert not queued and queued.take(in_message=False) == b""
 
 
 # -- a server in a child process ----------------------------------------------------------

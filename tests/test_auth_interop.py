@@ -17,7 +17,7 @@ import scramp
 import smtpwire
 from smtpwire import AuthCredentials, CredentialsLookup, Reply
 from smtpwire_handler import ServerOptions, Session
-from smtpwire_memorybio import SMTPSession
+from smtpwire_memorybio import MemoryBIOSession
 from tests import certs
 from tests.servers import KINDS, Recorder, Running, running
 from tests.test_interop import MESSAGE, TIMEOUT, delivered, need, starttls_client
@@ -224,12 +224,12 @@ class Odd(Recorder):
         return self.secret  # type: ignore[return-value]
 
 
-def in_memory(handler: Recorder) -> SMTPSession:
+def in_memory(handler: Recorder) -> MemoryBIOSession:
     config = smtpwire.ServerConfig(
         extensions=(smtpwire.EnhancedStatusCodes(), smtpwire.Auth(smtpwire.KNOWN_MECHANISMS, require_tls=False)),
         max_auth_failures=10,
     )
-    smtp = SMTPSession(handler, ServerOptions(config=config))
+    smtp = MemoryBIOSession(handler, ServerOptions(config=config))
     smtp.start()
     smtp.receive(b"EHLO client.example\r\n")
     return smtp

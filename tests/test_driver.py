@@ -20,21 +20,15 @@ import pytest
 
 import smtpwire
 from smtpwire import Reply
-from smtpwire_handler import (
+from smtpwire_handler import AsyncHandler, Envelope, Handler, Params, Reject, ServerOptions, Session, TLSInfo
+from smtpwire_handler.kit import (
     CLOSED,
+    FLUSH,
     NEED_DATA,
     START_TLS,
-    AsyncHandler,
-    Envelope,
-    Handler,
+    AdapterStep,
     HookWait,
-    Params,
-    Reject,
-    ServerOptions,
-    Session,
     SessionDriver,
-    Step,
-    TLSInfo,
     overridden_hooks,
 )
 from tests import certs
@@ -72,11 +66,12 @@ async def _awaited(awaitable: Awaitable[object]) -> object:
 
 def run(
     driver: SessionDriver, data: bytes | None = None, *, await_hooks: bool = True, max_steps: int = 1000
-) -> tuple[bytes, Step]:
+) -> tuple[bytes, AdapterStep]:
     """Feed ``data``, then play the adapter until the driver needs data, TLS or closes.
 
     Every ``HookWait`` is awaited (with ``asyncio.run``) and resolved, or
-    rejected with what it raised.  Returns what was sent and the step.
+    rejected with what it raised; a ``FLUSH`` goes on at once (the client
+    here takes everything).  Returns what was sent and the step.
     """
     if data is not None:
         driver.receive(data)
@@ -84,6 +79,8 @@ def run(
     for _ in range(max_steps):
         step = driver.next_step()
         sent += driver.data_to_send()
+        if step is FLUSH:
+            continue
         if not isinstance(step, HookWait):
             return sent, step
         assert await_hooks, f"a HookWait for {step.hook}"

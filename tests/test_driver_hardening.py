@@ -13,8 +13,9 @@ import pytest
 
 import smtpwire
 from smtpwire import Reply
-from smtpwire_handler import NEED_DATA, AsyncHandler, Envelope, Handler, Params, ServerOptions, Session
+from smtpwire_handler import AsyncHandler, Envelope, Handler, Params, ServerOptions, Session
 from smtpwire_handler._checks import check_handler
+from smtpwire_handler.kit import NEED_DATA
 from tests.test_driver import TIMED_OUT, TRANSACTION, Clock, greeted, new_driver, replies, run
 from tests.test_interop import MESSAGE, ON_THE_WIRE
 
@@ -79,6 +80,36 @@ def test_message_data_buys_time_at_the_minimum_rate_up_to_the_data_timeout() -> 
     assert 1110 < clock.now < 1125 and driver.timeout == 0
     driver.timed_out()
     assert run(driver)[0] == TIMED_OUT
+
+
+def test_a_bdat_message_is_held_to_the_data_deadline_whatever_its_chunks() -> None:
+    """One ``BDAT 1`` every 1.5 s must not keep a message open: a chunk is not a new command."""
+    clock = Clock()
+    options = ServerOptions(command_timeout=10, data_timeout=60, min_data_rate=100)
+    driver = greeted(Handler(), options, clock=clock)
+    run(driver, b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
+    assert driver.timeout == 10
+    sent, _ = run(driver, b"BDAT 1\r\nx")
+    assert sent == b"250 2.0.0 1 octets received\r\n" and driver.timeout == 60
+    for _ in range(60):  # each chunk buys 1 / 100 s, and its BDAT line nothing
+        clock.now += 1.5
+        sent, _ = run(driver, b"BDAT 1\r\nx")
+        assert sent == b"250 2.0.0 1 octets received\r\n"
+        if driver.timeout == 0:
+            break
+    assert 1059 < clock.now < 1062 and driver.timeout == 0
+    driver.timed_out()
+    assert run(driver)[0] == TIMED_OUT
+
+
+def test_after_a_bdat_message_commands_have_the_command_timeout_again() -> None:
+    clock = Clock()
+    driver = greeted(Handler(), ServerOptions(command_timeout=10, data_timeout=60), clock=clock)
+    run(driver, b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 3\r\nabc")
+    assert driver.timeout == 60
+    clock.now += 30
+    sent, _ = run(driver, b"BDAT 2 LAST\r\nde")
+    assert sent == b"250 2.0.0 OK\r\n" and driver.timeout == 10
 
 
 def test_a_handshake_keeps_its_own_timeout_and_the_clock_starts_again_after_it() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 import smtpwire
 from smtpwire import Reply
-from smtpwire_handler import CLOSED, NEED_DATA, AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session
+from smtpwire_handler import AsyncHandler, Envelope, Handler, Reject, ServerOptions, Session
+from smtpwire_handler.kit import CLOSED, NEED_DATA
 from tests.test_driver import new_driver, replies, run
 
 LMTP = ServerOptions(config=smtpwire.ServerConfig(lmtp=True))

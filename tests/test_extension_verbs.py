@@ -17,8 +17,9 @@ import pytest
 
 import smtpwire
 from smtpwire import LocalProtocolError, Reply, ServerConfig, State, Verb
-from smtpwire_handler import NEED_DATA, AsyncHandler, Handler, ServerOptions, Session
+from smtpwire_handler import AsyncHandler, Handler, ServerOptions, Session
 from smtpwire_handler._checks import check_handler
+from smtpwire_handler.kit import NEED_DATA
 from tests.driver import Driver
 from tests.servers import running
 from tests.test_driver import LOCAL_ERROR, new_driver, run

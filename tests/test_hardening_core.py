@@ -18,7 +18,8 @@ import pytest
 
 import smtpwire
 from smtpwire import LocalProtocolError, Reply, ServerConfig, State
-from smtpwire_handler import NEED_DATA, Handler, ServerOptions, Session, SessionDriver
+from smtpwire_handler import Handler, ServerOptions, Session
+from smtpwire_handler.kit import NEED_DATA, SessionDriver
 from tests.driver import Driver
 
 EHLO_SYNTAX = "501 5.5.4 Syntax: EHLO domain or [address literal]\r\n"

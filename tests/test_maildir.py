@@ -20,7 +20,7 @@ import anyio.to_thread
 import pytest
 
 from smtpwire import Reply
-from smtpwire_handler import STORAGE_FAILED, STORAGE_FULL, Delivery, Envelope, Maildir, Reject, Session
+from smtpwire_handler import STORAGE_FAILED, STORAGE_FULL, Delivery, Maildir, Reject, Session
 from smtpwire_serve._store import MaildirHandler
 from tests.driver import Driver
 from tests.test_interop import MESSAGE, TIMEOUT
@@ -52,9 +52,7 @@ def data_session() -> Session:
     """A session whose client has just sent DATA for alice -> bob."""
     driver = Driver()
     driver.say("EHLO client.example", "MAIL FROM:<alice@example.org>", "RCPT TO:<bob@example.net>", "DATA")
-    session = Session(driver.conn, peer=("192.0.2.7", 40000))
-    session.envelope = Envelope("alice@example.org", {}, ["bob@example.net"])
-    return session
+    return Session(driver.conn, peer=("192.0.2.7", 40000))  # its envelope is the core's transaction
 
 
 async def outcome(result: Any) -> Any:

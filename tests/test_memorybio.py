@@ -1,4 +1,4 @@
-"""The MemoryBIO adapter: SMTPSession driven in memory by a client SSLObject, then its asyncio example on sockets."""
+"""The MemoryBIO adapter: MemoryBIOSession driven in memory by a client SSLObject, then its asyncio example."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import pytest
 
 import smtpwire
 from smtpwire_handler import ServerOptions, Session
-from smtpwire_memorybio import SMTPSession, asyncio_example, too_many
+from smtpwire_handler.kit import too_many_connections
+from smtpwire_memorybio import MemoryBIOSession
 from tests import certs
-from tests.servers import Recorder
+from tests.servers import EXAMPLES, Recorder, memorybio_example
 from tests.test_interop import MESSAGE, ON_THE_WIRE, TIMEOUT, assert_closed, read_reply
 
 LOGGER = "smtpwire.memorybio"
@@ -45,9 +46,9 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 class Peer:
-    """The client side of one SMTPSession, in memory: plaintext until ``handshake()``, TLS records after."""
+    """The client side of one MemoryBIOSession, in memory: plaintext until ``handshake()``, TLS records after."""
 
-    def __init__(self, smtp: SMTPSession, tls_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> None:
+    def __init__(self, smtp: MemoryBIOSession, tls_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> None:
         self.smtp = smtp
         self.tls_version = tls_version
         self.tls: ssl.SSLObject | None = None
@@ -134,9 +135,9 @@ class Peer:
         return out
 
 
-def upgraded(recorder: Recorder, options: ServerOptions | None = None) -> tuple[SMTPSession, Peer]:
+def upgraded(recorder: Recorder, options: ServerOptions | None = None) -> tuple[MemoryBIOSession, Peer]:
     """A session that said EHLO and STARTTLS and finished the handshake."""
-    smtp = SMTPSession(recorder, options or tls_options())
+    smtp = MemoryBIOSession(recorder, options or tls_options())
     client = Peer(smtp)
     assert client.start() == GREETING
     assert b"STARTTLS" in client.send(b"EHLO client.example\r\n")
@@ -162,7 +163,7 @@ TLS_VERSIONS = pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.T
 def test_starttls_conversation_in_memory(version: ssl.TLSVersion) -> None:
     recorder = Recorder()
     options = tls_options(command_timeout=11, data_timeout=22, tls_handshake_timeout=33)
-    smtp = SMTPSession(recorder, options, peer=("192.0.2.1", 40000), local=("192.0.2.2", 25))
+    smtp = MemoryBIOSession(recorder, options, peer=("192.0.2.1", 40000), local=("192.0.2.2", 25))
     client = Peer(smtp, version)
     assert client.start() == GREETING
     assert smtp.session.peer_host == "192.0.2.1" and smtp.session.local == ("192.0.2.2", 25)
@@ -212,9 +213,9 @@ def test_the_session_starts_over_after_tls() -> None:
     send_message(client)
 
 
-def after_ehlo(recorder: Recorder) -> tuple[SMTPSession, Peer]:
+def after_ehlo(recorder: Recorder) -> tuple[MemoryBIOSession, Peer]:
     """A session that offers STARTTLS, greeted with EHLO."""
-    smtp = SMTPSession(recorder, tls_options())
+    smtp = MemoryBIOSession(recorder, tls_options())
     client = Peer(smtp)
     client.start()
     client.send(b"EHLO c.example\r\n")
@@ -248,7 +249,7 @@ def test_commands_right_behind_the_last_handshake_flight_are_served() -> None:
     _smtp, client = after_ehlo(Recorder())
     client.send(b"STARTTLS\r\n")
     assert client.handshake(then=b"EHLO c.example\r\n").startswith(b"250-localhost\r\n")
-    implicit = Peer(SMTPSession(Recorder(), tls_options(), implicit_tls=True))
+    implicit = Peer(MemoryBIOSession(Recorder(), tls_options(), implicit_tls=True))
     assert implicit.start() == b""
     replies = implicit.handshake(then=b"EHLO c.example\r\n")
     assert replies.startswith(GREETING + b"250-localhost\r\n")
@@ -270,7 +271,7 @@ def test_garbage_instead_of_a_client_hello_closes_with_one_warning(caplog: pytes
 @TLS_VERSIONS
 def test_implicit_tls_greets_after_the_handshake(version: ssl.TLSVersion) -> None:
     recorder = Recorder()
-    smtp = SMTPSession(recorder, tls_options(tls_handshake_timeout=7), implicit_tls=True)
+    smtp = MemoryBIOSession(recorder, tls_options(tls_handshake_timeout=7), implicit_tls=True)
     client = Peer(smtp, version)
     assert client.start() == b""
     assert smtp.timeout == 7
@@ -286,14 +287,14 @@ def test_implicit_tls_greets_after_the_handshake(version: ssl.TLSVersion) -> Non
 
 def test_implicit_tls_garbage_and_silence(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, LOGGER):
-        smtp = SMTPSession(Recorder(), tls_options(), implicit_tls=True)
+        smtp = MemoryBIOSession(Recorder(), tls_options(), implicit_tls=True)
         smtp.start()
         smtp.receive(b"\x16\x03\x01\x00\x05hello")
         assert smtp.closed
-        stalled = SMTPSession(Recorder(), tls_options(), implicit_tls=True)
+        stalled = MemoryBIOSession(Recorder(), tls_options(), implicit_tls=True)
         stalled.start()
         assert stalled.timed_out() == b"" and stalled.closed
-        gone = SMTPSession(Recorder(), tls_options(), implicit_tls=True)
+        gone = MemoryBIOSession(Recorder(), tls_options(), implicit_tls=True)
         gone.start()
         assert gone.receive(b"") == b"" and gone.closed
     assert len(warnings(caplog)) == 3
@@ -314,9 +315,27 @@ def test_a_hook_exception_gives_451_and_the_session_goes_on(caplog: pytest.LogCa
     assert any(r.name == LOGGER and "rcpt_to" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_a_large_read_of_pipelined_commands_is_answered_a_slice_at_a_time() -> None:
+    """HELP answers about 13 times its size: the session holds the rest of a read until its replies are written."""
+    smtp = MemoryBIOSession(Recorder(), ServerOptions())
+    smtp.start()
+    read = b"HELP\r\n" * 10_000  # 60,000 octets in one read
+    first = smtp.receive(read)
+    assert smtp.flushing and 0 < len(first) < 64 * 1024  # one 4 KiB slice's replies
+    replies, resumes = first, 0
+    while smtp.flushing:
+        more = smtp.resume()
+        assert len(more) < 64 * 1024
+        replies += more
+        resumes += 1
+    assert resumes > 10 and replies.count(b"\r\n214 ") + replies.startswith(b"214 ") == 10_000
+    assert smtp.resume() == b""  # nothing held: nothing to do
+    assert smtp.receive(b"QUIT\r\n").startswith(b"221 ") and smtp.closed
+
+
 def test_timed_out_gives_421_and_closes() -> None:
     recorder = Recorder()
-    smtp = SMTPSession(recorder)
+    smtp = MemoryBIOSession(recorder)
     assert smtp.start() == GREETING
     assert smtp.timed_out() == TIMED_OUT
     assert smtp.closed and recorder.calls.count("disconnect") == 1
@@ -336,7 +355,7 @@ def test_timed_out_in_data_over_tls_is_encrypted_and_aborts_the_message() -> Non
 
 def test_closing_hooks_run_exactly_once() -> None:
     recorder = Recorder()
-    smtp = SMTPSession(recorder)
+    smtp = MemoryBIOSession(recorder)
     smtp.start()
     smtp.receive(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n")
     assert smtp.receive(b"") == b""  # the peer left in the middle of the message
@@ -356,10 +375,10 @@ def test_shutdown_gives_421_4_3_2() -> None:
 
 
 def test_stalled_or_shut_down_handshake_just_closes(caplog: pytest.LogCaptureFixture) -> None:
-    for stop, level in ((SMTPSession.timed_out, logging.WARNING), (SMTPSession.shutdown, logging.INFO)):
+    for stop, level in ((MemoryBIOSession.timed_out, logging.WARNING), (MemoryBIOSession.shutdown, logging.INFO)):
         caplog.clear()
         recorder = Recorder()
-        smtp = SMTPSession(recorder, tls_options())
+        smtp = MemoryBIOSession(recorder, tls_options())
         client = Peer(smtp)
         client.start()
         client.send(b"EHLO c.example\r\n")
@@ -392,7 +411,7 @@ def test_a_corrupt_record_after_the_handshake_closes_without_raising() -> None:
 def test_nothing_the_peer_sends_raises() -> None:
     chaos = random.Random(3207)
     for round_ in range(60):
-        smtp, client = upgraded(Recorder()) if round_ % 3 == 0 else (SMTPSession(Recorder(), tls_options()), None)
+        smtp, client = upgraded(Recorder()) if round_ % 3 == 0 else (MemoryBIOSession(Recorder(), tls_options()), None)
         if client is None:
             smtp.start()
             if round_ % 3 == 2:
@@ -413,7 +432,7 @@ def test_starttls_offered_without_a_certificate_closes(caplog: pytest.LogCapture
     with pytest.raises(ValueError, match="the StartTLS extension needs a tls_context"):
         ServerOptions(config=config)
     recorder = OffersTLSWithoutCertificate()  # a handler can still do it at run time
-    smtp = SMTPSession(recorder, ServerOptions())
+    smtp = MemoryBIOSession(recorder, ServerOptions())
     client = Peer(smtp)
     client.start()
     client.send(b"EHLO c.example\r\n")
@@ -423,10 +442,10 @@ def test_starttls_offered_without_a_certificate_closes(caplog: pytest.LogCapture
 
 
 def test_too_many_and_misuse() -> None:
-    assert too_many(ServerOptions()) == TOO_MANY
+    assert too_many_connections(ServerOptions()) == TOO_MANY
     with pytest.raises(ValueError, match=r"implicit TLS needs options\.tls_context"):
-        SMTPSession(Recorder(), implicit_tls=True)
-    smtp = SMTPSession(Recorder())
+        MemoryBIOSession(Recorder(), implicit_tls=True)
+    smtp = MemoryBIOSession(Recorder())
     with pytest.raises(RuntimeError, match="start"):
         smtp.receive(b"NOOP\r\n")
     smtp.start()
@@ -481,13 +500,13 @@ def test_example_serves_smtplib_plain_starttls_and_implicit_tls() -> None:
             client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
 
     async def main() -> None:
-        plain = await asyncio_example.start_server(recorder, options, "127.0.0.1", 0)
-        implicit = await asyncio_example.start_server(recorder, options, "127.0.0.1", 0, tls=True)
+        plain = await memorybio_example().start_server(recorder, options, "127.0.0.1", 0)
+        implicit = await memorybio_example().start_server(recorder, options, "127.0.0.1", 0, tls=True)
         try:
             await asyncio.to_thread(clients, address_of(plain), address_of(implicit))
         finally:
-            await asyncio_example.shutdown(plain, 1)
-            await asyncio_example.shutdown(implicit, 1)
+            await memorybio_example().shutdown(plain, 1)
+            await memorybio_example().shutdown(implicit, 1)
 
     run(main)
     assert [m.content for m in recorder.messages] == [MESSAGE] * 3
@@ -507,11 +526,11 @@ def test_example_refuses_sessions_over_the_limit() -> None:
         second.close()
 
     async def main() -> None:
-        server = await asyncio_example.start_server(Recorder(), ServerOptions(max_sessions=2), "127.0.0.1", 0)
+        server = await memorybio_example().start_server(Recorder(), ServerOptions(max_sessions=2), "127.0.0.1", 0)
         try:
             await asyncio.to_thread(clients, address_of(server))
         finally:
-            await asyncio_example.shutdown(server, 1)
+            await memorybio_example().shutdown(server, 1)
 
     run(main)
 
@@ -519,13 +538,13 @@ def test_example_refuses_sessions_over_the_limit() -> None:
 def test_example_times_out_idle_clients() -> None:
     async def main() -> None:
         options = ServerOptions(command_timeout=0.3)
-        server = await asyncio_example.start_server(Recorder(), options, "127.0.0.1", 0)
+        server = await memorybio_example().start_server(Recorder(), options, "127.0.0.1", 0)
         try:
             with await asyncio.to_thread(connect, address_of(server)) as sock:
                 assert await asyncio.to_thread(read_reply, sock) == TIMED_OUT
                 await asyncio.to_thread(assert_closed, sock)
         finally:
-            await asyncio_example.shutdown(server, 1)
+            await memorybio_example().shutdown(server, 1)
 
     run(main)
 
@@ -534,7 +553,7 @@ def test_example_graceful_shutdown() -> None:
     recorder = Recorder()
 
     async def main() -> None:
-        server = await asyncio_example.start_server(recorder, ServerOptions(), "127.0.0.1", 0)
+        server = await memorybio_example().start_server(recorder, ServerOptions(), "127.0.0.1", 0)
         address = address_of(server)
         idle = await asyncio.to_thread(connect, address)
         busy = await asyncio.to_thread(connect, address)
@@ -544,7 +563,7 @@ def test_example_graceful_shutdown() -> None:
             for line in (b"EHLO c.example", b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.net>", b"DATA"):
                 await asyncio.to_thread(command, sock, line)
             await asyncio.to_thread(sock.sendall, ON_THE_WIRE[:20])
-        stopping = asyncio.create_task(asyncio_example.shutdown(server, 2.0))
+        stopping = asyncio.create_task(memorybio_example().shutdown(server, 2.0))
         assert await asyncio.to_thread(read_reply, idle) == SHUTTING_DOWN
         await asyncio.to_thread(assert_closed, idle)
         await asyncio.to_thread(busy.sendall, ON_THE_WIRE[20:])
@@ -572,7 +591,7 @@ def test_example_runs_as_a_module(tmp_path: Any) -> None:
     pem = tmp_path / "server.pem"
     certs.server_certificate().private_key_and_cert_chain_pem.write_to_path(str(pem))
     process = subprocess.Popen(
-        [sys.executable, "-m", "smtpwire_memorybio.asyncio_example", "--port", "0", "--cert", str(pem)],
+        [sys.executable, str(EXAMPLES / "memorybio_asyncio.py"), "--port", "0", "--cert", str(pem)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from smtpwire_handler import CLOSED, NEED_DATA, Envelope, Handler, ServerOptions, Session
+from smtpwire_handler import Envelope, Handler, ServerOptions, Session
+from smtpwire_handler.kit import CLOSED, NEED_DATA
 from tests import certs
 from tests.servers import KINDS, Recorder, running
 from tests.test_driver import GREETING, Clock, log, replies, run
@@ -44,7 +45,7 @@ class Peers(Handler):
 
 
 def driver_for(handler: Handler, options: ServerOptions = TRUSTED, peer: Any = PROXY, **kwargs: Any) -> Any:
-    from smtpwire_handler import SessionDriver
+    from smtpwire_handler.kit import SessionDriver
 
     kwargs.setdefault("clock", Clock())
     return SessionDriver(handler, options, log=log, peer=peer, local=("127.0.0.1", 25), **kwargs)

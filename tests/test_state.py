@@ -31,19 +31,23 @@ def test_only_the_end_leads_to_closed_and_nothing_leads_back_to_the_greeting() -
             assert after is not State.GREETING
 
 
-def test_the_connection_sets_its_state_only_through_the_table() -> None:
-    """Every ``self._state =`` outside ``__init__`` is in ``_move``, which looks the table up."""
-    tree = ast.parse(CONNECTION.read_text())
-    assigners = {
+def assigners(path: pathlib.Path, attribute: str) -> set[str]:
+    """The functions in ``path`` that assign ``self.<attribute>`` (or any object's)."""
+    tree = ast.parse(path.read_text())
+    return {
         function.name
         for function in ast.walk(tree)
         if isinstance(function, ast.FunctionDef)
         for node in ast.walk(function)
         if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign)
         for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-        if isinstance(target, ast.Attribute) and target.attr == "_state"
+        if isinstance(target, ast.Attribute) and target.attr == attribute
     }
-    assert assigners == {"__init__", "_move"}
+
+
+def test_the_connection_sets_its_state_only_through_the_table() -> None:
+    """Every ``self._state =`` outside ``__init__`` is in ``_move``, which looks the table up."""
+    assert assigners(CONNECTION, "_state") == {"__init__", "_move"}
 
 
 def test_the_fuzz_corpus_takes_every_transition(monkeypatch: pytest.MonkeyPatch) -> None:

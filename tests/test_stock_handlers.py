@@ -404,6 +404,7 @@ def test_email_handler_hands_over_an_email_message(kind: str) -> None:
 #: What every adapter re-exports from smtpwire_handler (docs/handlers.md, docs/stores.md).
 REEXPORTED = (
     "Address",
+    "Composite",
     "EmailHandler",
     "Envelope",
     "Handler",
@@ -415,10 +416,13 @@ REEXPORTED = (
     "ServerOptions",
     "Session",
     "TLSInfo",
+    "TransactionSlot",
 )
+#: What the async adapters add: hooks that may be ``async def``, and the stores made of them.
+ASYNC = ("AsyncComposite", "AsyncHandler", "AsyncMaildirStore")
 ADAPTERS = {
-    "smtpwire_asyncio": ("AsyncHandler",),
-    "smtpwire_anyio": ("AsyncHandler",),
+    "smtpwire_asyncio": ASYNC,
+    "smtpwire_anyio": ASYNC,
     "smtpwire_blocking": (),
     "smtpwire_memorybio": (),
 }
@@ -430,6 +434,7 @@ def test_every_adapter_reexports_the_handler_api(adapter: str) -> None:
     for name in (*REEXPORTED, *ADAPTERS[adapter]):
         assert name in module.__all__, f"{adapter}.__all__ lacks {name}"
         assert getattr(module, name) is getattr(smtpwire_handler, name), f"{adapter}.{name}"
+    assert not set(ASYNC) - set(ADAPTERS[adapter]) & set(module.__all__), "async stores where hooks must be plain"
 
 
 class Noted(smtpwire_anyio.AsyncMaildirStore):
@@ -458,3 +463,24 @@ def test_async_maildir_store_delivers_off_the_event_loop(kind: str, tmp_path: Pa
     assert len(bodies) == 2 and bodies[0].endswith(MESSAGE) and bodies[1].endswith(big)
     assert [size for size, _ in store.stored_paths] == [len(body) for body in bodies]
     assert list((folder / "tmp").iterdir()) == []
+
+
+#: Without anyio installed (an import of it fails): the handler package and the adapters that need none load.
+WITHOUT_ANYIO = """
+import sys
+sys.modules["anyio"] = None
+import smtpwire_asyncio, smtpwire_blocking, smtpwire_handler
+try:
+    smtpwire_handler.AsyncMaildirStore(sys.argv[1])
+except ModuleNotFoundError as error:
+    print(error)
+"""
+
+
+def test_anyio_stays_optional_and_async_maildir_store_says_when_it_is_needed(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ANYIO, str(tmp_path / "Maildir")], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == "AsyncMaildirStore writes in anyio's worker threads: install smtpwire[anyio]\n"
+    assert not (tmp_path / "Maildir").exists()  # refused before anything was made

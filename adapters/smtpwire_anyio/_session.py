@@ -10,18 +10,8 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from smtpwire_handler import (
-    CLOSED,
-    NEED_DATA,
-    START_TLS,
-    AsyncHandler,
-    Handler,
-    HookWait,
-    PendingInput,
-    ServerOptions,
-    SessionDriver,
-    tls_info,
-)
+from smtpwire_handler import AsyncHandler, Handler, ServerOptions
+from smtpwire_handler.kit import CLOSED, NEED_DATA, START_TLS, HookWait, SessionDriver, tls_info
 
 log = logging.getLogger("smtpwire.anyio")
 
@@ -33,17 +23,18 @@ _CLOSE_TIMEOUT = 5.0
 _SLACK, _SLACK_SET = 1.1, 1.05
 
 
-class SessionRunner:
+class AnyioSession:
     """Runs one connection until it closes; ``stop()`` asks it to say 421 4.3.2 and close.
 
     The runner reads only when the core needs data, so after STARTTLS no byte
     of the client's handshake is ever read as plaintext.  One cancel scope
     covers the session.  Its deadline bounds every read and write, is lifted
     while an async hook runs (a read timeout never cuts a hook short), and is
-    moved only when it would fire early or more than a tenth late.  A large
-    read is given to the driver ``FEED_SIZE`` at a time, and the replies to
-    each slice are sent before the next is fed: a client that pipelines
-    without reading holds one slice's replies in our memory, not a read's.
+    moved only when it would fire early or more than a tenth late.  Every
+    write is awaited before the driver goes on, so its ``FLUSH`` needs
+    nothing more: a client that pipelines without reading holds one slice's
+    replies in our memory, not a read's.  An unexpected error ends the
+    conversation; the driver still runs the closing hooks.
     """
 
     def __init__(
@@ -67,7 +58,7 @@ class SessionRunner:
         self.session = self.driver.session
         self._scope: anyio.CancelScope | None = None
         self._waiting_for: str | None = None  # "read" or "send" while the deadline is armed
-        self._pending = PendingInput()  # received, not yet given to the driver
+        self._closed = False  # the driver said CLOSED: the closing hooks ran
 
     def stop(self, *, force: bool = False) -> None:
         """Close at the next moment the session is idle (or at once with ``force``)."""
@@ -75,20 +66,25 @@ class SessionRunner:
             self._scope.cancel()
 
     async def run(self) -> None:
-        driver = self.driver
         try:
-            while not driver.closed:
-                with anyio.CancelScope() as self._scope:
-                    await self._converse()
-                if self._scope.cancelled_caught:
-                    self._interrupted()
+            await self._run_until_closed()
         finally:
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                if not driver.closed:  # cancelled or failed: the closing hooks still run
-                    driver.connection_lost()
-                    with anyio.CancelScope() as self._scope:
-                        await self._converse()
+                if not self._closed:  # cancelled from outside: the closing hooks still run
+                    self.driver.connection_lost()
+                    await self._run_until_closed()
                 await self.stream.aclose()
+
+    async def _run_until_closed(self) -> None:
+        while not self._closed:
+            try:
+                with anyio.CancelScope() as self._scope:
+                    await self._converse()
+            except Exception as error:  # a bug: the driver ends the session; the closing hooks still run
+                self._closed = not self.driver.fail(error)
+            else:
+                if self._scope.cancelled_caught:
+                    self._interrupted()
 
     async def _converse(self) -> None:
         """Do what the driver says until the session is closed."""
@@ -105,15 +101,15 @@ class SessionRunner:
                 else:
                     driver.resolve(step, result)
                 continue
-            await self._exchange(step is NEED_DATA)
+            await self._exchange(step is NEED_DATA)  # the write is awaited: a FLUSH is done with it
             if step is CLOSED:
+                self._closed = True
                 return
             if step is START_TLS:
-                self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
                 await self._start_tls()
 
     async def _exchange(self, read: bool) -> None:
-        """Write what is queued, then (``read``) feed the core the client's next bytes, within the deadline."""
+        """Write what is queued, then (``read``) give the driver the client's next bytes, within the deadline."""
         driver, scope = self.driver, self._scope
         assert scope is not None
         data = driver.data_to_send()
@@ -126,10 +122,8 @@ class SessionRunner:
                 self._waiting_for = "send"
                 await self.stream.send(data)
             if read and not driver.should_stop:
-                if not self._pending:
-                    self._waiting_for = "read"
-                    self._pending.put(await self.stream.receive())
-                driver.receive(self._pending.take(driver.reading_message))
+                self._waiting_for = "read"
+                driver.receive(await self.stream.receive())
         except anyio.EndOfStream:
             driver.receive(b"")
         except GONE as error:
@@ -175,4 +169,4 @@ async def handle_stream(
     options = options or ServerOptions()
     if implicit_tls and options.tls_context is None:
         raise ValueError("implicit TLS needs options.tls_context")
-    await SessionRunner(stream, handler or AsyncHandler(), options, implicit_tls=implicit_tls).run()
+    await AnyioSession(stream, handler or AsyncHandler(), options, implicit_tls=implicit_tls).run()

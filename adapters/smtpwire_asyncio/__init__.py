@@ -6,20 +6,21 @@ Handler hooks may be plain (run inline) or ``async def`` (awaited as a task,
 reading from that client paused until it answers).
 """
 
-from smtpwire_handler import AsyncHandler, HostPort
+from smtpwire_handler import AsyncComposite, AsyncHandler, AsyncMaildirStore
 from smtpwire_handler.api import *  # noqa: F403  (the handler API, re-exported)
 from smtpwire_handler.api import __all__ as _handler_api
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
-from ._protocol import SMTPProtocol
+from ._protocol import AsyncioSession
 from ._server import Server, serve
 
 __all__ = [
     *_handler_api,
-    "LOOPS",
+    "AsyncComposite",
     "AsyncHandler",
-    "HostPort",
-    "SMTPProtocol",
+    "AsyncMaildirStore",
+    "LOOPS",
+    "AsyncioSession",
     "Server",
     "loop_factory",
     "loop_name",

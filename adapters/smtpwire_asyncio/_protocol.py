@@ -16,16 +16,15 @@ import logging
 import math
 from typing import TYPE_CHECKING, cast
 
-from smtpwire_handler import (
+from smtpwire_handler.kit import (
     CLOSED,
-    FEED_SIZE,
+    FLUSH,
     NEED_DATA,
     START_TLS,
     HookWait,
-    PendingInput,
     SessionDriver,
     tls_info,
-    too_many_sessions,
+    too_many_connections,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpwire.asyncio")
 
 
-class SMTPProtocol(asyncio.BufferedProtocol):
+class AsyncioSession(asyncio.BufferedProtocol):
     """The transport's bytes go to the driver; what it queues goes back out.
 
     Bytes are received into one buffer the server's sessions share (the
@@ -44,25 +43,21 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     Reading pauses while a hook or the TLS upgrade runs and while the client
     does not take its replies (``pause_writing``), so neither input nor
-    output grows without bound.  A large read is given to the driver
-    ``FEED_SIZE`` at a time, and no more of it while the client does not
-    take the replies: one read of pipelined commands cannot queue many times
-    its size in replies.  One timer per session, re-armed by moving its
-    deadline, covers the read, handshake and closing timeouts.
+    output grows without bound: the driver paces a large read itself, and
+    at its ``FLUSH`` the session goes on only once the transport can take
+    more.  One timer per session, re-armed by moving its deadline, covers
+    the read, handshake and closing timeouts.
     """
 
     __slots__ = (
-        "_busy",
         "_deadline",
-        "_early",
         "_ended",
-        "_failed",
         "_hook",
         "_implicit_tls",
         "_loop",
-        "_pending",
         "_reading",
         "_server",
+        "_suspended",
         "_timer",
         "_timer_at",
         "_writing",
@@ -76,14 +71,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.driver: SessionDriver | None = None
-        self._busy = False  # a hook or the TLS upgrade runs: the driver waits for it
+        self._suspended = False  # a hook or the TLS upgrade runs: the driver waits for it
         self._reading = True  # the transport delivers bytes
         self._writing = True  # the client takes what we write (no pause_writing in force)
         self._ended = False  # the transport is closed or closing: nothing more goes out
-        self._failed = False  # an unexpected error ended the session: a second one gives up
         self._hook: asyncio.Future[object] | None = None
-        self._early: list[bytes] | None = None  # during the STARTTLS upgrade: what the TLS layer already decrypted
-        self._pending = PendingInput()  # received, not yet given to the driver
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires
@@ -95,7 +87,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.transport = transport
         server = self._server
         peer = transport.get_extra_info("peername")
-        refusal = "shutting down" if server.stopping else server.admit(self, peer)
+        refusal = server.admit(self, peer)  # counted already if it came through an implicit-TLS handshake
         if refusal is not None:
             self._refuse(transport, peer, refusal)
             return
@@ -122,18 +114,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         driver = self.driver
         if driver is None or driver.closed:
             return
-        if self._early is not None:  # decrypted before start_tls() returned: after the handshake, in order
-            self._early.append(data)
-            return
-        if not data:  # the peer closed: after what is still pending
-            if self._pending:
-                driver.receive(self._pending.take_rest())
-            driver.receive(data)
-        elif self._busy or self._pending or len(data) > FEED_SIZE:
-            self._pending.put(data)
-        else:
-            driver.receive(data)
-        if not self._busy:
+        driver.receive(data)  # during the STARTTLS upgrade: what the TLS layer decrypted, kept for after it
+        if not self._suspended:
             self._advance()
 
     def eof_received(self) -> bool | None:
@@ -152,7 +134,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if not driver.closed:
             driver.connection_lost(exc)
-            if not self._busy:
+            if not self._suspended:
                 self._advance()
         else:
             self._server.release(self)
@@ -163,19 +145,15 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing = True
-        if self._busy:
-            return
-        if self._pending:  # the rest of a read waits to be fed
-            self._advance()
-        else:
-            self._resume_reading()
+        if self.driver is not None and not self._suspended and not self._ended:
+            self._advance()  # after a FLUSH: the driver feeds on, or reading resumes
 
     # -- what the server asks ---------------------------------------------------------
 
     def stop(self, *, force: bool = False) -> None:
         """Say 421 4.3.2 and close when no transaction is open (with ``force``: now)."""
         driver = self.driver
-        if driver is not None and not driver.closed and driver.request_stop(force=force) and not self._busy:
+        if driver is not None and not driver.closed and driver.request_stop(force=force) and not self._suspended:
             self._advance()
 
     def abort(self) -> None:
@@ -198,10 +176,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 data = driver.data_to_send()
                 if data and not self._ended:
                     transport.write(data)
-                if step is NEED_DATA:
-                    if self._pending and self._writing:
-                        driver.receive(self._pending.take(driver.reading_message))
+                if step is FLUSH:
+                    if self._writing:
                         continue
+                    return  # reading is paused; resume_writing() goes on
+                if step is NEED_DATA:
                     self._arm(driver.timeout)
                     if not self._reading and self._writing:
                         self._resume_reading()
@@ -209,32 +188,30 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 if step is CLOSED:
                     self._close()
                     return
-                self._busy = True
+                self._suspended = True
                 self._deadline = math.inf
                 self._pause_reading()
                 if step is START_TLS:
-                    self._pending.clear()  # plaintext behind STARTTLS: never read (RFC 3207 4.2)
                     self._loop.create_task(self._start_tls())
                     return
                 assert isinstance(step, HookWait)
                 self._hook = asyncio.ensure_future(step.awaitable)
                 self._hook.add_done_callback(functools.partial(self._hook_done, step))
                 return
-        except Exception:
-            log.exception("session %s: unexpected error, closing the connection", driver.session.id)
+        except Exception as error:
             self._ended = True
+            self._suspended = False
             transport.abort()
-            if not driver.closed and not self._failed:  # the closing hooks still run, once
-                self._failed = True
-                self._busy = False
-                driver.connection_lost()
+            if driver.fail(error):  # the closing hooks still run
                 self._advance()
+            else:
+                self._close()
 
     def _hook_done(self, step: HookWait, future: asyncio.Future[object]) -> None:
         driver = self.driver
         assert driver is not None
         self._hook = None
-        self._busy = False
+        self._suspended = False
         if future.cancelled():
             driver.reject(step, RuntimeError(f"the hook {step.hook} was cancelled"))
         elif (error := future.exception()) is not None:
@@ -246,7 +223,6 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     async def _start_tls(self) -> None:
         driver, transport, context = self.driver, self.transport, self._server.options.tls_context
         assert driver is not None and transport is not None and context is not None
-        self._early = []
         try:
             upgraded = await self._loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=driver.timeout
@@ -261,11 +237,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             else:
                 self.transport = upgraded
                 driver.tls_started(tls_info(upgraded.get_extra_info("ssl_object")))
-        early, self._early = self._early, None
-        if not driver.closed:
-            for data in early:
-                self._pending.put(data)
-        self._busy = False
+        self._suspended = False
         self._advance()
 
     def _close(self) -> None:
@@ -323,5 +295,6 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Over a session limit (or shutting down): 421 4.7.0, then close."""
         log.warning("refusing a connection from %s: %s", peer or "a Unix socket", reason)
         self._ended = True
-        transport.write(too_many_sessions(self._server.options))
+        self._server.release(self)  # admitted before an implicit-TLS handshake, then shut down during it
+        transport.write(too_many_connections(self._server.options))
         transport.close()

@@ -10,6 +10,7 @@ for the greeting), and the session goes on.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
+from types import MappingProxyType
 from typing import TypeAlias, TypeVar
 
 from smtpwire import AuthCredentials, CredentialsLookup, Reply, ScramCredentials
@@ -52,9 +53,8 @@ class Handler:
         """DATA: return a 4xx/5xx to refuse the message before it is sent."""
 
     def data_chunk(self, session: Session, data: bytes) -> None:
-        """A dot-unstuffed piece of the message; the default keeps it in the envelope."""
-        assert session.envelope is not None
-        session.envelope.content += data
+        """A dot-unstuffed piece of the message; the default keeps it in the envelope (``keep_data``)."""
+        keep_data(session.envelope, data)
 
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
         """The message ended intact: store it, then return (the 250 goes out after)."""
@@ -87,7 +87,7 @@ class Handler:
         Check ``credentials.password`` for ``credentials.username``, and that
         the user may act as ``credentials.authzid`` when it is not empty.
         """
-        return False
+        return DEFAULT_OUTCOMES["authenticate"]
 
     def credentials(self, session: Session, lookup: CredentialsLookup) -> ScramCredentials | str | Reply | None:
         """AUTH SCRAM-SHA-256: the user's stored ``ScramCredentials`` (CRAM-MD5: the password).
@@ -95,7 +95,6 @@ class Handler:
         ``None`` (the default) for no such user, or when ``lookup.username``
         may not act as ``lookup.authzid``: the attempt then fails with 535.
         """
-        return None
 
     def tls_started(self, session: Session) -> None:
         """TLS is up and the session was reset (and AUTH, by default, becomes available)."""
@@ -135,9 +134,8 @@ class AsyncHandler:
         """DATA."""
 
     def data_chunk(self, session: Session, data: bytes) -> MaybeAwaitable[None]:
-        """A piece of the message; the default keeps it in the envelope."""
-        assert session.envelope is not None
-        session.envelope.content += data
+        """A piece of the message; the default keeps it in the envelope (``keep_data``)."""
+        keep_data(session.envelope, data)
         return None
 
     def message(self, session: Session, envelope: Envelope) -> MaybeAwaitable[Reply | None]:
@@ -163,13 +161,12 @@ class AsyncHandler:
 
     def authenticate(self, session: Session, credentials: AuthCredentials) -> MaybeAwaitable[bool | Reply | None]:
         """AUTH PLAIN/LOGIN: True accepts, False or None refuses; the default refuses."""
-        return False
+        return DEFAULT_OUTCOMES["authenticate"]
 
     def credentials(
         self, session: Session, lookup: CredentialsLookup
     ) -> MaybeAwaitable[ScramCredentials | str | Reply | None]:
         """AUTH SCRAM-SHA-256 (CRAM-MD5): the stored secret, ``None`` for no such user."""
-        return None
 
     def tls_started(self, session: Session) -> MaybeAwaitable[None]:
         """TLS is up and the session was reset."""
@@ -179,3 +176,18 @@ class AsyncHandler:
 
     def disconnect(self, session: Session) -> MaybeAwaitable[None]:
         """The connection is gone."""
+
+
+def keep_data(envelope: Envelope | None, data: bytes) -> None:
+    """What ``data_chunk`` does when left as it is: the data goes on ``envelope.content``."""
+    assert envelope is not None  # message data only comes inside a transaction
+    envelope.content += data
+
+
+#: What each hook comes to when the handler leaves it as it is, applied by the driver without calling it.
+#: ``None`` is the standard answer (for a hook that answers nothing: nothing to do), except that
+#: ``authenticate`` refuses, so nobody gets in unless the application says who, and ``data_chunk``
+#: keeps the data in the envelope (``keep_data``).
+DEFAULT_OUTCOMES: Mapping[str, bool | None] = MappingProxyType(
+    {**dict.fromkeys((name for name in vars(Handler) if not name.startswith("_")), None), "authenticate": False}
+)

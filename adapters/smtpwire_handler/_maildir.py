@@ -43,7 +43,7 @@ def storage_reply(error: OSError) -> Reply:
     return STORAGE_FULL if error.errno in _FULL_ERRORS else STORAGE_FAILED
 
 
-def write_all(fd: int, data: bytes, path: Path) -> None:
+def write_all(fd: int, data: bytes | bytearray, path: Path) -> None:
     """All of ``data``, or the error that stopped it."""
     with memoryview(data) as view:
         written = 0
@@ -215,13 +215,13 @@ class Delivery:
             self.name = self.maildir.unique_name()
             self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.create()
         assert self._fd is not None
         write_all(self._fd, data, self.tmp)
         self.size += len(data)
 
-    def commit(self, data: bytes = b"") -> Path:
+    def commit(self, data: bytes | bytearray = b"") -> Path:
         """Write ``data`` (the rest of the message), fsync the file, rename it into new/, fsync new/.
 
         On an error the file is removed from tmp/ and the error raised.  If
@@ -238,7 +238,7 @@ class Delivery:
             raise
         return self.new
 
-    def seal(self, data: bytes = b"") -> None:
+    def seal(self, data: bytes | bytearray = b"") -> None:
         """Write ``data`` (the rest of the message), fsync the file and close it; it stays in tmp/.
 
         What LMTP links into each recipient's Maildir; ``abort`` removes it.

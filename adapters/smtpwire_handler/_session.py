@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
 
 import smtpwire
 
@@ -29,24 +29,74 @@ class TLSInfo:
     peer_certificate_der: bytes | None = None
 
 
-@dataclass
 class Envelope:
-    """One mail transaction as the server accepted it so far.
+    """One mail transaction as the server accepted it so far: the core's record of it, plus the message data.
 
-    ``content`` is filled by the default ``data_chunk`` hook; a streaming
-    handler overrides that hook and leaves it empty.  ``mail_params`` and
+    ``mail_from``, ``mail_params``, ``rcpt_tos`` and ``rcpt_params`` read the
+    core's ``smtpwire.Transaction`` (``transaction``), which the server
+    records once; the envelope keeps only what the core does not: ``content``,
+    filled by the default ``data_chunk`` hook (a streaming handler overrides
+    that hook and leaves it empty), and ``size``.  ``mail_params`` and
     ``rcpt_params`` are the parameters as the client sent them (keywords
-    upper-cased, values validated by the extension that owns them);
-    ``dsn``, ``rcpt_dsn`` and ``require_tls`` are what they mean.
+    upper-cased, values validated by the extension that owns them); ``dsn``,
+    ``rcpt_dsn`` and ``require_tls`` are what they mean.  The envelope holds
+    the transaction as ``session.envelope`` last found it, never the
+    connection, so the one given to ``message`` keeps the whole transaction
+    after it ended, for a handler that keeps it.
+
+    ``Envelope(mail_from, mail_params, rcpt_tos, rcpt_params)`` makes one of
+    its own (a handler's unit test); a session's is ``session.envelope``.
     """
 
-    mail_from: str
-    mail_params: Mapping[str, str | None]
-    rcpt_tos: list[str] = field(default_factory=list)
-    rcpt_params: list[Mapping[str, str | None]] = field(default_factory=list)
-    content: bytearray = field(default_factory=bytearray)
-    #: Octets of message data received so far (dot-unstuffed), kept or not.
-    size: int = 0
+    def __init__(
+        self,
+        mail_from: str,
+        mail_params: Mapping[str, str | None],
+        rcpt_tos: Iterable[str] = (),
+        rcpt_params: Iterable[Mapping[str, str | None]] | None = None,
+    ) -> None:
+        recipients = tuple(rcpt_tos)
+        params = tuple(rcpt_params) if rcpt_params is not None else ({},) * len(recipients)
+        if len(params) != len(recipients):
+            raise ValueError(f"{len(recipients)} recipients but {len(params)} sets of recipient parameters")
+        self._start(smtpwire.Transaction(mail_from, mail_params, recipients, params))
+
+    @classmethod
+    def of(cls, transaction: smtpwire.Transaction) -> Envelope:
+        """The envelope of the core's ``transaction``, with no data yet."""
+        envelope = cls.__new__(cls)
+        envelope._start(transaction)
+        return envelope
+
+    def _start(self, transaction: smtpwire.Transaction) -> None:
+        self._transaction = transaction
+        self.content = bytearray()
+        #: Octets of message data received so far (dot-unstuffed), kept or not.
+        self.size = 0
+        self._handler_values: dict[TransactionSlot[Any], Any] | None = None  # TransactionSlot's, made on first use
+
+    @property
+    def transaction(self) -> smtpwire.Transaction:
+        """The core's record of the transaction, as it stood when the server last looked (its end, once ended)."""
+        return self._transaction
+
+    @property
+    def mail_from(self) -> str:
+        return self._transaction.mail_from
+
+    @property
+    def mail_params(self) -> Mapping[str, str | None]:
+        return self._transaction.mail_params
+
+    @property
+    def rcpt_tos(self) -> list[str]:
+        """The accepted recipients in RCPT order (a new list: the envelope is not changed through it)."""
+        return list(self._transaction.recipients)
+
+    @property
+    def rcpt_params(self) -> list[Mapping[str, str | None]]:
+        """Each recipient's parameters, in the order of ``rcpt_tos`` (a new list)."""
+        return list(self._transaction.recipient_params)
 
     @property
     def dsn(self) -> smtpwire.MailDsn:
@@ -57,12 +107,81 @@ class Envelope:
     def rcpt_dsn(self) -> list[smtpwire.RcptDsn]:
         """Each recipient's NOTIFY and ORCPT (RFC 3461), decoded, in the order of ``rcpt_tos``."""
         smtputf8 = "SMTPUTF8" in self.mail_params
-        return [smtpwire.RcptDsn.from_params(params, smtputf8) for params in self.rcpt_params]
+        return [smtpwire.RcptDsn.from_params(params, smtputf8) for params in self._transaction.recipient_params]
 
     @property
     def require_tls(self) -> bool:
         """MAIL said REQUIRETLS (RFC 8689): the message may travel on only over verified TLS."""
         return "REQUIRETLS" in self.mail_params
+
+    def __repr__(self) -> str:
+        return f"<Envelope from={self.mail_from!r} to={self.rcpt_tos!r} size={self.size}>"
+
+
+T = TypeVar("T")
+D = TypeVar("D")
+_UNSET: Any = object()
+
+
+class TransactionSlot(Generic[T]):
+    """A handler's own value for each mail transaction: typed, and gone with the transaction.
+
+    What a store keeps from ``data_start`` to the end of the message (its
+    file, its buffer) belongs here rather than in ``session.state``: each
+    slot is a key of its own, so handlers composed into one never meet each
+    other's values, and nothing is left over for the next transaction.  The
+    hooks that run as a transaction ends (``message``, ``deliver``,
+    ``message_aborted``) still find its values::
+
+        class Counting(Handler):
+            def __init__(self) -> None:
+                self.chunks = TransactionSlot[int]("chunks")
+
+            def data_chunk(self, session, data):
+                self.chunks.set(session, self.chunks.get(session, 0) + 1)
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def get(self, session: Session) -> T: ...
+
+    @overload
+    def get(self, session: Session, default: D) -> T | D: ...
+
+    def get(self, session: Session, default: object = _UNSET) -> object:
+        """The value set in the session's transaction; without ``default``, ``LookupError`` if there is none."""
+        values = self._values(session)
+        if values is not None and self in values:
+            return values[self]
+        if default is _UNSET:
+            raise LookupError(f"{self.name} was not set in this transaction")
+        return default
+
+    def set(self, session: Session, value: T) -> None:
+        """Keep ``value`` for the rest of the session's transaction."""
+        envelope = session._latest_envelope()
+        if envelope is None:
+            raise RuntimeError(f"{self.name} is kept per mail transaction, and none has begun in this session")
+        if envelope._handler_values is None:
+            envelope._handler_values = {}
+        envelope._handler_values[self] = value
+
+    def pop(self, session: Session) -> T | None:
+        """The value, no longer kept; ``None`` if there was none."""
+        values = self._values(session)
+        return values.pop(self, None) if values is not None else None
+
+    @staticmethod
+    def _values(session: Session) -> dict[TransactionSlot[Any], Any] | None:
+        envelope = session._latest_envelope()
+        return envelope._handler_values if envelope is not None else None
+
+    def __repr__(self) -> str:
+        return f"<TransactionSlot {self.name}>"
 
 
 class Session:
@@ -100,12 +219,24 @@ class Session:
 
     @property
     def envelope(self) -> Envelope | None:
-        """The open transaction as accepted so far; ``None`` once it ended (end of data, RSET, EHLO, TLS)."""
-        return self._envelope if self.conn.transaction is not None else None
+        """The open transaction as accepted so far; ``None`` once it ended (end of data, RSET, EHLO, TLS).
 
-    @envelope.setter
-    def envelope(self, envelope: Envelope | None) -> None:
-        self._envelope = envelope
+        One envelope per transaction: it follows the core's record as RCPTs
+        add to it, and a new one starts with the next MAIL.
+        """
+        transaction = self.conn.transaction
+        if transaction is None:
+            return None
+        envelope = self._envelope
+        if envelope is None or envelope._transaction.number != transaction.number:
+            envelope = self._envelope = Envelope.of(transaction)
+        else:
+            envelope._transaction = transaction
+        return envelope
+
+    def _latest_envelope(self) -> Envelope | None:
+        """The open transaction's envelope, else the last one's until the next begins (for hooks that see it end)."""
+        return self.envelope or self._envelope
 
     @property
     def helo_name(self) -> str | None:

@@ -4,8 +4,8 @@ Both are plain ``Handler`` subclasses, so every adapter runs them.  Their
 hooks write and fsync inline: on the blocking adapter that is the session's
 own thread; on the asyncio and anyio adapters it is the event loop, which
 waits for each fsync (a few milliseconds) while other sessions wait too.  For
-many concurrent clients on an event loop, ``smtpwire serve``'s store does the
-same work in worker threads.
+many concurrent clients on an event loop, ``AsyncMaildirStore`` does the
+same work in worker threads.  Each keeps its file in a ``TransactionSlot``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ from smtpwire import Reply
 from ._handler import Handler, Reject
 from ._maildir import Delivery, Maildir, storage_reply
 from ._mbox import Spool, append, from_line
-from ._session import Envelope, Session
+from ._session import Envelope, Session, TransactionSlot
 from ._trace import trace_headers
 
 log = logging.getLogger("smtpwire.store")
-_DELIVERY = "smtpwire.maildir_store"  # the session.state key of the message on its way
-_SPOOL = "smtpwire.mbox_store"
 
 
 class MaildirStore(Handler):
@@ -40,6 +38,7 @@ class MaildirStore(Handler):
     def __init__(self, maildir: Maildir | str | os.PathLike[str], hostname: str | None = None) -> None:
         self.maildir = maildir if isinstance(maildir, Maildir) else Maildir(maildir)
         self.hostname = hostname
+        self._delivery = TransactionSlot[Delivery]("the MaildirStore delivery")
 
     def data_start(self, session: Session) -> Reply | None:
         """The file in tmp/ is made now, so a Maildir that cannot take it refuses DATA at once."""
@@ -51,11 +50,11 @@ class MaildirStore(Handler):
             delivery.abort()
             log.error("session %s: cannot create a file in %s: %s", session.id, self.maildir.path, error)
             return storage_reply(error)
-        session.state[_DELIVERY] = delivery
+        self._delivery.set(session, delivery)
         return None
 
     def data_chunk(self, session: Session, data: bytes) -> None:
-        delivery: Delivery = session.state[_DELIVERY]
+        delivery = self._delivery.get(session)
         try:
             delivery.write(data)
         except OSError as error:
@@ -64,7 +63,7 @@ class MaildirStore(Handler):
             raise Reject(storage_reply(error)) from error
 
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
-        delivery: Delivery = session.state.pop(_DELIVERY)
+        delivery = self._delivery.get(session)
         try:
             path = delivery.commit()
         except OSError as error:  # commit() removed the file from tmp/
@@ -74,7 +73,7 @@ class MaildirStore(Handler):
         return None
 
     def message_aborted(self, session: Session, reply: Reply | None) -> None:
-        delivery: Delivery | None = session.state.pop(_DELIVERY, None)
+        delivery = self._delivery.pop(session)
         if delivery is not None:
             delivery.abort()
 
@@ -93,6 +92,7 @@ class MboxStore(Handler):
     def __init__(self, path: str | os.PathLike[str], hostname: str | None = None) -> None:
         self.path = Path(path)
         self.hostname = hostname
+        self._spool = TransactionSlot[Spool]("the MboxStore spool")
 
     def data_start(self, session: Session) -> Reply | None:
         try:
@@ -102,11 +102,11 @@ class MboxStore(Handler):
         except OSError as error:
             log.error("session %s: cannot spool a message next to %s: %s", session.id, self.path, error)
             return storage_reply(error)
-        session.state[_SPOOL] = spool
+        self._spool.set(session, spool)
         return None
 
     def data_chunk(self, session: Session, data: bytes) -> None:
-        spool: Spool = session.state[_SPOOL]
+        spool = self._spool.get(session)
         try:
             spool.write(data)
         except OSError as error:
@@ -115,7 +115,7 @@ class MboxStore(Handler):
             raise Reject(storage_reply(error)) from error
 
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
-        spool: Spool = session.state.pop(_SPOOL)
+        spool = self._spool.get(session)
         try:
             size = append(self.path, from_line(envelope.mail_from), spool)
         except OSError as error:  # append() cut the mbox back
@@ -127,6 +127,6 @@ class MboxStore(Handler):
         return None
 
     def message_aborted(self, session: Session, reply: Reply | None) -> None:
-        spool: Spool | None = session.state.pop(_SPOOL, None)
+        spool = self._spool.pop(session)
         if spool is not None:
             spool.close()

@@ -5,24 +5,15 @@ from __future__ import annotations
 import logging
 import ssl
 
-from smtpwire_handler import (
-    CLOSED,
-    NEED_DATA,
-    START_TLS,
-    Address,
-    Handler,
-    ServerOptions,
-    SessionDriver,
-    check_handler,
-    tls_info,
-)
+from smtpwire_handler import Address, Handler, ServerOptions
+from smtpwire_handler.kit import CLOSED, FLUSH, NEED_DATA, START_TLS, SessionDriver, check_handler, tls_info
 
 from ._tls import TLSChannel
 
 log = logging.getLogger("smtpwire.memorybio")
 
 
-class SMTPSession:
+class MemoryBIOSession:
     """The server side of one SMTP connection, TLS included, with no I/O.
 
     Hand it the bytes the transport received (``receive``), and write what
@@ -30,6 +21,12 @@ class SMTPSession:
     TLS, TLS records once TLS is on.  When ``closed`` becomes true, write the
     last bytes and close the transport.  Arm a timer of ``timeout`` seconds
     after each call and call ``timed_out()`` when it fires.
+
+    A large read of pipelined commands is answered a slice at a time: when
+    ``flushing`` is true, the session holds the rest of what it received
+    until the transport has taken what was returned; then call ``resume()``
+    (and stop reading meanwhile).  So a client that never reads its
+    replies cannot make the session hold many times a read's size in them.
     """
 
     def __init__(
@@ -54,6 +51,7 @@ class SMTPSession:
         self._out: list[bytes] = []
         self._started = False
         self._closed = False
+        self._flushing = False
 
     # -- what the event loop looks at -----------------------------------------
 
@@ -61,6 +59,11 @@ class SMTPSession:
     def closed(self) -> bool:
         """True once the transport should be closed (after writing the bytes just returned)."""
         return self._closed
+
+    @property
+    def flushing(self) -> bool:
+        """Received bytes wait until what was returned is written: ``resume()`` once the transport takes more."""
+        return self._flushing
 
     @property
     def timeout(self) -> float:
@@ -98,6 +101,13 @@ class SMTPSession:
         self._advance()
         return self._output()
 
+    def resume(self) -> bytes:
+        """Go on after a flush (see ``flushing``); returns the bytes to write."""
+        if self._flushing and not self._closed:
+            self._flushing = False
+            self._advance()
+        return self._output()
+
     def timed_out(self) -> bytes:
         """The loop's timer fired: 421 4.4.2 and close (a stalled handshake just closes)."""
         if not self._closed:
@@ -118,12 +128,16 @@ class SMTPSession:
     # -- the conversation ----------------------------------------------------------
 
     def _advance(self) -> None:
-        """Run the driver until it needs the peer's bytes, a handshake, or the end."""
+        """Run the driver until it needs the peer's bytes, a flush, a handshake, or the end."""
         driver = self.driver
+        self._flushing = False
         while not self._closed:
             step = driver.next_step()
             self._write(driver.data_to_send())
             if step is NEED_DATA:
+                return
+            if step is FLUSH:
+                self._flushing = True
                 return
             if step is START_TLS:
                 if self._tls is None:

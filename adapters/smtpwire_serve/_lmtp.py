@@ -25,17 +25,28 @@ import shutil
 import threading
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
 
 from smtpwire import Reply
-from smtpwire_anyio._maildir_store import DELIVERY
-from smtpwire_handler import Delivery, DirectorySync, Envelope, Maildir, MaybeAwaitable, Session, storage_reply
+from smtpwire_handler import (
+    AsyncComposite,
+    AsyncMaildirStore,
+    Delivery,
+    DirectorySync,
+    Envelope,
+    Maildir,
+    MaybeAwaitable,
+    Session,
+    TransactionSlot,
+    storage_reply,
+)
 from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE, fsync_directory, make_folders
 
-from ._authfile import Accounts
-from ._store import MaildirHandler, log_accepted
+from ._authfile import Accounts, AuthFileHandler
+from ._store import log_accepted, warn_if_open
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -87,7 +98,7 @@ class Mailboxes:
         #: One group commit per recipient's new/, alive while a delivery uses it.
         self._syncs: weakref.WeakValueDictionary[str, DirectorySync] = weakref.WeakValueDictionary()
 
-    def deliver(self, delivery: Delivery, data: bytes, folders: Iterable[str]) -> dict[str, Outcome]:
+    def deliver(self, delivery: Delivery, data: bytes | bytearray, folders: Iterable[str]) -> dict[str, Outcome]:
         """Finish the message with ``data``, give each folder its durable copy; each folder's path or error.
 
         The spool file is removed in the end, whatever happened: the copies
@@ -161,47 +172,61 @@ def _copy(source: Path, tmp: Path, target: Path) -> None:
         raise
 
 
-class LmtpMaildirHandler(MaildirHandler):
-    """``MaildirHandler`` for LMTP: one stored copy per recipient folder, and one answer per recipient.
+@dataclass(frozen=True)
+class _Copies:
+    """What storing a message for every recipient came to: each folder's outcome, and the size stored."""
+
+    outcomes: dict[str, Outcome]
+    size: int  # with the trace headers, as stored
+
+
+class LmtpMaildirStore(AsyncMaildirStore):
+    """``AsyncMaildirStore`` for LMTP: one stored copy per recipient folder, and one answer per recipient.
 
     The first recipient's ``deliver`` makes the one trip to a worker thread
     that stores every copy (see ``Mailboxes.deliver``); each recipient is then
     answered from its own outcome.
     """
 
-    def __init__(self, mailboxes: Mailboxes, hostname: str, accounts: Accounts | None = None) -> None:
-        super().__init__(mailboxes.spool, hostname, accounts)
+    def __init__(self, mailboxes: Mailboxes, hostname: str) -> None:
+        super().__init__(mailboxes.spool, hostname)
         self.mailboxes = mailboxes
-
-    def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
-        session.state.pop("outcomes", None)  # the last transaction's
-        return super().data_start(session)
+        self._copies = TransactionSlot[_Copies]("the LMTP copies")
 
     def deliver(self, session: Session, envelope: Envelope, recipient: str) -> MaybeAwaitable[Reply | None]:
         """The first recipient waits for every copy to be stored; the others are answered inline."""
-        outcomes: dict[str, Outcome] | None = session.state.get("outcomes")
-        if outcomes is None:
+        copies = self._copies.get(session, None)
+        if copies is None:
             return self._store_then_answer(session, envelope, recipient)
-        return self._answer(session, envelope, recipient, outcomes)
+        return self._answer(session, envelope, recipient, copies)
 
     async def _store_then_answer(self, session: Session, envelope: Envelope, recipient: str) -> Reply | None:
-        outcomes = session.state["outcomes"] = await self._store(session, envelope)
-        return self._answer(session, envelope, recipient, outcomes)
+        copies = await self._store(session, envelope)
+        self._copies.set(session, copies)
+        return self._answer(session, envelope, recipient, copies)
 
     @staticmethod
-    def _answer(session: Session, envelope: Envelope, recipient: str, outcomes: dict[str, Outcome]) -> Reply | None:
-        outcome = outcomes[folder_name(recipient)]
+    def _answer(session: Session, envelope: Envelope, recipient: str, copies: _Copies) -> Reply | None:
+        outcome = copies.outcomes[folder_name(recipient)]
         if isinstance(outcome, OSError):
             log.error("session %s: storing the message for <%s> failed: %s", session.id, recipient, outcome)
             return storage_reply(outcome)
         where = f"stored={outcome.parent.parent.name}/new/{outcome.name}"
-        log_accepted(session, envelope, session.state["size"], where, [recipient])
+        log_accepted(session, envelope, copies.size, where, [recipient])
         return None
 
-    async def _store(self, session: Session, envelope: Envelope) -> dict[str, Outcome]:
-        delivery: Delivery = session.state.pop(DELIVERY)
+    async def _store(self, session: Session, envelope: Envelope) -> _Copies:
+        delivery, rest = self.unwritten(session)
         folders = [folder_name(recipient) for recipient in envelope.rcpt_tos]
-        outcomes = await anyio.to_thread.run_sync(self.mailboxes.deliver, delivery, self.take(session), folders)
-        session.state["size"] = delivery.size  # with the trace headers, as stored
+        outcomes = await anyio.to_thread.run_sync(self.mailboxes.deliver, delivery, rest, folders)
         self.proven = any(isinstance(outcome, Path) for outcome in outcomes.values())  # the spool took it
-        return outcomes
+        return _Copies(outcomes, delivery.size)
+
+
+class LmtpMaildirHandler(AuthFileHandler, AsyncComposite):
+    """serve's LMTP delivery: the AUTH file's hooks and an ``LmtpMaildirStore`` (a part, as in ``MaildirHandler``)."""
+
+    def __init__(self, mailboxes: Mailboxes, hostname: str, accounts: Accounts | None = None) -> None:
+        self.accounts = accounts
+        warn_if_open(mailboxes.spool)
+        super().__init__(LmtpMaildirStore(mailboxes, hostname))

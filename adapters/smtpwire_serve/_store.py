@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from smtpwire_anyio import AsyncMaildirStore
-from smtpwire_handler import Envelope, Maildir, PrintHandler, Session
+from smtpwire_handler import AsyncComposite, AsyncMaildirStore, Envelope, Maildir, PrintHandler, Session
 
 from ._authfile import Accounts, AuthFileHandler
 
@@ -32,20 +31,31 @@ def log_accepted(
     )
 
 
-class MaildirHandler(AsyncMaildirStore, AuthFileHandler):
-    """``smtpwire_anyio.AsyncMaildirStore`` with serve's AUTH file, its log line, and a warning about modes.
-
-    With ``accounts``, AUTH is checked against them (see ``AuthFileHandler``).
-    """
-
-    def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
-        super().__init__(maildir, hostname)
-        self.accounts = accounts
-        for folder in maildir.open_to_others():  # an operator's choice, said out loud rather than undone
-            log.warning("%s is open to other users: they can list the messages (each new one is 0600)", folder)
+class LoggedMaildirStore(AsyncMaildirStore):
+    """``AsyncMaildirStore`` saying each stored message in serve's log line."""
 
     def stored(self, session: Session, envelope: Envelope, size: int, path: Path) -> None:
         log_accepted(session, envelope, size, f"stored={path.name}")
+
+
+class MaildirHandler(AuthFileHandler, AsyncComposite):
+    """serve's Maildir delivery: the AUTH file's hooks (``AuthFileHandler``) and a ``LoggedMaildirStore``.
+
+    The store is a part, not a second base class: a hook both defined would
+    be refused when the handler is made, where inheritance would hide one.
+    With ``accounts``, AUTH is checked against them.
+    """
+
+    def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
+        self.accounts = accounts
+        warn_if_open(maildir)
+        super().__init__(LoggedMaildirStore(maildir, hostname))
+
+
+def warn_if_open(maildir: Maildir) -> None:
+    """An operator's choice of modes, said out loud rather than undone."""
+    for folder in maildir.open_to_others():
+        log.warning("%s is open to other users: they can list the messages (each new one is 0600)", folder)
 
 
 class SinkHandler(AuthFileHandler):

@@ -8,7 +8,7 @@ from typing import Any
 import smtpwire
 import smtpwire_asyncio
 from smtpwire_asyncio import Session
-from smtpwire_handler import SessionDriver
+from smtpwire_handler.kit import SessionDriver
 
 from ._faults import Disconnect, Fail, Faults
 
@@ -18,15 +18,15 @@ class DroppingServer(smtpwire_asyncio.Server):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connections: set[smtpwire_asyncio.SMTPProtocol] = set()
+        self.connections: set[smtpwire_asyncio.AsyncioSession] = set()
 
-    def admit(self, protocol: smtpwire_asyncio.SMTPProtocol, peer: object) -> str | None:
+    def admit(self, protocol: smtpwire_asyncio.AsyncioSession, peer: object) -> str | None:
         refusal = super().admit(protocol, peer)
         if refusal is None:
             self.connections.add(protocol)
         return refusal
 
-    def release(self, protocol: smtpwire_asyncio.SMTPProtocol) -> None:
+    def release(self, protocol: smtpwire_asyncio.AsyncioSession) -> None:
         self.connections.discard(protocol)
         super().release(protocol)
 

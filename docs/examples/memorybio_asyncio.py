@@ -1,6 +1,6 @@
-"""An SMTP server on asyncio's Protocol API (no streams, no asyncio ssl=): SMTPSession does SMTP and TLS.
+"""An SMTP server on asyncio's Protocol API (no streams, no asyncio ssl=): MemoryBIOSession does SMTP and TLS.
 
-Run it: python -m smtpwire_memorybio.asyncio_example --port 8025 --cert cert.pem --key key.pem
+Run it: python memorybio_asyncio.py --port 8025 --cert cert.pem --key key.pem
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ import dataclasses
 import logging
 import ssl
 
-from smtpwire_memorybio import (
-    ClientCounter,
-    Envelope,
-    Handler,
-    PendingInput,
-    ServerOptions,
-    Session,
-    SMTPSession,
-    too_many,
-)
+from smtpwire_handler.kit import ClientCounter, too_many_connections
+from smtpwire_memorybio import Envelope, Handler, MemoryBIOSession, ServerOptions, Session
 
 log = logging.getLogger("smtpwire.memorybio")
+READ_SIZE = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -34,28 +27,32 @@ class Sessions:
     open: set[SMTPProtocol] = dataclasses.field(default_factory=set)
     stopping: bool = False
     all_closed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    buffer: bytearray = dataclasses.field(default_factory=lambda: bytearray(READ_SIZE))
 
 
 _servers: dict[asyncio.Server, Sessions] = {}
 
 
-class SMTPProtocol(asyncio.Protocol):
-    """One connection: received bytes go into the SMTPSession, what it returns goes out.
+class SMTPProtocol(asyncio.BufferedProtocol):
+    """One connection: received bytes go into the MemoryBIOSession, what it returns goes out.
 
-    Flow control keeps memory bounded: received bytes go to the session
-    ``FEED_SIZE`` at a time, and while the transport's buffer is over its
-    high-water mark (``pause_writing``) nothing more is fed or read, so a
-    client that sends without reading its replies is held back.
+    Reads go into one ``READ_SIZE`` buffer the server's sessions share (the
+    loop runs one callback at a time); asyncio's plain Protocol would read
+    up to 256 KiB at a time, each read a new object of that size.
+
+    Flow control keeps memory bounded: while the session is ``flushing`` (it
+    holds received bytes until its replies are written) and while the
+    transport's buffer is over its high-water mark (``pause_writing``),
+    nothing more is read, so a client that sends without reading its
+    replies is held back.
     """
 
-    smtp: SMTPSession
+    smtp: MemoryBIOSession
     transport: asyncio.Transport
 
     def __init__(self, handler: Handler, options: ServerOptions, sessions: Sessions, tls: bool) -> None:
         self.handler, self.options, self.sessions, self.tls = handler, options, sessions, tls
         self.timer: asyncio.TimerHandle | None = None
-        self.pending = PendingInput()  # received, not yet given to the session
-        self.eof = False  # the peer closed its side (after the pending bytes)
         self.writing = True  # no pause_writing in force
         self.client: str | None = None
 
@@ -72,7 +69,7 @@ class SMTPProtocol(asyncio.Protocol):
             return
         sessions.open.add(self)
         sessions.all_closed.clear()
-        self.smtp = SMTPSession(
+        self.smtp = MemoryBIOSession(
             self.handler, self.options, implicit_tls=self.tls, peer=peer, local=transport.get_extra_info("sockname")
         )
         self.write(self.smtp.start())
@@ -80,24 +77,24 @@ class SMTPProtocol(asyncio.Protocol):
     def refuse(self, peer: object, reason: str) -> None:
         log.warning("refusing a connection from %s: %s", peer, reason)
         if not self.tls:  # on a TLS port a plaintext 421 would be noise: just close
-            self.transport.write(too_many(self.options))
+            self.transport.write(too_many_connections(self.options))
         self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        self.pending.put(data)
-        self.feed()
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.sessions.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.write(self.smtp.receive(bytes(self.sessions.buffer[:nbytes])))
+        self.go_on()
 
     def eof_received(self) -> None:
-        self.eof = True
-        self.feed()
+        self.write(self.smtp.receive(b""))  # after what the session still holds
 
-    def feed(self) -> None:
-        """Give the session what is pending, a slice at a time, while the client takes the replies."""
-        while self.pending and self.writing and not self.smtp.closed:
-            self.write(self.smtp.receive(self.pending.take()))
-        if self.eof and not self.pending and not self.smtp.closed:
-            self.write(self.smtp.receive(b""))
-        elif self.pending:
+    def go_on(self) -> None:
+        """Let the session answer what it holds while the client takes the replies; read again after that."""
+        while self.smtp.flushing and self.writing:
+            self.write(self.smtp.resume())
+        if self.smtp.flushing:
             self.transport.pause_reading()
 
     def pause_writing(self) -> None:
@@ -106,8 +103,8 @@ class SMTPProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing = True
-        self.feed()
-        if not self.pending and not self.transport.is_closing():
+        self.go_on()
+        if not self.smtp.flushing and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -150,7 +147,7 @@ class SMTPProtocol(asyncio.Protocol):
 async def start_server(
     handler: Handler, options: ServerOptions, host: str, port: int, *, tls: bool = False
 ) -> asyncio.Server:
-    """Listen on ``host:port``; ``tls=True`` serves implicit TLS (RFC 8314) through SMTPSession."""
+    """Listen on ``host:port``; ``tls=True`` serves implicit TLS (RFC 8314) through MemoryBIOSession."""
     if tls and options.tls_context is None:
         raise ValueError("tls=True needs options.tls_context")
     sessions = Sessions(ClientCounter(options.max_sessions_per_client))

@@ -1,7 +1,7 @@
 """End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, bare loops over the core and Postfix's smtp-sink.
 
     python tests/benchmarks/bench_servers.py [--rounds 3] [--quick] [--only LOAD,...] [--servers NAME,...]
-                                             [--maildir-parent DIR]
+                                             [--maildir-parent DIR] [--baseline-tree DIR]
 
 Needs Postfix's ``smtp-source`` and ``smtp-sink`` (searched on PATH, then in
 the usual sbin directories), the ``bench`` extra (aiosmtpd), uvloop and trio.
@@ -38,6 +38,15 @@ summed over the serve process and every process under it):
   limit, no STARTTLS, no Maildir.
 - ``smtp-sink``: Postfix's C test server (``-c`` for its message counter), the
   C ceiling.  No STARTTLS, no Maildir.
+- ``smtpwire-base-asyncio``, ``smtpwire-base-uvloop``, ``smtpwire-base-trio``,
+  only with ``--baseline-tree DIR`` (a checkout of another commit, e.g. made
+  with ``git worktree add --detach DIR COMMIT``): the same ``serve`` commands
+  with ``PYTHONPATH`` set to DIR's ``src`` and ``adapters``, so that commit's
+  code runs the same loads in the same rounds.  Before any run the script
+  checks that the packages would be imported from DIR and that both
+  ``serve --help`` offer the same options; the tables then add the ratios of
+  each ``smtpwire-LOOP`` to its ``smtpwire-base-LOOP`` (above 1 is faster,
+  below 1 is less CPU or memory).
 
 The aiosmtpd, anyio and bare servers are this script itself, run as
 ``bench_servers.py _serve KIND ...``.  Loads (``--quick`` scales the counts down):
@@ -132,6 +141,7 @@ BIG_LENGTH = 20 * MiB
 MAX_MESSAGE = 32 * MiB  # smtpwire serve's default --max-message-size; aiosmtpd and the bare Protocol get the same
 SBIN = ("/usr/sbin", "/usr/local/sbin")  # where Postfix installs its test tools when they are not on PATH
 SERVE = [sys.executable, "-m", "smtpwire_serve", "serve"]
+SERVE_FLAGS = ("--loop", "--max-sessions", "--workers")  # serve's options this script passes when offered
 SCRIPT = str(Path(__file__).resolve())
 TICK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0  # seconds for a server to listen
@@ -163,6 +173,8 @@ NOT_APPLICABLE = {
     ("bare-anyio-trio", "starttls"): "no STARTTLS",
     ("bare-anyio-trio", "maildir"): "no storage",
 }
+#: ``smtpwire serve`` from ``--baseline-tree``, listed right after its counterpart from this tree.
+BASELINE_OF = {f"smtpwire-{loop}": f"smtpwire-base-{loop}" for loop in ("asyncio", "uvloop", "trio")}
 #: CPU per message (or session) of a server ÷ that of the ceiling it is built on, printed under the tables.
 CPU_RATIOS = (
     ("smtpwire serve (asyncio)", "smtpwire-asyncio", "bare Protocol (asyncio)", "bare-asyncio"),
@@ -585,6 +597,8 @@ class Env:
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     log_notes: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     workers_servers: tuple[str, ...] = ()  # the smtpwire servers the workers load runs
+    baseline_environ: dict[str, str] | None = None  # the smtpwire-base-* servers' environment (--baseline-tree)
+    baseline: str = ""  # what the header says of the baseline tree
 
     @property
     def has_loop(self) -> bool:
@@ -602,7 +616,7 @@ class Env:
         """Why ``server`` cannot run here, or None."""
         if server.startswith("smtpwire") and not self.serve_help:
             return "`smtpwire serve --help` failed"
-        if server == "smtpwire-uvloop" and not self.has_loop:
+        if server.startswith("smtpwire") and server.endswith("uvloop") and not self.has_loop:
             return "`serve` has no --loop yet"
         if server.endswith("uvloop") and not available("uvloop"):
             return "uvloop not importable"
@@ -631,13 +645,58 @@ class Env:
             list(self.pool.map(time.sleep, [0.2] * STARTTLS_PROCESSES))  # start the workers before any timing
         return self.pool
 
+    def environ(self, server: str) -> dict[str, str] | None:
+        """The environment ``server`` starts with: the baseline tree's for smtpwire-base-*, else this one's."""
+        return self.baseline_environ if server in BASELINE_OF.values() else None
 
-def serve_help() -> str:
+
+def serve_help(environ: dict[str, str] | None = None) -> str:
     try:
-        result = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [*SERVE, "--help"], capture_output=True, text=True, timeout=60, check=False, env=environ
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stdout if result.returncode == 0 else ""
+
+
+def baseline_environ(tree: Path) -> dict[str, str]:
+    """The environment in which ``python -m smtpwire_serve`` imports every package from ``tree``, checked so.
+
+    The editable install of this tree puts its paths in a ``.pth`` file, after
+    ``PYTHONPATH``; the check asks the interpreter where each package would
+    come from rather than trusting that order.
+    """
+    roots = [tree / "src", tree / "adapters"]
+    missing = [str(root) for root in roots if not root.is_dir()]
+    if missing:
+        raise SystemExit(f"--baseline-tree {tree}: no {' nor '.join(missing)}")
+    packages = sorted(entry.parent.name for root in roots for entry in root.glob("*/__init__.py"))
+    inherited = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
+    environ = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, roots), *inherited]))
+    where = f"import importlib.util as u; print(*(u.find_spec(n).origin for n in {packages!r}), sep='\\n')"
+    result = subprocess.run(
+        [sys.executable, "-c", where], env=environ, capture_output=True, text=True, timeout=60, check=False
+    )
+    origins = result.stdout.split()
+    strays = [origin for origin in origins if not Path(origin).resolve().is_relative_to(tree.resolve())]
+    if result.returncode or len(origins) != len(packages) or strays:
+        raise SystemExit(
+            f"--baseline-tree {tree}: its packages would not all be imported from it: "
+            f"{'; '.join(strays) or result.stderr.strip()[-300:] or 'nothing found'}"
+        )
+    return environ
+
+
+def baseline_commit(tree: Path) -> str:
+    """The commit checked out in ``tree`` (short hash and date), or its path when git cannot say."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(tree), "log", "-1", "--format=%h of %cs"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return str(tree)
+    return result.stdout.strip() or str(tree)
 
 
 def write_certificate(directory: Path) -> tuple[str, str]:
@@ -681,10 +740,11 @@ def server_command(env: Env, server: str, load: str, port: int, maildir: Path | 
         command = [*SERVE, "--listen", address, "--hostname", HOSTNAME]
         command += ["--maildir", str(maildir)] if maildir else ["--sink"]
         command += ["--self-signed"] if tls else []
-        if server == "smtpwire-trio":
+        loop = server.rpartition("-")[2]
+        if loop == "trio":
             command += ["--backend", "trio"]
         elif env.has_loop:
-            command += ["--loop", server.removeprefix("smtpwire-")]
+            command += ["--loop", loop]
         if load == "idle" and env.has_max_sessions:
             command += ["--max-sessions", str(env.counts.idle * 2)]
         if load == "workers":
@@ -728,6 +788,7 @@ def started(env: Env, server: str, load: str, run_dir: Path, workers: int = 1) -
             stdout=out_file,
             stderr=log_file,
             start_new_session=True,
+            env=env.environ(server),
         )
     running = Running(server, process, port, log, out, maildir, workers)
     try:
@@ -1192,6 +1253,22 @@ def report(env: Env, load: str, servers: Sequence[str], results: Results, rounds
                 lines.append(f"{ours_name} CPU per {table.cpu_unit.split('/')[-1]} ÷ {bare_name}: {ratio(ours, bare)}")
         if lines:
             print("\n" + "  \n".join(lines))  # a Markdown line break each
+
+    def versus(new: str, base: str, pick: Callable[[Outcome], float]) -> str:
+        return ratio(median(new, pick), median(base, pick))
+
+    lines = []
+    for new, base in BASELINE_OF.items():
+        if new in good and base in good and load == "idle":
+            lines.append(f"{new} ÷ {base}: KiB per idle session {versus(new, base, lambda r: r.idle_kib)}")
+        elif new in good and base in good:
+            lines.append(
+                f"{new} ÷ {base}: {table.unit} {versus(new, base, lambda r: r.rate)}, "
+                f"{table.cpu_unit} {versus(new, base, lambda r: r.cpu)}, "
+                f"peak RSS {versus(new, base, lambda r: r.peak_kib)}"
+            )
+    if lines:
+        print("\n" + "  \n".join(lines))
     for failure in failures:
         print(f"\n- FAILED {failure}")
     sys.stdout.flush()
@@ -1232,6 +1309,23 @@ def report_workers(env: Env, results: Results) -> None:
                 f"| {figure(statistics.median(run.peak_kib for run in chosen) / 1024)} | {ratio(rate, one_rate)} |"
             )
     print(f"\nThe aim: 2 workers at least 1.7x the messages/s of 1 on 2 cores; this machine has {os.cpu_count()}.")
+
+    def versus(new: str, base: str, n: int, pick: Callable[[Outcome], float]) -> str:
+        medians = []
+        for server in (new, base):
+            runs = [run for run in results.get((server, "workers"), []) if run.workers == n]
+            medians.append(statistics.median(map(pick, runs)) if runs and not any(r.error for r in runs) else None)
+        return ratio(*medians)
+
+    lines = [
+        f"{new} ÷ {base}, --workers {n}: {table.unit} {versus(new, base, n, lambda r: r.rate)}, "
+        f"{table.cpu_unit} {versus(new, base, n, lambda r: r.cpu)}"
+        for new, base in BASELINE_OF.items()
+        if {new, base} <= set(env.workers_servers)
+        for n in WORKER_COUNTS
+    ]
+    if lines:
+        print("\n" + "  \n".join(lines))
     for failure in failures:
         print(f"\n- FAILED {failure}")
     sys.stdout.flush()
@@ -1252,7 +1346,7 @@ def header(env: Env, rounds: int) -> str:
     return (
         f"Python {sys.version.split()[0]} ({platform.python_implementation()}) on {platform.system()} "
         f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs; {versions}, Postfix {postfix}; "
-        f"serve {options if env.serve_help else 'not run'}; "
+        f"serve {options if env.serve_help else 'not run'}; {env.baseline}"
         f"Maildir on {filesystem(env.maildir_parent)}; {rounds} rounds: median [min-max]; "
         "ratios of the medians; CPU is the server's utime+stime during the load (summed over its processes)"
     )
@@ -1283,10 +1377,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--only", metavar="LOAD[,LOAD]", help=f"loads to run: {', '.join(LOADS)}")
-    parser.add_argument("--servers", metavar="NAME[,NAME]", help=f"servers to run: {', '.join(SERVERS)}")
+    parser.add_argument(
+        "--servers",
+        metavar="NAME[,NAME]",
+        help=f"servers to run: {', '.join(SERVERS)}, and with --baseline-tree {', '.join(BASELINE_OF.values())}",
+    )
     parser.add_argument("--maildir-parent", metavar="DIR", help="where the Maildirs go (default: the temp directory)")
+    parser.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        type=Path,
+        help="a checkout of another commit: adds smtpwire-base-LOOP servers, its serve, and the ratios to them",
+    )
     args = parser.parse_args()
-    loads, servers = pick(args.only, LOADS, "load"), pick(args.servers, SERVERS, "server")
+    known: Sequence[str] = SERVERS
+    if args.baseline_tree:
+        known = tuple(name for server in SERVERS for name in (server, BASELINE_OF.get(server)) if name)
+    loads, servers = pick(args.only, LOADS, "load"), pick(args.servers, known, "server")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     raise_file_limit()
@@ -1300,6 +1407,17 @@ def main() -> None:
         smtp_sink=find_tool("smtp-sink"),
         serve_help=serve_help() if any(s.startswith("smtpwire") for s in servers) else "",
     )
+    if args.baseline_tree and any(server in BASELINE_OF.values() for server in servers):
+        env.baseline_environ = baseline_environ(args.baseline_tree)
+        theirs = serve_help(env.baseline_environ)
+        if not theirs or not env.serve_help:
+            raise SystemExit(f"`smtpwire serve --help` failed {'from --baseline-tree' if env.serve_help else 'here'}")
+        differ = [flag for flag in SERVE_FLAGS if (flag in theirs) != (flag in env.serve_help)]
+        if differ:
+            raise SystemExit(
+                f"--baseline-tree: its serve and this one differ in {', '.join(differ)}; runs would differ"
+            )
+        env.baseline = f"baseline serve from {baseline_commit(args.baseline_tree)}; "
     if env.smtp_source is None and set(loads) - {"starttls", "idle"}:
         raise SystemExit("smtp-source (Postfix) not found on PATH nor in " + ", ".join(SBIN))
     # the workers load: the smtpwire servers named, or the loop serve picks by default (uvloop when installed)
@@ -1308,7 +1426,7 @@ def main() -> None:
     if args.servers:
         env.workers_servers = tuple(named)
     elif default is not None:
-        env.workers_servers = (default,)
+        env.workers_servers = (default, BASELINE_OF[default]) if args.baseline_tree else (default,)
     results: Results = {}
     try:
         if {"starttls"} & set(loads):
