@@ -442,8 +442,11 @@ def test_after_the_grace_a_message_in_progress_gets_421(kind: str) -> None:
 
 
 def fill_without_reading(sock: socket.socket) -> None:
-    """Pipeline HELPs without reading a reply, until the server takes no more (at most 64 MiB)."""
-    sock.settimeout(0.5)
+    """Pipeline HELPs without reading a reply, until the server takes no more (at most 64 MiB).
+
+    No more means nothing taken for 2 s: a server only slow (a busy machine) would be reading again by then.
+    """
+    sock.settimeout(2.0)
     sent = 0
     with contextlib.suppress(TimeoutError, BlockingIOError):
         while sent < 64 * 1024 * 1024:

@@ -11,8 +11,8 @@ from smtpwire_handler.api import *  # noqa: F403  (the handler API, re-exported)
 from smtpwire_handler.api import __all__ as _handler_api
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
-from ._protocol import AsyncioSession
 from ._server import Server, serve
+from ._session import AsyncioSession
 
 __all__ = [
     *_handler_api,

@@ -21,7 +21,7 @@ from smtpwire_handler.kit import (
     too_many_connections,
 )
 
-from ._protocol import AsyncioSession, log
+from ._session import AsyncioSession, log
 
 _RECEIVE_SIZE = 64 * 1024
 
@@ -56,10 +56,12 @@ class Server(ServerBase[AsyncioSession]):
                 if listening.implicit_tls:
                     self._start_task(self._accept_tls(listening))
                 elif listening.unix is not None:  # backlog: asyncio listens again, with its own default else
-                    unix = await loop.create_unix_server(self._protocol, sock=listening.sock, backlog=BACKLOG)
+                    unix = await loop.create_unix_server(self._new_session, sock=listening.sock, backlog=BACKLOG)
                     self._servers.append(unix)
                 else:
-                    self._servers.append(await loop.create_server(self._protocol, sock=listening.sock, backlog=BACKLOG))
+                    self._servers.append(
+                        await loop.create_server(self._new_session, sock=listening.sock, backlog=BACKLOG)
+                    )
         except BaseException:
             self._stop_listening()
             raise
@@ -105,7 +107,7 @@ class Server(ServerBase[AsyncioSession]):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _protocol(self) -> AsyncioSession:
+    def _new_session(self) -> AsyncioSession:
         return AsyncioSession(self)
 
     def _drop_connections(self) -> None:

@@ -161,6 +161,38 @@ class SessionDriver:
     that returns an awaitable as a broken hook: 451 4.3.0, logged.
     """
 
+    __slots__ = (
+        "_answer_for_all",
+        "_answered_for_all",
+        "_calls",
+        "_chunk_refusal",
+        "_clock",
+        "_deadline",
+        "_delivered",
+        "_end_fed",
+        "_event_since_wait",
+        "_flushed",
+        "_hooks",
+        "_in_message",
+        "_input",
+        "_messages",
+        "_octets_credited",
+        "_peer_present",
+        "_problems_logged",
+        "_problems_unlogged",
+        "_proxy",
+        "_stop_request",
+        "_transcript",
+        "_waiting",
+        "can_await",
+        "conn",
+        "handler",
+        "log",
+        "options",
+        "phase",
+        "session",
+    )
+
     def __init__(
         self,
         handler: Handler | AsyncHandler,
@@ -262,6 +294,8 @@ class SessionDriver:
         while True:
             if self._calls:
                 step: AdapterStep | HookWait | None = self._call(*self._calls.popleft())
+            elif self.phase is _CONVERSATION:  # nearly every step: called without the table's lookup
+                step = self._converse()
             else:
                 step = _IN_PHASE[self.phase](self)
             if step is not None:
@@ -278,13 +312,13 @@ class SessionDriver:
 
     def receive(self, data: bytes) -> None:
         """The client's bytes, any amount (``b""``: it closed its side)."""
-        if self.phase is Phase.PROXY:
+        if self.phase is _CONVERSATION and data and not self._input and len(data) <= SLICE:
+            self._feed(data)  # the usual case: one command, or one read of message data, fed at once
+        elif self.phase is Phase.PROXY:
             assert self._proxy is not None
             self._proxy.receive_data(data)
         elif not data:
             self._input.ended = True
-        elif self.phase is Phase.CONVERSATION and not self._input and len(data) <= SLICE:
-            self._feed(data)  # the usual case: one command, or one read of message data, fed at once
         else:  # a large read, a read while a hook runs, or bytes a TLS layer decrypted during its handshake
             self._input.put(data)
 
@@ -412,14 +446,14 @@ class SessionDriver:
             if not self._flushed and (replies := self.conn.data_to_send()):
                 self._flushed = replies
                 return FLUSH
-            self._feed(self._input.take(self.conn.state is smtpwire.State.DATA))  # a chunk ends by count, not by a dot
+            self._feed(self._input.take(self.conn.state is _DATA))  # a chunk ends by count, not by a dot
         elif self._input.ended:
             if self._end_fed:  # the core heard the end and has nothing more to say
                 self._move(Happening.CONVERSATION_ENDED)
             else:
                 self._end_fed = True
                 self._feed(b"")
-        elif self.should_stop:
+        elif self._stop_request is not None and self.should_stop:
             self.conn.shutdown()
         else:
             self._await_client()
@@ -524,8 +558,8 @@ class SessionDriver:
         hook, fields = _EVENT_HOOKS[type(event)]
         if hook in self._hooks:
             self._calls.append((hook, (self.session, *(getattr(event, f) for f in fields)), event))
-        elif isinstance(event, smtpwire.Decision):  # nobody overrode it: its default outcome, no call
-            self._returned(hook, event, DEFAULT_OUTCOMES[hook])
+        elif isinstance(event, smtpwire.Decision):  # nobody overrode it: its default outcome (None), no call
+            self._answer(event, hook, None)
 
     def _message_data(self, event: smtpwire.MessageData) -> None:
         envelope = self.session.envelope
@@ -732,6 +766,8 @@ _COMMAND_NAMES: dict[type[smtpwire.Event], str] = {
 }
 
 _READING_MESSAGE = frozenset({smtpwire.State.DATA, smtpwire.State.CHUNK})
+_DATA = smtpwire.State.DATA
+_CONVERSATION = Phase.CONVERSATION
 #: Phases in which the conversation is over.
 _ENDED = frozenset({Phase.CLOSING, Phase.CLOSED})
 

@@ -10,35 +10,31 @@ one slice's replies in our memory, not a whole read's.
 
 from __future__ import annotations
 
-from collections import deque
-
 #: The most received bytes given to the core at once outside message data.
 SLICE = 4 * 1024
 
 
-class InputQueue:
+class InputQueue(list[bytes]):
     """Bytes received and not yet fed, in order, with the end of the stream behind them.
 
-    Each read is kept as it came, never joined to the next: a slice comes
-    from one read, so taking costs a copy of the slice only, whatever is
-    queued behind it.
+    Each read is kept as it came (an item of the list), never joined to the
+    next: a slice comes from one read, so taking costs a copy of the slice
+    only, whatever is queued behind it.  A list, so that asking whether
+    anything is queued costs no Python call.
     """
 
-    __slots__ = ("_at", "_reads", "ended")
+    __slots__ = ("at", "ended")
 
     def __init__(self) -> None:
-        self._reads: deque[bytes] = deque()
-        self._at = 0  # where the first read's untaken bytes start
+        super().__init__()
+        self.at = 0  # where the first read's untaken bytes start
         #: The client closed its side: after the bytes still queued, the core hears ``b""``.
         self.ended = False
-
-    def __bool__(self) -> bool:
-        return bool(self._reads)
 
     def put(self, data: bytes) -> None:
         """Add received bytes behind those still queued."""
         if data:
-            self._reads.append(data)
+            self.append(data)
 
     def take(self, in_message: bool) -> bytes:
         """The next slice to feed, from the first read queued (``b""`` when nothing is queued).
@@ -50,24 +46,21 @@ class InputQueue:
         that starts with a line end may finish an end begun in the last
         one: it gets the usual size.
         """
-        if not self._reads:
+        if not self:
             return b""
-        data, at = self._reads[0], self._at
-        if at == 0 and len(data) <= SLICE:
-            self._reads.popleft()
-            return data
+        data, at = self[0], self.at
         end = at + SLICE
         if in_message and not data.startswith((b"\n", b"\r\n"), at):
             dot = data.find(b".", at)
             end = len(data) if dot < 0 else max(dot + 3, end)
         if end >= len(data):
-            self._reads.popleft()
-            self._at = 0
-        else:
-            self._at = end
+            del self[0]
+            self.at = 0
+            return data[at:] if at else data
+        self.at = end
         return data[at:end]
 
     def clear(self) -> None:
         """Forget the queued bytes (plaintext behind STARTTLS, RFC 3207 4.2)."""
-        self._reads.clear()
-        self._at = 0
+        super().clear()
+        self.at = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import _auth
 from . import _events as ev
@@ -92,6 +92,21 @@ class Transaction:
     def smtputf8(self) -> bool:
         return "SMTPUTF8" in self.mail_params
 
+    # Copies made by hand: dataclasses.replace() looks the fields up at every call, once per command.
+
+    def with_recipient(self, address: str, params: ev.Parameters) -> Transaction:
+        """The transaction one accepted recipient longer."""
+        recipients, recipient_params = (*self.recipients, address), (*self.recipient_params, params)
+        return Transaction(
+            self.mail_from, self.mail_params, recipients, recipient_params, self.body_command, self.number
+        )
+
+    def sent_by(self, body_command: str) -> Transaction:
+        """The transaction whose message comes by ``body_command`` (DATA or BDAT)."""
+        return Transaction(
+            self.mail_from, self.mail_params, self.recipients, self.recipient_params, body_command, self.number
+        )
+
     @property
     def binarymime(self) -> bool:
         """BODY=BINARYMIME: the message may only come by BDAT (RFC 3030 3)."""
@@ -123,6 +138,8 @@ _MAX_CHUNK_DIGITS = 20
 #: What a verb is made of (RFC 5321 4.1.1 Keyword); any other octet (HTAB, VT, NBSP...) ends a word for some reader.
 _VERB_OCTETS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 _WORD_SEPARATORS = bytes(octet for octet in range(256) if octet not in _VERB_OCTETS)
+#: The first octets of a line whose first word may be BDAT, as one-octet strings.
+_MAY_START_BDAT = frozenset(bytes([octet]) for octet in b"Bb" + _WORD_SEPARATORS)
 #: RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad recipient's; 501 as RFC 5321 4.5.3.1.9 has it.
 _ADDRESS_STATUS = {"MAIL": (5, 1, 7), "RCPT": (5, 1, 3)}
 _ADDRESS_TEXT = {
@@ -629,7 +646,7 @@ class ServerConnection:
             return self._reject("DATA", DATA_AFTER_BDAT)
         if transaction.binarymime:
             return self._reject("DATA", BINARYMIME_NEEDS_BDAT)
-        self._transaction = replace(transaction, body_command="DATA")
+        self._transaction = transaction.sent_by("DATA")
         return self._decide(ev.DataRequested())
 
     def _bdat(self, argument: str) -> NextEvent:
@@ -654,7 +671,7 @@ class ServerConnection:
             return self._chunk_too_big(starting, last)
         self._message_size += size
         if starting:
-            self._transaction = replace(transaction, body_command="BDAT")
+            self._transaction = transaction.sent_by("BDAT")
             return self._decide(ev.DataRequested(chunked=True))
         self._move(Outcome.CHUNK_ACCEPTED)
         return self.next_event()
@@ -805,11 +822,7 @@ class ServerConnection:
     def _rcpt_accepted(self, event: ev.Decision) -> None:
         assert isinstance(event, ev.RcptTo) and self._transaction is not None
         transaction = self._transaction
-        self._transaction = replace(
-            transaction,
-            recipients=(*transaction.recipients, event.address),
-            recipient_params=(*transaction.recipient_params, event.params),
-        )
+        self._transaction = transaction.with_recipient(event.address, event.params)
         self._move(Outcome.RCPT_ACCEPTED)
 
     def _data_accepted(self, event: ev.Decision) -> None:
@@ -913,6 +926,8 @@ def _first_word_is_bdat(line: bytes) -> bool:
 
     Readers split words differently (SP, HTAB, any whitespace), so a word here ends at any octet no verb holds.
     """
+    if line[:1] not in _MAY_START_BDAT:  # nearly every line: one look at its first octet
+        return False
     word = line.lstrip(_WORD_SEPARATORS)
     return word[:4].upper() == b"BDAT" and (len(word) == 4 or word[4] in _WORD_SEPARATORS)
 
