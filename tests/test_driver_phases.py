@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from smtpwire_handler import Handler, ServerOptions, TLSInfo
-from smtpwire_handler._driver import _PHASES, Happening
+from smtpwire_handler import DEFAULT_OUTCOMES, Handler, ServerOptions, TLSInfo
+from smtpwire_handler._driver import _EVENT_HOOKS, _PHASES, Happening
 from smtpwire_handler.kit import CLOSED, NEED_DATA, START_TLS, Phase, SessionDriver
 from tests import certs
 from tests.test_driver import Clock, log, run
@@ -162,3 +162,10 @@ def test_a_timed_out_proxy_header_and_a_timed_out_handshake_end_without_a_word()
     assert handshaking.next_step() is START_TLS
     handshaking.timed_out()
     assert run(handshaking) == (b"", CLOSED)
+
+
+def test_hooks_that_answer_commands_default_to_the_standard_answer() -> None:
+    """The driver answers an unoverridden command hook with the standard reply, without the table: it must agree."""
+    assert {hook: DEFAULT_OUTCOMES[hook] for hook, _ in _EVENT_HOOKS.values()} == dict.fromkeys(
+        (hook for hook, _ in _EVENT_HOOKS.values()), None
+    )

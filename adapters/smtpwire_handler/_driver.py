@@ -12,7 +12,7 @@ An adapter only moves bytes and runs TLS; everything else is here, once::
         else:                     driver.resolve(step, await step.awaitable)  # or driver.reject(step, error)
 
 and on an unexpected error anywhere in that loop, ``driver.fail(error)``
-and go on: the closing hooks still run, once.  ``receive()`` takes any
+and go on while it returns True: the closing hooks still run, once.  ``receive()`` takes any
 amount of bytes, at any time: the driver feeds the core a slice at a time
 (``_input``), drops plaintext pipelined behind STARTTLS (RFC 3207 4.2), and
 keeps what a TLS layer decrypted during the handshake for after it.
