@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import pathlib
 import pickle
@@ -14,8 +15,9 @@ import pytest
 
 import smtpwire
 from smtpwire import AuthCredentials, CredentialsLookup, Reply
-from smtpwire_serve import _authfile
+from smtpwire_serve import _authfile, _cli
 from smtpwire_serve._authfile import Accounts, AuthFileError, AuthFileHandler, load, prepare_username, set_user
+from tests.test_cli import passwd
 from tests.test_unix_socket import settings as serve_settings
 
 PASSWORD = "correct horse battery staple"
@@ -336,3 +338,68 @@ def test_a_bad_salt_key_file_is_an_error_that_quotes_nothing(tmp_path: pathlib.P
     (tmp_path / "users.saltkey").mkdir()
     with pytest.raises(AuthFileError, match=r"cannot read the salt key file .*users.saltkey: Is a directory"):
         _authfile.salt_key(tmp_path / "users", {})
+
+
+@pytest.mark.parametrize("loose", [0o644, 0o606])
+def test_a_salt_key_others_may_read_or_write_is_warned_about_like_the_file(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, loose: int
+) -> None:
+    """Whoever reads it tells unknown names from real ones; whoever writes it may have chosen it."""
+    path = tmp_path / "users"
+    path.write_text(LINE + "\n")
+    key_file = tmp_path / "users.saltkey"
+    key_file.write_bytes(base64.b64encode(b"k" * 32) + b"\n")
+    key_file.chmod(0o640)
+    assert _authfile.salt_key(path, load(path)) == _authfile.SaltKey(b"k" * 32)
+    key_file.chmod(loose)
+    warning = f"{key_file} is open to other users (mode {loose:04o}): run chmod o= {key_file}"
+    assert _authfile.salt_key(path, load(path)) == _authfile.SaltKey(b"k" * 32, warning, warning=True)
+    with caplog.at_level(logging.WARNING, "smtpwire.serve"):
+        assert _cli.load_salt_key(str(path), load(path)) == b"k" * 32
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
+
+
+def test_passwd_refuses_a_salt_key_others_can_write(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "users"
+    planted = base64.b64encode(b"p" * 32) + b"\n"
+    key_file = tmp_path / "users.saltkey"
+    key_file.write_bytes(planted)
+    key_file.chmod(0o666)
+    result = passwd(path, "bob", f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.returncode == 1
+    assert result.stderr.endswith(  # one line, after the prompts (a pipe does not echo their newline)
+        f"Error: {key_file} is writable by other users (mode 0666), who may know the key:"
+        " remove it and run passwd again to make a new key\n"
+    )
+    assert key_file.read_bytes() == planted and not path.exists()  # nothing changed
+
+
+def test_passwd_refuses_a_salt_key_that_is_a_symlink(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "users"
+    path.write_text(LINE + "\n")
+    elsewhere = tmp_path / "planted"
+    elsewhere.write_bytes(base64.b64encode(b"p" * 32) + b"\n")
+    (tmp_path / "users.saltkey").symlink_to(elsewhere)
+    with pytest.raises(AuthFileError) as refused:
+        set_user(path, "bob", KEYS)
+    assert str(refused.value) == (
+        f"{tmp_path}/users.saltkey is not a regular file: remove it and run passwd again to make a new key"
+    )
+    assert path.read_text() == LINE + "\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_passwd_refuses_a_salt_key_of_another_user(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "users"
+    path.write_text(LINE + "\n")
+    key_file = tmp_path / "users.saltkey"
+    key_file.write_bytes(base64.b64encode(b"p" * 32) + b"\n")
+    os.chown(key_file, 4242, -1)
+    with pytest.raises(AuthFileError) as refused:
+        set_user(path, "bob", KEYS)
+    assert str(refused.value) == (
+        f"{key_file} belongs to another user (uid 4242), who may know the key:"
+        " remove it and run passwd again to make a new key"
+    )
+    os.chown(path, 4242, -1)  # the auth file's owner: trusted with the key as with the users
+    assert set_user(path, "bob", KEYS).replaced is False

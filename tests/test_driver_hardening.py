@@ -148,25 +148,26 @@ def test_auth_plain_split_over_short_records_is_never_shown(transcript: pytest.L
     assert sent == b"235 2.7.0 Authentication successful\r\n"
     run(driver, b"NOOP\r\n")
     shown = transcript_of(transcript.records)
-    assert f"<<< [{len(line)} bytes of an AUTH exchange withheld]" in shown
+    withheld = f"<<< b'AUTH PLAIN' [{len(line) - 10} bytes of an AUTH exchange withheld]"  # the verb, the mechanism
+    assert withheld in shown and ">>> b'235 2.7.0 Authentication successful\\r\\n'" in shown  # and the outcome
     assert "<<< b'NOOP\\r\\n'" in shown and ">>> b'250 2.0.0 OK\\r\\n'" in shown
     received = [line for line in shown if line.startswith("<<<")]
-    assert received == [
-        "<<< b'EHLO c.example\\r\\n'",
-        f"<<< [{len(line)} bytes of an AUTH exchange withheld]",
-        "<<< b'NOOP\\r\\n'",
-    ]
+    assert received == ["<<< b'EHLO c.example\\r\\n'", withheld, "<<< b'NOOP\\r\\n'"]
+    assert blob.decode()[:8] not in "\n".join(shown)
 
 
 def test_auth_login_responses_and_the_server_challenges_are_withheld(transcript: pytest.LogCaptureFixture) -> None:
     driver = greeted(Accounts(), ServerOptions(config=AUTH_CONFIG))
-    run(driver, b"EHLO c.example\r\nAUTH LOGIN\r\n")
+    run(driver, b"EHLO c.example\r\n")
+    run(driver, b"AUTH LOGIN\r\n")
     run(driver, base64.b64encode(b"alice") + b"\r\n")
     sent, _ = run(driver, base64.b64encode(PASSWORD.encode()) + b"\r\n")
     assert sent.startswith(b"235 ")
     text = "\n".join(transcript_of(transcript.records))
     assert base64.b64encode(PASSWORD.encode()).decode() not in text and "VXNlcm5hbWU6" not in text
-    assert text.count("of an AUTH exchange withheld") == 6  # 3 lines in, 2 challenges and the 235 out
+    assert text.count("of an AUTH exchange withheld") == 5  # 3 lines in and 2 challenges out; the 235 is shown
+    assert "<<< b'AUTH LOGIN' [2 bytes of an AUTH exchange withheld]" in text
+    assert ">>> b'235 2.7.0 Authentication successful\\r\\n'" in text
 
 
 def test_a_scram_exchange_logs_nothing_an_offline_attack_could_use(transcript: pytest.LogCaptureFixture) -> None:
@@ -192,7 +193,19 @@ def test_a_scram_exchange_logs_nothing_an_offline_attack_could_use(transcript: p
     salt = base64.b64encode(SCRAM.salt).decode()
     for secret in (salt, base64.b64encode(server_first.encode()).decode()[:20], final.decode()[:20], proof):
         assert secret not in text
-    assert "334" not in text
+    assert "334" not in text and "<<< b'AUTH SCRAM-SHA-256' [" in text and ">>> b'235 2.7.0" in text
+
+
+def test_a_word_after_auth_that_is_no_mechanism_is_withheld_with_the_rest(
+    transcript: pytest.LogCaptureFixture,
+) -> None:
+    """A password typed where the mechanism goes must not reach the log."""
+    driver = greeted(Accounts(), ServerOptions(config=AUTH_CONFIG))
+    run(driver, b"EHLO c.example\r\n")
+    sent, _ = run(driver, b"AUTH hunter2secret\r\n")
+    assert sent.startswith(b"504 ")
+    text = "\n".join(transcript_of(transcript.records))
+    assert "hunter2" not in text and "<<< b'AUTH' [16 bytes of an AUTH exchange withheld]" in text
 
 
 def test_lines_are_shown_whole_once_read_and_an_unfinished_one_never(transcript: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""require_tls (RFC 3207 4): before TLS only EHLO, HELO, LHLO, STARTTLS, NOOP, RSET and QUIT are served."""
+"""require_tls (RFC 3207 4): before TLS only NOOP, EHLO (LHLO in LMTP), STARTTLS and QUIT are served."""
 
 from __future__ import annotations
 
@@ -37,7 +37,20 @@ def greeted(*, tls_active: bool = False, **options: object) -> Driver:
 
 
 @pytest.mark.parametrize(
-    "command", ["VRFY bob", "HELP", "HELP MAIL", "AUTH PLAIN", "MAIL FROM:<a@example.org>", "XSTATS", "xstats", "DATA"]
+    "command",
+    [
+        "VRFY bob",
+        "HELP",
+        "HELP MAIL",
+        "AUTH PLAIN",
+        "MAIL FROM:<a@example.org>",
+        "XSTATS",
+        "xstats",
+        "DATA",
+        "HELO client.test",
+        "helo client.test",
+        "RSET",
+    ],
 )
 def test_commands_before_tls_get_530(command: str) -> None:
     d = greeted()
@@ -65,14 +78,26 @@ def test_unknown_verbs_stay_unknown() -> None:
     ("command", "reply"),
     [
         ("NOOP", "250 2.0.0 OK"),
-        ("RSET", "250 2.0.0 OK"),
-        ("HELO client.test", "250 mx.test"),
         ("STARTTLS", "220 2.0.0 Ready to start TLS"),
         ("QUIT", "221 2.0.0 mx.test Service closing transmission channel"),
     ],
 )
 def test_what_may_be_said_before_tls(command: str, reply: str) -> None:
     assert greeted().say(command) == reply + "\r\n"
+
+
+def test_helo_first_before_tls_gets_530_and_greets_nobody() -> None:
+    d = Driver(config())
+    assert d.say("HELO client.test") == TLS_REQUIRED
+    assert d.say("EHLO client.test").startswith("250-mx.test\r\n")
+    assert d.say("STARTTLS") == "220 2.0.0 Ready to start TLS\r\n"
+
+
+def test_helo_and_rset_work_after_the_handshake() -> None:
+    d = greeted()
+    d.say("STARTTLS")
+    d.conn.tls_established()
+    assert d.codes("HELO client.test", "RSET") == [250, 250]
 
 
 def test_ehlo_before_tls_offers_starttls() -> None:

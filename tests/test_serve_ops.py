@@ -183,27 +183,30 @@ def test_an_encrypted_key_is_refused_without_asking_a_passphrase(pem: dict[str, 
 # 3. --tls-listen alone keeps the default plain listener.
 
 
-def port_is_free(host: str, port: int) -> bool:
-    try:
-        with socket.create_server((host, port)):
-            return True
-    except OSError:
-        return False
+def planned(*args: str) -> _cli.Settings:
+    """The settings ``serve ARGS`` would run with: what it will listen on, found without binding anything."""
+    with _cli.serve.make_context("serve", list(args)) as ctx:
+        return _cli.settings_from(ctx.params, file_limit=1024)
 
 
 def test_tls_listen_alone_keeps_the_default_plain_listener() -> None:
-    args = ["--self-signed", "--tls-listen", "127.0.0.1:0", "--sink"]
-    if not port_is_free("127.0.0.1", 8025):  # someone else has it: the server must still try to listen there
-        line = one_error(serve_cli(*args[:-1]))
-        assert line.startswith("cannot listen on 127.0.0.1:8025")
-        return
-    server = Serve(args)
+    """Planned, not bound: the default 127.0.0.1:8025 may be taken by anything else on the machine."""
+    settings = planned("--self-signed", "--tls-listen", "127.0.0.1:0", "--sink")
+    assert settings.listen == (("127.0.0.1", 8025),) and settings.tls_listen == (("127.0.0.1", 0),)
+    assert planned("--self-signed", "--tls-listen", "127.0.0.1:0", "--listen", "127.0.0.1:2525").listen == (
+        ("127.0.0.1", 2525),
+    )
+
+
+def test_the_planned_listeners_are_the_ones_served(tmp_path: pathlib.Path) -> None:
+    """A plain and an implicit-TLS listener, both answering: what the plan above becomes once bound."""
+    server = Serve(["--self-signed", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--sink"])
     try:
-        serving = re.search(r"smtpwire serving on 127\.0\.0\.1:8025, 127\.0\.0\.1:(\d+) ", "".join(server.log))
+        serving = re.search(r"smtpwire serving on 127\.0\.0\.1:(\d+), 127\.0\.0\.1:(\d+) ", "".join(server.log))
         assert serving, server.log
-        with smtplib.SMTP("127.0.0.1", 8025, timeout=TIMEOUT) as plain:
+        with smtplib.SMTP("127.0.0.1", int(serving[1]), timeout=TIMEOUT) as plain:
             assert plain.ehlo()[0] == 250 and plain.has_extn("starttls")
-        raw = socket.create_connection(("127.0.0.1", int(serving[1])), timeout=TIMEOUT)
+        raw = socket.create_connection(("127.0.0.1", int(serving[2])), timeout=TIMEOUT)
         with ssl._create_unverified_context().wrap_socket(raw) as implicit:  # self-signed: nothing to verify against
             assert implicit.recv(100).startswith(b"220 ")
     finally:

@@ -344,8 +344,10 @@ def test_print_handler_prints_each_message_with_its_envelope(kind: str) -> None:
     stream = io.StringIO()
     with serving(kind, PrintHandler(stream)) as address:
         send(address, b"Subject: hi\r\nTo: bob@example.net\r\n\r\nhello\r\n\r\nbye\r\n")
+    token = re.match("---------- MESSAGE FOLLOWS ([0-9a-f]{16}) ----------\n", stream.getvalue())
+    assert token, stream.getvalue()
     assert stream.getvalue() == (
-        "---------- MESSAGE FOLLOWS ----------\n"
+        f"---------- MESSAGE FOLLOWS {token[1]} ----------\n"
         "Subject: hi\n"
         "To: bob@example.net\n"
         "X-Peer: 127.0.0.1\n"
@@ -355,7 +357,7 @@ def test_print_handler_prints_each_message_with_its_envelope(kind: str) -> None:
         "hello\n"
         "\n"
         "bye\n"
-        "------------ END MESSAGE ------------\n"
+        f"------------ END MESSAGE {token[1]} ------------\n"
     )
 
 
@@ -363,8 +365,12 @@ def test_print_handler_prints_to_stdout_by_default(capsys: pytest.CaptureFixture
     with serving("asyncio", PrintHandler()) as address:
         send(address, b"Subject: hi\r\n\r\nhello\r\n")
     out = capsys.readouterr().out
-    assert out.startswith("---------- MESSAGE FOLLOWS ----------\nSubject: hi\nX-Peer: 127.0.0.1\n")
-    assert out.endswith("\nhello\n------------ END MESSAGE ------------\n")
+    assert re.fullmatch(
+        "---------- MESSAGE FOLLOWS ([0-9a-f]{16}) ----------\nSubject: hi\nX-Peer: 127.0.0.1\n.*"
+        "\nhello\n------------ END MESSAGE \\1 ------------\n",
+        out,
+        re.DOTALL,
+    ), out
 
 
 class Inbox(EmailHandler):

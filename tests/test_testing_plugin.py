@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import operator
 import smtplib
 import socket
 import ssl
@@ -120,16 +121,68 @@ def test_wait_for_timeout_lists_what_arrived(server: MailServer) -> None:
     send(server)
     with pytest.raises(AssertionError) as failure:
         server.outbox.wait_for(2, timeout=0.2)
-    assert "waited 0.2 s for 2 message(s); 1 arrived" in str(failure.value)
+    assert "waited 0.2 s for 2 messages; 1 arrived" in str(failure.value)
     assert "from <a@example.org> to <b@example.org> subject='hello'" in str(failure.value)
 
 
-def test_assert_no_message_fails_on_a_late_arrival(server: MailServer) -> None:
-    server.outbox.assert_no_message(within=0.05)
+def test_wait_for_takes_filters_keys_and_says_what_it_waited_for(server: MailServer) -> None:
+    send(server, ["x@example.org"])
+    send(server, ["alice@example.org", "y@example.org"])
+    (found,) = server.outbox.wait_for(rcpt_to="alice@example.org", mail_from="a@example.org", subject="hello")
+    assert found.rcpt_tos == ("alice@example.org", "y@example.org")
+    assert len(server.outbox.wait_for(count=2, subject="hello")) == 2
+    with pytest.raises(AssertionError) as failure:
+        server.outbox.wait_for(rcpt_to="bob@example.org", timeout=0.1)
+    assert str(failure.value).startswith("waited 0.1 s for a message to <bob@example.org>; 2 arrived:\n  #1 from")
+    with pytest.raises(AssertionError, match=r"for 2 messages from <z@example.org> with subject 'hello'; 2 arrived"):
+        server.outbox.wait_for(2, mail_from="z@example.org", subject="hello", timeout=0.05)
+    with pytest.raises(TypeError, match="a predicate or filter keys"):
+        server.outbox.wait_for(lambda m: True, rcpt_to="x@example.org")
+
+
+def test_wait_for_async_takes_the_same_keys(server: MailServer) -> None:
+    send(server, ["alice@example.org"])
+
+    async def main() -> None:
+        (found,) = await server.outbox.wait_for_async(rcpt_to="alice@example.org")
+        assert found.mail_from == "a@example.org"
+        with pytest.raises(AssertionError, match=r"^waited 0.05 s for a message to <bob@example.org>; 1 arrived"):
+            await server.outbox.wait_for_async(rcpt_to="bob@example.org", timeout=0.05)
+
+    asyncio.run(main())
+
+
+def test_rcpt_tos_equals_the_list_and_the_tuple(server: MailServer) -> None:
+    send(server, ["x@example.org", "y@example.org"])
+    (mail,) = server.outbox.wait_for(1)
+    assert mail.rcpt_tos == ["x@example.org", "y@example.org"]
+    assert ["x@example.org", "y@example.org"] == mail.rcpt_tos  # noqa: SIM300 (the list's side first)
+    assert mail.rcpt_tos == ("x@example.org", "y@example.org")
+    assert mail.rcpt_tos != ["y@example.org", "x@example.org"]
+    assert not operator.ne(mail.rcpt_tos, ["x@example.org", "y@example.org"])
+    assert hash(mail.rcpt_tos) == hash(("x@example.org", "y@example.org"))
+
+
+def test_assert_no_message_is_instant_with_no_session_in_a_transaction(server: MailServer) -> None:
+    send(server)
+    server.outbox.wait_for(1)
+    server.outbox.clear()
+    with client(server) as smtp:  # a session open, but no transaction
+        smtp.ehlo()
+        started = time.monotonic()
+        server.outbox.assert_no_message()
+        server.outbox.assert_no_message(within=5)
+        assert time.monotonic() - started < 0.1
+
+
+def test_assert_no_message_waits_for_a_transaction_and_fails_on_its_message(server: MailServer) -> None:
     server.delay("end_of_data", 0.1)
     sender = threading.Thread(target=send, args=(server,))
     sender.start()
     try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.mailbag.in_transaction() and time.monotonic() < deadline:
+            time.sleep(0.005)
         with pytest.raises(AssertionError, match="expected no message, got 1"):
             server.outbox.assert_no_message(within=2)
     finally:
@@ -355,7 +408,7 @@ def test_auth_users_and_the_authenticated_user_in_the_session() -> None:
         smtp.login("alice", "wonderland")
         smtp.sendmail("a@example.org", ["b@example.org"], MESSAGE)
         session = server.outbox.wait_for(1)[0].session
-    assert (session.authenticated_user, session.auth_mechanism) in {("alice", "CRAM-MD5"), ("alice", "PLAIN")}
+    assert (session.authenticated_user, session.auth_mechanism) == ("alice", "PLAIN")
     assert "wonderland" not in server.transcript
 
 
@@ -366,7 +419,7 @@ def test_injected_auth_failure_once_then_cram_md5_login() -> None:
             await smtp.auth_crammd5("alice", "wonderland")
             await smtp.sendmail("a@example.org", ["b@example.org"], MESSAGE)
 
-    with MailServer(users={"alice": "wonderland"}) as server:
+    with MailServer(users={"alice": "wonderland"}, auth_mechanisms=("PLAIN", "CRAM-MD5")) as server:
         fault = server.fail("auth", 454, match="alice", times=1)
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
             asyncio.run(attempt(server))
@@ -374,6 +427,49 @@ def test_injected_auth_failure_once_then_cram_md5_login() -> None:
         asyncio.run(attempt(server))
         session = server.outbox.wait_for(1)[0].session
     assert (session.authenticated_user, session.auth_mechanism) == ("alice", "CRAM-MD5")
+
+
+def test_auth_offers_what_serve_offers_and_cram_md5_only_on_request() -> None:
+    with MailServer(users={"alice": "wonderland"}) as server, client(server) as smtp:
+        smtp.ehlo()
+        assert smtp.esmtp_features["auth"].split() == ["SCRAM-SHA-256", "PLAIN", "LOGIN"]
+    with (
+        MailServer(users={"alice": "wonderland"}, auth_mechanisms=["CRAM-MD5", "PLAIN"]) as server,
+        client(server) as smtp,
+    ):
+        smtp.ehlo()
+        assert smtp.esmtp_features["auth"].split() == ["CRAM-MD5", "PLAIN"]
+
+
+def test_one_wrong_password_from_smtplib_is_535_and_the_session_ends_cleanly() -> None:
+    with MailServer(tls="starttls", users={"alice": "wonderland"}) as server:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused, client(server) as smtp:  # not 421 on exit
+            smtp.starttls(context=server.ssl_context)
+            smtp.login("alice", "wrong")
+        assert refused.value.smtp_code == 535
+        assert refused.value.smtp_error.startswith(b"5.7.8")
+        with client(server) as smtp:  # the same client logs in on its PLAIN path
+            smtp.starttls(context=server.ssl_context)
+            smtp.login("alice", "wonderland")
+            smtp.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+        assert server.outbox.wait_for(1)[0].session.auth_mechanism == "PLAIN"
+        transcript = server.transcript
+    assert "C: AUTH PLAIN [" in transcript and "S: 535 5.7.8 " in transcript and "S: 235 2.7.0 " in transcript
+    assert "wonderland" not in transcript and base64.b64encode(b"\0alice\0wrong").decode() not in transcript
+
+
+def test_one_wrong_password_from_aiosmtplib_is_535_and_the_session_ends_cleanly() -> None:
+    async def login(server: MailServer, password: str) -> None:
+        async with aiosmtplib.SMTP(
+            hostname="localhost", port=server.port, tls_context=server.ssl_context, timeout=TIMEOUT
+        ) as smtp:
+            await smtp.login("alice", password)
+
+    with MailServer(tls="starttls", users={"alice": "wonderland"}) as server:
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
+            asyncio.run(login(server, "wrong"))
+        assert refused.value.code == 535
+        asyncio.run(login(server, "wonderland"))
 
 
 def scram_login(smtp: smtplib.SMTP, user: str, password: str) -> tuple[int, bytes]:
@@ -515,13 +611,66 @@ def test_plugin_attaches_the_transcript_to_a_failing_test(pytester: pytest.Pytes
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*waited 0.1 s for 2 message(s); 1 arrived*",
+            "*waited 0.1 s for 2 messages; 1 arrived*",
             "*smtpwire transcript 127.0.0.1:*",
             "* C: rcpt TO:<bob@example.org>*",
             "* S: 550 5.1.0 Injected failure*",
         ]
     )
     assert result.stdout.str().count("smtpwire transcript") == 1
+
+
+def test_plugin_names_the_option_a_misspelt_marker_meant_and_hides_its_own_frames(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.mail_server(user={"alice": "wonderland"})
+        def test_misspelt(mail_server):
+            pass
+
+        @pytest.mark.mail_server(colour="blue")
+        def test_unknown(mail_server):
+            pass
+
+        def test_waits(mail_server):
+            mail_server.outbox.wait_for(rcpt_to="alice@example.org", timeout=0.1)
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*@pytest.mark.mail_server has no option 'user'; did you mean users?",
+            "*@pytest.mark.mail_server has no option 'colour'; the options are hostname, host, tls, users,*",
+            "E *AssertionError: waited 0.1 s for a message to <alice@example.org>; 0 arrived:",
+        ]
+    )
+    assert "_outbox.py" not in result.stdout.str()
+
+
+def test_the_transcript_folds_multiline_replies_and_cuts_long_message_data(server: MailServer) -> None:
+    body = b"".join(b"line %d\r\n" % n for n in range(40))
+    with client(server) as smtp:
+        smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: long\r\n\r\n" + body)
+        smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: short\r\n\r\nHi\r\n")
+        smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: big\r\n\r\n" + body * 20)  # past 1024 bytes
+    lines = [line.split(" ", 1)[1] for line in server.transcript.splitlines()]
+    assert lines[2].startswith("S: 250 localhost | PIPELINING | SIZE 33554432 | 8BITMIME | ")
+    first = lines.index("S: 354 End data with <CR><LF>.<CR><LF>")
+    assert lines[first + 1 : first + 16] == [
+        "C: Subject: long",
+        "C: ",
+        *(f"C: line {n}" for n in range(10)),
+        "C: [... 30 more lines of message data not shown]",
+        "C: .",
+        "S: 250 2.0.0 OK",
+    ]
+    second = lines.index("S: 354 End data with <CR><LF>.<CR><LF>", first + 1)
+    assert lines[second + 1 : second + 6] == ["C: Subject: short", "C: ", "C: Hi", "C: .", "S: 250 2.0.0 OK"]
+    third = lines.index("S: 354 End data with <CR><LF>.<CR><LF>", second + 1)
+    assert lines[third + 1] == "C: Subject: big"
+    assert len(lines) - third < 20 and lines[-3:-1] == ["S: 250 2.0.0 OK", "C: QUIT"]  # the driver cut its dot
 
 
 def test_plugin_starts_nothing_for_tests_that_do_not_ask(pytester: pytest.Pytester) -> None:

@@ -54,9 +54,24 @@ def write_all(fd: int, data: bytes | bytearray, path: Path) -> None:
             written += count
 
 
+def make_folder(path: Path) -> None:
+    """``path`` and its missing parents, each made 0700; existing ones untouched.
+
+    Not ``mkdir -p``'s parents: under umask 000 they would be 0777, and
+    another local user could swap the folder below for a symlink of theirs.
+    """
+    try:
+        path.mkdir(mode=FOLDER_MODE, exist_ok=True)
+    except FileNotFoundError:
+        if path.parent == path:  # "." in a removed working directory: nothing above to make
+            raise
+        make_folder(path.parent)
+        path.mkdir(mode=FOLDER_MODE, exist_ok=True)
+
+
 def make_folders(path: Path) -> None:
-    """``path`` and its tmp/, new/ and cur/, each 0700; missing parents made as ``mkdir -p`` makes them."""
-    path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    """``path`` (missing parents too) and its tmp/, new/ and cur/, each made 0700."""
+    make_folder(path)
     for sub in SUBFOLDERS:
         (path / sub).mkdir(mode=FOLDER_MODE, exist_ok=True)
 
@@ -73,8 +88,8 @@ def fsync_directory(path: Path) -> None:
 class Maildir:
     """A Maildir directory, created (with tmp/, new/, cur/, each 0700) if missing.
 
-    Missing parents of the Maildir are made as ``mkdir -p`` makes them: they
-    are the operator's directories, not the mail's.
+    Missing parents of the Maildir are made 0700 too, whatever the umask;
+    existing ones keep their modes.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.policy
+import secrets
 import sys
 import threading
 from email.message import EmailMessage
@@ -11,11 +12,12 @@ from typing import TextIO
 
 from smtpwire import Reply
 
+from ._escaping import escaped
 from ._handler import Handler
 from ._session import Envelope, Session
 
-_BEGIN = "---------- MESSAGE FOLLOWS ----------"
-_END = "------------ END MESSAGE ------------"
+_BEGIN = "---------- MESSAGE FOLLOWS {} ----------"
+_END = "------------ END MESSAGE {} ------------"
 _PARSER = BytesParser(policy=email.policy.default)  # EmailMessage objects
 
 
@@ -26,6 +28,12 @@ class PrintHandler(Handler):
     U+FFFD), with ``X-Peer``, ``X-MailFrom`` and ``X-RcptTo`` lines added at
     the end of its header, between two marker lines.  Messages from
     concurrent sessions are printed one at a time, each whole.
+
+    The client cannot take over the terminal or fake a message: controls
+    (but tab and newline), Unicode line separators and format characters
+    (bidi overrides, invisible ones) are shown as Python escapes (``\\x1b``,
+    ``\\r``, ``\\u202e``), as serve's log does; and both marker lines carry a
+    random token drawn for this message, which no line of it can know.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -43,15 +51,19 @@ class PrintHandler(Handler):
 
 def printed(session: Session, envelope: Envelope) -> str:
     """The message as ``PrintHandler`` prints it."""
-    lines = bytes(envelope.content).decode("utf-8", "replace").splitlines()
+    text = bytes(envelope.content).decode("utf-8", "replace").replace("\r\n", "\n")
+    lines = escaped(text, keep="\t\n").split("\n")
+    if lines[-1] == "":  # what follows the last line's end
+        lines.pop()
     added = [
         f"X-Peer: {session.peer_host}",
         f"X-MailFrom: {envelope.mail_from}",
         f"X-RcptTo: {', '.join(envelope.rcpt_tos)}",
     ]
     end_of_header = lines.index("") if "" in lines else len(lines)
-    lines[end_of_header:end_of_header] = added
-    return "\n".join([_BEGIN, *lines, _END, ""])
+    lines[end_of_header:end_of_header] = [escaped(line) for line in added]
+    token = secrets.token_hex(8)
+    return "\n".join([_BEGIN.format(token), *lines, _END.format(token), ""])
 
 
 class EmailHandler(Handler):

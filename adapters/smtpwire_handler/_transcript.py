@@ -3,15 +3,18 @@
 Received bytes are logged a line at a time, once the core has read those
 lines and so knows what they were: lines read while a SASL exchange ran (the
 core in its AUTH state, or an AUTH command, its credentials or its outcome
-among the events they produced) are withheld.  A line still arriving is
+among the events they produced) are withheld, all but the ``AUTH`` verb and
+the mechanism that open them.  A line still arriving is
 never shown, whatever way it is split, as nobody knows yet what it is.  Sent
-bytes are withheld the same way: the server's 334 challenges (a SCRAM salt
-and nonce, its signature) would allow an offline attack on the password.
+bytes are withheld the same way, but for the exchange's outcome (``235``,
+``535``, ``421``): the server's 334 challenges (a SCRAM salt and nonce, its
+signature) would allow an offline attack on the password.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import smtpwire
 
@@ -76,10 +79,15 @@ class Transcript:
             self._auth += 1
 
     def said(self, data: bytes) -> None:
-        """The server's bytes, as they go out."""
+        """The server's bytes, as they go out: during AUTH, its 334 challenges withheld, its outcome shown."""
         if self._in_auth() or self._said_auth != self._auth:
             self._said_auth = self._auth
-            self._log(">>>", f"[{len(data)} bytes of an AUTH exchange withheld]")
+            challenges = b"".join(line for line in data.splitlines(keepends=True) if line.startswith(b"334"))
+            if challenges:
+                self._log(">>>", f"[{len(challenges)} bytes of an AUTH exchange withheld]")
+            if len(challenges) < len(data):
+                outcome = b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"334"))
+                self._log(">>>", _shown(outcome[:SHOWN], len(outcome)))
         else:
             self._log(">>>", _shown(data[:SHOWN], len(data)))
 
@@ -90,7 +98,9 @@ class Transcript:
             return
         secret = self._heard_secret or self._heard_auth != self._auth or self._in_auth()
         unfinished = ended and size > self._finished  # an unfinished line may have been anything
-        if secret or unfinished:
+        if secret and (command := _auth_command(self._head[:size])):
+            self._log("<<<", f"{command!r} [{size - len(command)} bytes of an AUTH exchange withheld]")
+        elif secret or unfinished:
             what = "an AUTH exchange" if secret else "an unfinished line"
             self._log("<<<", f"[{size} bytes of {what} withheld]")
         else:
@@ -107,6 +117,24 @@ class Transcript:
 
     def _log(self, direction: str, shown: str) -> None:
         log.debug("session %s %s %s", self._session_id, direction, shown)
+
+
+_AUTH_COMMAND = re.compile(rb"(AUTH) ([A-Z0-9_-]{1,20})(?=[ \r\n])", re.IGNORECASE)
+#: SASL mechanisms (IANA's registry, the common ones) a transcript names; another word after AUTH could be a
+#: secret typed in the wrong place, so it is withheld with the rest.
+_MECHANISMS = frozenset(
+    b"PLAIN LOGIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-1 SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-256-PLUS "
+    b"XOAUTH2 OAUTHBEARER GSSAPI GS2-KRB5 NTLM EXTERNAL ANONYMOUS".split()
+)
+
+
+def _auth_command(head: bytes) -> bytes:
+    """``AUTH`` and its mechanism when the bytes start with them (never the initial response), else ``b""``."""
+    match = _AUTH_COMMAND.match(head)
+    if match is None:
+        return b""
+    verb, mechanism = match.groups()
+    return match.group() if mechanism.upper() in _MECHANISMS else verb
 
 
 def _shown(head: bytes, size: int) -> str:

@@ -188,7 +188,9 @@ def set_user(path: str | os.PathLike[str], username: str, credentials: ScramCred
     entry = format_entry(username, credentials)
     user = prepare_username(username)
     target = Path(path).resolve()  # through a symlink: replace what it points to
-    if not os.path.lexists(salt_key_path(path)):  # first, so that a failure changes nothing
+    if os.path.lexists(salt_key_path(path)):  # first, so that a failure changes nothing
+        _refuse_planted_salt_key(salt_key_path(path), _stat_or_none(target))
+    else:
         _create_salt_key(salt_key_path(path), _stat_or_none(target))
     with _locked_directory(target.parent) as directory:
         try:
@@ -216,6 +218,26 @@ def set_user(path: str | os.PathLike[str], username: str, credentials: ScramCred
             raise
         os.fsync(directory)
     return Saved(replaced, mode, None if before is None else stat.S_IMODE(before.st_mode))
+
+
+def _refuse_planted_salt_key(path: Path, auth_file: os.stat_result | None) -> None:
+    """``AuthFileError`` for a salt key someone else may have chosen, so knows: never kept, never silently replaced.
+
+    It must be a regular file (not a symlink), owned by this user, root or
+    the auth file's owner, and not writable by others.  Replacing it would
+    change every unknown user's salt behind the running servers' back, and
+    hide what the operator should look into.
+    """
+    info = os.lstat(path)
+    trusted = {os.geteuid(), 0} | ({auth_file.st_uid} if auth_file is not None else set())
+    again = "remove it and run passwd again to make a new key"
+    if not stat.S_ISREG(info.st_mode):
+        raise AuthFileError(f"{path} is not a regular file: {again}")
+    if info.st_uid not in trusted:
+        raise AuthFileError(f"{path} belongs to another user (uid {info.st_uid}), who may know the key: {again}")
+    if info.st_mode & 0o002:
+        mode = stat.S_IMODE(info.st_mode)
+        raise AuthFileError(f"{path} is writable by other users (mode {mode:04o}), who may know the key: {again}")
 
 
 def _stat_or_none(path: Path) -> os.stat_result | None:
@@ -276,7 +298,7 @@ class SaltKey:
 
     key: bytes = field(repr=False)
     note: str | None = None
-    warning: bool = False  # the note says the key is not as stable as it should be
+    warning: bool = False  # the note is a warning: the key is not as stable or as secret as it should be
 
 
 def salt_key(auth_file: str | os.PathLike[str], users: Mapping[str, ScramCredentials]) -> SaltKey:
@@ -287,14 +309,18 @@ def salt_key(auth_file: str | os.PathLike[str], users: Mapping[str, ScramCredent
     from the users' lines, so adding a user or changing a password changes
     no other name's salt.  Whoever can read it could tell unknown names from
     real ones, which the auth file itself tells them: it gets the file's
-    protection.  Where it cannot be written, the key is derived from the
+    protection, and a key others may read or write is warned about as the
+    file is.  Where it cannot be written, the key is derived from the
     users' keys: stable while the file is unchanged (with a note saying so).
     """
     path = salt_key_path(auth_file)
     try:
-        return SaltKey(_read_salt_key(path))
+        key = _read_salt_key(path)
     except FileNotFoundError:
         pass
+    else:
+        loose = loose_permissions(path)
+        return SaltKey(key, loose, warning=loose is not None)
     try:
         key = _create_salt_key(path, _stat_or_none(Path(auth_file)))
     except OSError as error:

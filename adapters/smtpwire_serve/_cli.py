@@ -283,7 +283,7 @@ def main() -> None:
 @click.option(
     "--require-starttls",
     is_flag=True,
-    help="Answer every command but EHLO, HELO, STARTTLS, NOOP, RSET and QUIT with 530 5.7.0 until STARTTLS.",
+    help="Answer every command but EHLO, STARTTLS, NOOP and QUIT with 530 5.7.0 until STARTTLS.",
 )
 @click.option(
     "--max-message-size",

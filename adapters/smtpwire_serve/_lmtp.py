@@ -43,7 +43,7 @@ from smtpwire_handler import (
     TransactionSlot,
     storage_reply,
 )
-from smtpwire_handler._maildir import FILE_MODE, FOLDER_MODE, fsync_directory, make_folders
+from smtpwire_handler._maildir import FILE_MODE, fsync_directory, make_folder, make_folders
 
 from ._authfile import Accounts, AuthFileHandler
 from ._store import log_accepted, warn_if_open
@@ -92,7 +92,7 @@ class Mailboxes:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        make_folder(self.path)  # and its missing parents, 0700 whatever the umask
         self.spool = Maildir(self.path / SPOOL)
         self._lock = threading.Lock()
         #: One group commit per recipient's new/, alive while a delivery uses it.

@@ -8,6 +8,8 @@ import logging
 import re
 import time
 
+from smtpwire_handler._escaping import UNSAFE, escaped
+
 
 class TextFormatter(logging.Formatter):
     """One record, one line: client text escaped; logging's time stamps, the date part made once a second.
@@ -21,13 +23,7 @@ class TextFormatter(logging.Formatter):
     that starts in column 0 always starts a record.
     """
 
-    #: Unicode 14 categories Cc, Cf, Zl, Zp and Cs (lone surrogates come from surrogateescape).
-    _UNSAFE = re.compile(
-        "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
-        "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
-        "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
-    )
-    _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    _UNSAFE = UNSAFE  #: Unicode 14 categories Cc, Cf, Zl, Zp and Cs
 
     _second = -1
     _stamp = ""
@@ -47,17 +43,9 @@ class TextFormatter(logging.Formatter):
         traceback = text[len(line) :].removeprefix("\n")
         return self.escape(line) + ("\n" + self._indented(traceback) if traceback else "")
 
-    @classmethod
-    def escape(cls, text: str) -> str:
-        return cls._UNSAFE.sub(cls._escaped, text)
-
-    @classmethod
-    def _escaped(cls, match: re.Match[str]) -> str:
-        """``\\n``, ``\\r``, ``\\t``, else as Python writes the code point: ``\\x1b``, ``\\u2028``, ``\\U000e0041``."""
-        char, code = match[0], ord(match[0])
-        if char in cls._NAMED:
-            return cls._NAMED[char]
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    @staticmethod
+    def escape(text: str) -> str:
+        return escaped(text)
 
     @classmethod
     def _indented(cls, text: str) -> str:

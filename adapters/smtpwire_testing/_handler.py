@@ -13,7 +13,7 @@ from smtpwire_asyncio import AsyncHandler, Envelope, Session
 from smtpwire_handler import MaybeAwaitable, Params
 
 from ._faults import Disconnect, Fail, Faults, Point
-from ._outbox import Mailbag, ReceivedMessage, SessionInfo
+from ._outbox import Mailbag, ReceivedMessage, Recipients, SessionInfo
 from ._transcript import TranscriptRecorder
 
 T = TypeVar("T")
@@ -117,7 +117,7 @@ class RecordingHandler(AsyncHandler):
                 raw=bytes(envelope.content),
                 mail_from=envelope.mail_from,
                 mail_params=dict(envelope.mail_params),
-                rcpt_tos=tuple(envelope.rcpt_tos),
+                rcpt_tos=Recipients(envelope.rcpt_tos),
                 rcpt_params=tuple(dict(params) for params in envelope.rcpt_params),
                 session=session_info(session),
                 received_at=time.time(),

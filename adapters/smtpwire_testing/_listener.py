@@ -12,6 +12,10 @@ from smtpwire_handler.kit import SessionDriver
 
 from ._faults import Disconnect, Fail, Faults
 
+_IN_TRANSACTION = frozenset(
+    {smtpwire.State.MAIL, smtpwire.State.RCPT, smtpwire.State.DATA, smtpwire.State.CHUNK, smtpwire.State.BDAT}
+)
+
 
 class DroppingServer(smtpwire_asyncio.Server):
     """``smtpwire_asyncio.Server`` that keeps its connections, so that an injected disconnect can drop one."""
@@ -29,6 +33,17 @@ class DroppingServer(smtpwire_asyncio.Server):
     def release(self, protocol: smtpwire_asyncio.AsyncioSession) -> None:
         self.connections.discard(protocol)
         super().release(protocol)
+
+    def in_transaction(self) -> bool:
+        """Whether a session has a transaction open (MAIL accepted, its message not yet answered) or a decision
+        pending (its MAIL, or its message, may be about to be accepted).
+
+        Read from the test's thread: each is one attribute read, and the set is copied first."""
+        drivers = [protocol.driver for protocol in list(self.connections)]
+        return any(
+            driver is not None and (driver.conn.state in _IN_TRANSACTION or driver.conn.pending is not None)
+            for driver in drivers
+        )
 
     def drop(self, session: Session) -> None:
         """Drop ``session``'s connection without a word (the client sees it close)."""

@@ -19,6 +19,22 @@ from typing import cast, overload
 from ._faults import same_address
 
 Predicate = Callable[["ReceivedMessage"], bool]
+#: How often ``assert_no_message`` looks again whether the sessions' transactions have ended.
+_TRANSACTION_POLL = 0.02
+
+
+class Recipients(tuple[str, ...]):
+    """The envelope recipients: a tuple that also equals the list of the same addresses (as aiosmtpd's does)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other if isinstance(other, list) else tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
 
 @dataclass(frozen=True)
@@ -44,8 +60,8 @@ class ReceivedMessage:
     raw: bytes
     mail_from: str
     mail_params: Mapping[str, str | None]
-    #: Every accepted RCPT, in order: Bcc recipients are here and nowhere in the headers.
-    rcpt_tos: tuple[str, ...]
+    #: Every accepted RCPT, in order: Bcc recipients are here and nowhere in the headers (equal to a list, too).
+    rcpt_tos: Recipients
     rcpt_params: tuple[Mapping[str, str | None], ...]
     session: SessionInfo
     received_at: float
@@ -92,6 +108,8 @@ class Mailbag:
         self.changed = threading.Condition()
         self.messages: list[ReceivedMessage] = []
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: Whether a session is between an accepted MAIL and the end of its transaction (the server sets it).
+        self.in_transaction: Callable[[], bool] = lambda: False
 
     def add(self, message: ReceivedMessage) -> None:
         with self.changed:
@@ -169,44 +187,86 @@ class Outbox:
         return self.filter(mail_from=address)
 
     @overload
-    def wait_for(self, what: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]: ...
+    def wait_for(
+        self,
+        what: int = 1,
+        timeout: float = 5.0,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | None = None,
+        subject: str | None = None,
+    ) -> list[ReceivedMessage]: ...
     @overload
     def wait_for(self, what: Predicate, timeout: float = 5.0) -> ReceivedMessage: ...
-    def wait_for(self, what: int | Predicate = 1, timeout: float = 5.0) -> list[ReceivedMessage] | ReceivedMessage:
-        """Block until ``what`` messages arrived (then return them) or one matches ``what`` (return it)."""
+    def wait_for(
+        self,
+        what: int | Predicate = 1,
+        timeout: float = 5.0,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | None = None,
+        subject: str | None = None,
+        count: int | None = None,
+    ) -> list[ReceivedMessage] | ReceivedMessage:
+        """Block until ``what`` (or ``count``) messages arrived, those matching ``filter``'s keys if given (then
+        return them), or until one matches the predicate ``what`` (return it)."""
+        __tracebackhide__ = True
+        wanted = _Wanted.of(what, count, mail_from, rcpt_to, subject)
         deadline = time.monotonic() + timeout
         with self._bag.changed:
-            while (found := self._found(what)) is None:
+            while (found := wanted.found(self)) is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(self._missing(what, timeout))
+                    raise AssertionError(self._missing(wanted, timeout))
                 self._bag.changed.wait(left)
         return found
 
     @overload
-    async def wait_for_async(self, what: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]: ...
+    async def wait_for_async(
+        self,
+        what: int = 1,
+        timeout: float = 5.0,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | None = None,
+        subject: str | None = None,
+    ) -> list[ReceivedMessage]: ...
     @overload
     async def wait_for_async(self, what: Predicate, timeout: float = 5.0) -> ReceivedMessage: ...
     async def wait_for_async(
-        self, what: int | Predicate = 1, timeout: float = 5.0
+        self,
+        what: int | Predicate = 1,
+        timeout: float = 5.0,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | None = None,
+        subject: str | None = None,
+        count: int | None = None,
     ) -> list[ReceivedMessage] | ReceivedMessage:
         """``wait_for`` for asyncio tests: the loop (and the client under test on it) runs while it waits."""
+        __tracebackhide__ = True
+        wanted = _Wanted.of(what, count, mail_from, rcpt_to, subject)
         loop = asyncio.get_running_loop()
         waiter = (loop, asyncio.Event())
         self._bag.watch(waiter)
         try:
             async with asyncio.timeout(timeout):
-                while (found := self._found(what)) is None:
+                while (found := wanted.found(self)) is None:
                     await waiter[1].wait()
                     waiter[1].clear()
         except TimeoutError:
-            raise AssertionError(self._missing(what, timeout)) from None
+            raise AssertionError(self._missing(wanted, timeout)) from None
         finally:
             self._bag.unwatch(waiter)
         return found
 
     def assert_no_message(self, within: float = 0.5, where: Predicate | None = None) -> None:
-        """Fail if a message (one for which ``where`` is true) arrives, or has arrived, within ``within`` seconds."""
+        """Fail if a message (one for which ``where`` is true) has arrived, or arrives within ``within`` seconds.
+
+        A message is in the outbox before its client sees the 250, so with no session in a transaction
+        nothing more can be on its way: the check is then instant. Otherwise it waits, at most ``within``,
+        for those transactions to end."""
+        __tracebackhide__ = True
         deadline = time.monotonic() + within
         with self._bag.changed:
             while True:
@@ -214,18 +274,11 @@ class Outbox:
                 if unwanted:
                     raise AssertionError(f"expected no message, got {len(unwanted)}:\n{_listing(unwanted)}")
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or not self._bag.in_transaction():
                     return
-                self._bag.changed.wait(left)
+                self._bag.changed.wait(min(left, _TRANSACTION_POLL))
 
-    def _found(self, what: int | Predicate) -> list[ReceivedMessage] | ReceivedMessage | None:
-        messages = self.messages
-        if isinstance(what, int):
-            return messages[:what] if len(messages) >= what else None
-        return next((message for message in messages if what(message)), None)
-
-    def _missing(self, what: int | Predicate, timeout: float) -> str:
-        wanted = f"{what} message(s)" if isinstance(what, int) else f"a message matching {_name(what)}"
+    def _missing(self, wanted: _Wanted, timeout: float) -> str:
         messages = self.messages
         return f"waited {timeout} s for {wanted}; {len(messages)} arrived:\n{_listing(messages)}"
 
@@ -239,3 +292,39 @@ def _listing(messages: list[ReceivedMessage]) -> str:
 
 def _name(predicate: Predicate) -> str:
     return getattr(predicate, "__qualname__", repr(predicate))
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What a wait waits for, and how its failure says so."""
+
+    count: int
+    predicate: Predicate | None = None
+    mail_from: str | None = None
+    rcpt_to: str | None = None
+    subject: str | None = None
+
+    @classmethod
+    def of(
+        cls, what: int | Predicate, count: int | None, mail_from: str | None, rcpt_to: str | None, subject: str | None
+    ) -> _Wanted:
+        if not callable(what):
+            return cls(what if count is None else count, None, mail_from, rcpt_to, subject)
+        if count is not None or (mail_from, rcpt_to, subject) != (None, None, None):
+            raise TypeError("wait_for takes a predicate or filter keys (mail_from=, rcpt_to=, subject=), not both")
+        return cls(1, what)
+
+    def found(self, outbox: Outbox) -> list[ReceivedMessage] | ReceivedMessage | None:
+        if self.predicate is not None:
+            return next((message for message in outbox.messages if self.predicate(message)), None)
+        matching = outbox.filter(mail_from=self.mail_from, rcpt_to=self.rcpt_to, subject=self.subject)
+        return matching[: self.count] if len(matching) >= self.count else None
+
+    def __str__(self) -> str:
+        if self.predicate is not None:
+            return f"a message matching {_name(self.predicate)}"
+        parts = ["a message" if self.count == 1 else f"{self.count} messages"]
+        parts += [f"from <{self.mail_from}>"] if self.mail_from is not None else []
+        parts += [f"to <{self.rcpt_to}>"] if self.rcpt_to is not None else []
+        parts += [f"with subject {self.subject!r}"] if self.subject is not None else []
+        return " ".join(parts)

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import itertools
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
@@ -31,6 +31,10 @@ TLSMode: TypeAlias = Literal["starttls", "implicit", "both"] | None
 TLS_MODES = (None, "starttls", "implicit", "both")
 #: Postfix's default ``message_size_limit`` (postconf(5)): what strict mode refuses beyond, 552 5.3.4.
 POSTFIX_MESSAGE_SIZE_LIMIT = 10_240_000
+#: What ``smtpwire serve`` offers by default. Not CRAM-MD5: smtplib tries it first, so with it offered one
+#: wrong password costs three failures (CRAM-MD5, PLAIN, LOGIN), the third ends the session with 421, and the
+#: application's PLAIN/LOGIN path is never exercised. Ask for it with ``auth_mechanisms=``.
+DEFAULT_AUTH_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _names = itertools.count(1)
@@ -175,7 +179,7 @@ class MailServer(MailServerView):
         host: str = "127.0.0.1",
         tls: TLSMode = None,
         users: Mapping[str, str] | None = None,
-        auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "CRAM-MD5"),
+        auth_mechanisms: Sequence[str] = DEFAULT_AUTH_MECHANISMS,
         auth_requires_tls: bool = False,
         require_auth: bool = False,
         require_tls: bool = False,
@@ -213,6 +217,7 @@ class MailServer(MailServerView):
             listen=[(host, 0)] if tls != "implicit" else [],
             tls_listen=[(host, 0)] if tls in ("implicit", "both") else [],
         )
+        self.mailbag.in_transaction = self._listener.in_transaction
         super().__init__(self)
 
     @property
@@ -281,7 +286,7 @@ class MailServer(MailServerView):
     def _options(
         self,
         config: smtpwire.ServerConfig | None,
-        mechanisms: tuple[str, ...],
+        mechanisms: Sequence[str],
         auth_requires_tls: bool,
         require_auth: bool,
         require_tls: bool,
@@ -293,7 +298,7 @@ class MailServer(MailServerView):
         if not any(isinstance(e, smtpwire.Dsn) for e in extensions):
             extensions = (*extensions, smtpwire.Dsn())  # so a client's NOTIFY=, RET= ... reach the envelope
         if self.users:
-            extensions = (*extensions, smtpwire.Auth(mechanisms, require_tls=auth_requires_tls))
+            extensions = (*extensions, smtpwire.Auth(tuple(mechanisms), require_tls=auth_requires_tls))
         changes: dict[str, Any] = {"hostname": self._hostname, "extensions": extensions}
         changes.update({"require_auth": True} if require_auth else {})
         changes.update({"require_tls": True} if require_tls else {})

@@ -3,8 +3,11 @@
 The driver writes those lines only while that logger is enabled for DEBUG,
 so a running ``MailServer`` enables it (and puts the level back when the
 last one stops); each server keeps the lines of its own sessions only, and
-the lines only it wanted go no further.
-AUTH exchanges are withheld there already, so no password is shown.
+the lines only it wanted go no further.  AUTH exchanges are withheld there
+already (all but ``AUTH``, the mechanism and the outcome), so no password
+is shown.
+Made for a failure report: a multi-line reply (EHLO's keywords) is folded
+to one line, and of a message's data only the first lines are shown.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ _log = logging.getLogger("smtpwire.transcript")
 
 #: Lines kept per server at most (the oldest are dropped): a runaway test must not eat the memory.
 MAX_LINES = 10_000
+#: Lines of a message's data shown (about its headers); the rest is counted.
+DATA_LINES_SHOWN = 12
 
 
 _SIDES = {"<<<": "C:", ">>>": "S:"}
@@ -24,6 +29,9 @@ _SIDES = {"<<<": "C:", ">>>": "S:"}
 
 def readable(shown: str) -> list[str]:
     """The driver's ``repr(bytes)`` made into text lines (a withheld or cut note stays as it is)."""
+    head, withheld, note = shown.partition(" [")  # b'AUTH PLAIN' [N bytes of an AUTH exchange withheld]
+    if withheld and head.startswith(("b'", 'b"')):
+        return [f"{readable(head)[0]} [{note}"]
     head, cut, rest = shown.partition(" (+")
     if not head.startswith(("b'", 'b"')):
         return [shown]
@@ -35,8 +43,42 @@ def readable(shown: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     if cut:
-        lines.append(f"[... {rest.rstrip(')')} more]")
+        lines.append(f"{_CUT_NOTE} {rest.rstrip(')')} more]")
     return [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
+
+
+_CUT_NOTE = "[..."
+
+
+def folded(lines: list[str]) -> list[str]:
+    """Each multi-line reply (``250-a``, ``250-b``, ``250 c``) as one line: ``250 a | b | c``."""
+    replies: list[str] = []
+    continued = False
+    for line in lines:
+        if continued:
+            replies[-1] += f" | {line[4:]}"
+        else:
+            replies.append(line[:3] + " " + line[4:] if line[3:4] == "-" else line)
+        continued = line[3:4] == "-"
+    return replies
+
+
+class _MessageData:
+    """A session's message data while it arrives: the first lines are shown, the others counted."""
+
+    def __init__(self) -> None:
+        self.shown = 0
+        self.cut = 0
+
+    def keep(self, line: str) -> bool:
+        if line.startswith(_CUT_NOTE) or self.shown < DATA_LINES_SHOWN:
+            self.shown += 1
+            return True
+        self.cut += 1
+        return False
+
+    def note(self) -> list[str]:
+        return [f"C: {_CUT_NOTE} {self.cut} more lines of message data not shown]"] if self.cut else []
 
 
 class TranscriptRecorder:
@@ -44,6 +86,7 @@ class TranscriptRecorder:
 
     def __init__(self) -> None:
         self._sessions: set[str] = set()
+        self._data: dict[str, _MessageData] = {}  # the sessions whose message data is arriving
         self._lines: list[tuple[int, str]] = []  # (sequence number, line)
         self._count = 0
         self._guard = threading.Lock()
@@ -56,6 +99,7 @@ class TranscriptRecorder:
         """An injected fault dropped the session: what the server queued after it never went out."""
         with self._guard:
             self._sessions.discard(session_id)
+            self._data.pop(session_id, None)
             self._count += 1
             self._lines.append((self._count, f"{session_id} -- connection dropped (injected fault)"))
 
@@ -64,11 +108,36 @@ class TranscriptRecorder:
         if not (isinstance(args, tuple) and len(args) == 3 and args[0] in self._sessions):
             return
         session_id, direction, shown = args
+        side = _SIDES.get(str(direction), str(direction))
         with self._guard:
             self._count += 1
-            for line in readable(str(shown)):
-                self._lines.append((self._count, f"{session_id} {_SIDES.get(str(direction), direction)} {line}"))
+            for line in self._shortened(str(session_id), side, readable(str(shown))):
+                self._lines.append((self._count, f"{session_id} {line}"))
             del self._lines[:-MAX_LINES]
+
+    def _shortened(self, session_id: str, side: str, lines: list[str]) -> list[str]:
+        """The lines as the report shows them, each after its side: replies folded, message data cut.
+
+        The data ends at its lone dot, or at the server's next reply if the dot was past what the
+        driver showed."""
+        data = self._data.get(session_id)
+        if side == "S:":
+            if data is not None:
+                del self._data[session_id]
+            if lines and lines[-1].startswith("354"):
+                self._data[session_id] = _MessageData()
+            replies = [f"S: {line}" for line in folded(lines)]
+            return replies if data is None else [*data.note(), *replies]
+        if data is None:
+            return [f"{side} {line}" for line in lines]
+        kept: list[str] = []
+        for at, line in enumerate(lines):
+            if line == ".":
+                del self._data[session_id]
+                return [*kept, *data.note(), *(f"C: {rest}" for rest in lines[at:])]
+            if data.keep(line):
+                kept.append(f"C: {line}")
+        return kept
 
     def mark(self) -> int:
         """A point in the transcript: ``text(since=mark)`` shows what came after."""

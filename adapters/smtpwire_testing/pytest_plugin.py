@@ -7,6 +7,8 @@ first fixture): a server runs only for a test that asks for one.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +123,18 @@ def _marker_options(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
         if marker.args:
             raise pytest.UsageError(f"@pytest.mark.{MARKER} takes keyword options only, not {marker.args!r}")
         options.update(marker.kwargs)
+    _refuse_unknown_options(options)
     return options
+
+
+def _refuse_unknown_options(options: dict[str, Any]) -> None:
+    """A misspelt option (``user=``) fails with the option meant, not with a TypeError from deep inside."""
+    known = list(inspect.signature(_server_class()).parameters)
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; the options are {', '.join(known)}"
+            pytest.fail(f"@pytest.mark.{MARKER} has no option {name!r}{hint}", pytrace=False)
 
 
 def _refuse_own_marker(request: pytest.FixtureRequest, fixture: str, where: str) -> None:

@@ -135,6 +135,9 @@ BDAT_SYNTAX = _reply(501, "Syntax: BDAT chunk-size [LAST]", (5, 5, 4))
 #: Without a chunk size the chunk cannot be told from commands: reading on could run its octets as commands.
 BDAT_LOST = _reply(421, "Cannot find the end of the BDAT chunk, closing connection", (4, 5, 0))
 _MAX_CHUNK_DIGITS = 20
+#: RFC 9110 9.3 and RFC 5789 methods, as HTTP sends them: upper case, then a space and the target.
+#: No SMTP verb is among them; a line starting so is a web client (or a cross-protocol attack), not SMTP.
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 #: What a verb is made of (RFC 5321 4.1.1 Keyword); any other octet (HTAB, VT, NBSP...) ends a word for some reader.
 _VERB_OCTETS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 _WORD_SEPARATORS = bytes(octet for octet in range(256) if octet not in _VERB_OCTETS)
@@ -147,6 +150,8 @@ _ADDRESS_TEXT = {
     "local part": "Local part too long (at most 64 octets, RFC 5321 4.5.3.1.1)",
     "domain": "Domain too long (at most 255 octets, RFC 5321 4.5.3.1.2)",
     "path": "Path too long (at most 256 octets, RFC 5321 4.5.3.1.3)",
+    "domain characters": "Domain holds characters no U-label may hold (RFC 6531 3.3, RFC 5892)",
+    "local part characters": "Local part holds invisible, private-use or unassigned characters",
 }
 ADDRESS_ERRORS = {
     (verb, what): _reply(501, text, status)
@@ -444,10 +449,18 @@ class ServerConnection:
             return self._lost_chunk()
         if not verb.isascii():  # str.upper() would turn U+FB06 "st" + "ARTTLS" into STARTTLS
             return self._reject("", UNRECOGNIZED)
+        if verb in _HTTP_METHODS and argument and self.extensions.verb(verb) is None:
+            return self._http_request(verb)
         verb = verb.upper()
         if FORBIDDEN_IN_COMMAND.search(text):  # its octets follow, but how many can't be trusted
             return self._lost_chunk() if bdat else self._reject(verb, BAD_CHARACTERS)
         return self._dispatch(verb, argument.strip(" "))
+
+    def _http_request(self, method: str) -> ev.Event:
+        """An HTTP request line: 421 and close at once, as Postfix does, rather than answer its headers too."""
+        reply = cached_reply(421, f"{self.config.hostname} HTTP request refused, closing connection", (4, 7, 0))
+        self._close_with(reply)
+        return ev.CommandRejected(method, reply)
 
     def _read_response(self) -> NextEvent:
         """A client line inside the AUTH exchange (RFC 4954 4)."""

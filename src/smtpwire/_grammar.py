@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from ._reply import MAX_TEXT_OCTETS
@@ -56,6 +57,17 @@ MAX_PATH = 256  # "<" and ">" (and any source route) included
 #: and log lines as they are; these would end a line there (str.splitlines() splits on NEL and
 #: U+2028) or make it read differently from what it holds (CVE-2021-42574, "Trojan Source").
 FORBIDDEN_IN_COMMAND = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+#: Unicode general categories no U-label holds (RFC 6531 3.3; RFC 5892 2.1-2.6 make them DISALLOWED or
+#: UNASSIGNED): format characters (U+200B, U+2060, U+FEFF, U+00AD...), controls, surrogates, private
+#: use, unassigned code points, spaces and separators. Invisible, they make one domain look like another.
+NOT_IN_DOMAIN = frozenset({"Cf", "Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+#: What a local part may not hold although RFC 6532 3.2 allows UTF-8 there: what no one can see or type.
+NOT_IN_LOCAL_PART = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
+#: ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER, format characters that Indic scripts need after a
+#: virama (RFC 5892 A.1, A.2: CONTEXTJ); anywhere else they are as invisible as the rest.
+JOINERS = frozenset("\u200c\u200d")
+_VIRAMA = 9  # the canonical combining class of a virama
 
 
 class GrammarError(ValueError):
@@ -130,6 +142,8 @@ def parse_path_argument(argument: str, prefix: str, *, null_ok: bool, postmaster
         if address.endswith("]") and not valid_address_literal(address[address.rindex("@") + 1 :]):
             raise GrammarError("address")
         check_lengths(argument[position:end], address)
+        if not argument[position:end].isascii():  # most paths: nothing to look up
+            check_characters(argument[position + 1 : match.start("mailbox")], address)
     rest = argument[end:]
     if rest and rest[0] != " ":
         raise GrammarError("address")
@@ -147,6 +161,34 @@ def check_lengths(path: str, mailbox: str) -> None:
         raise GrammarError("domain")
     if len(path.encode()) > MAX_PATH:
         raise GrammarError("path")
+
+
+def check_characters(route: str, mailbox: str) -> None:
+    """RFC 6531 3.3: domains (the source route's too) hold U-labels only, so no invisible characters.
+
+    A U-label is also in Unicode Normalization Form C (RFC 5891 5.3); no such check is made on the
+    local part, which the receiving system alone interprets (RFC 5321 2.4).
+    """
+    local_part, _, domain = mailbox.rpartition("@")
+    domains = route + domain
+    if not domains.isascii() and (not unicodedata.is_normalized("NFC", domains) or _holds(domains, NOT_IN_DOMAIN)):
+        raise GrammarError("domain characters")
+    if not local_part.isascii() and _holds(local_part, NOT_IN_LOCAL_PART):
+        raise GrammarError("local part characters")
+
+
+def _holds(text: str, categories: frozenset[str]) -> bool:
+    """Whether any non-ASCII character of ``text`` is of one of the Unicode general ``categories``."""
+    return any(
+        unicodedata.category(character) in categories and not _joiner_after_virama(text, index)
+        for index, character in enumerate(text)
+        if not character.isascii()
+    )
+
+
+def _joiner_after_virama(text: str, index: int) -> bool:
+    """RFC 5892 A.1, A.2: a joiner right after a virama shapes the letters around it (as in क्‍ष)."""
+    return text[index] in JOINERS and index > 0 and unicodedata.combining(text[index - 1]) == _VIRAMA
 
 
 def parse_parameters(text: str) -> dict[str, str | None]:

@@ -160,7 +160,8 @@ DEFAULT_SEQUENCE_ERROR = Reply(503, "Bad sequence of commands", _BAD_SEQUENCE)
 NOT_IMPLEMENTED = frozenset({"EXPN", "SEND", "SOML", "SAML", "TURN"})
 
 #: What may still be said before TLS when the configuration requires it (RFC 3207 4); the rest gets 530.
-BEFORE_TLS = frozenset({"EHLO", "HELO", "LHLO", "STARTTLS", "NOOP", "RSET", "QUIT"})
+#: HELO and RSET are not among them: the RFC lists only NOOP, EHLO (LHLO in LMTP), STARTTLS and QUIT.
+BEFORE_TLS = frozenset({"EHLO", "LHLO", "STARTTLS", "NOOP", "QUIT"})
 
 #: Verbs the core implements itself: an extension cannot declare them (it may declare EXPN or TURN).
 CORE_VERBS = frozenset(ALLOWED_STATES)
