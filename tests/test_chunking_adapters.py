@@ -334,8 +334,8 @@ def test_serve_stores_exactly_the_chunks_after_its_trace_headers(tmp_path: pathl
         assert server.stop() == 0
     transcript = server.output()
     for chunk in CHUNKS[:-1]:
-        assert f"BDAT {len(chunk)}\\r\\n" in transcript
-    assert f"BDAT {len(CHUNKS[-1])} LAST\\r\\n" in transcript
+        assert f"C: BDAT {len(chunk)}\n" in transcript  # -v shows each line as C: or S:
+    assert f"C: BDAT {len(CHUNKS[-1])} LAST\n" in transcript
     messages = [split_trace(message) for message in stored(maildir)]
     assert sorted(body for _, body in messages) == sorted([MESSAGE, b"".join(large)])
     assert all(" with ESMTP id " in trace for trace, _ in messages)

@@ -407,6 +407,7 @@ def check_unittest_example(namespace: dict[str, Any]) -> None:
 #: Checks after a plain block ran, on what it left in the page's namespace.
 AFTER: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {
     ("docs/handlers.md", "def load_or_create_secret("): check_auth_hooks,
+    ("docs/index.md", "def test_welcome_mail(mail_server)"): check_welcome_test,
     ("docs/testing.md", "def test_welcome_mail(mail_server)"): check_welcome_test,
     ("docs/testing.md", "class SignupTest(unittest.TestCase)"): check_unittest_example,
     ("docs/testing.md", "def test_failures(mail_server)"): check_faults,
@@ -612,6 +613,10 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("README.md", "mkdocs build --strict"): Command(
         skip="run by test_the_manual_builds_with_mkdocs_strict, as printed"
     ),
+    ("docs/index.md", "pip install -e '.[cli,testing]'"): INSTALL,
+    ("docs/index.md", "smtpwire serve"): Command(readme_serve),
+    ("docs/index.md", "swaks --server 127.0.0.1"): Command(readme_send),
+    ("docs/index.md", "python -c 'import smtplib"): Command(readme_send),
     ("docs/lmtp.md", "smtpwire serve --lmtp"): Command(serve_and_send),
     ("docs/lmtp.md", "install -d -o smtpwire"): Command(skip=ROOT_AND_POSTFIX),
     ("docs/lmtp.md", "usermod -a -G smtpwire postfix"): Command(skip=ROOT_AND_POSTFIX),
@@ -638,6 +643,8 @@ COMMANDS: dict[tuple[str, str], Command] = {
         skip="needs a real certificate (mx.pem) and the auth file in /etc"
     ),
     ("docs/serve.md", "smtpwire serve"): Command(serve_and_send),
+    ("docs/testing.md", "pip install 'smtpwire[testing]'"): INSTALL,
+    ("docs/testing.md", "pip install -e '.[testing]'"): INSTALL,
 }
 
 
@@ -674,7 +681,6 @@ NOT_CODE: dict[tuple[str, str], str] = {
     ): "sample error lines (tests/test_cli.py and tests/test_serve_ops.py check them)",
     ("docs/serve.md", '{"time": "2026-'): "a sample JSON log record",
     ("docs/serve.md", "# user:SCRAM-SHA-256$iterations"): "a sample line of the auth file",
-    ("docs/testing.md", "pip install 'smtpwire[testing]'"): "an install step (the test run is that installation)",
     ("docs/testing.md", "AssertionError: waited 5.0 s"): "a sample failure message",
     ("docs/testing.md", "smtpwire transcript 127.0.0.1"): "a sample transcript section of a test report",
 }

@@ -107,8 +107,9 @@ class Server(ServerBase[AsyncioSession]):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _new_session(self) -> AsyncioSession:
-        return AsyncioSession(self)
+    def _new_session(self, implicit_tls: bool = False) -> AsyncioSession:
+        """The protocol of one connection (a subclass may serve its own kind)."""
+        return AsyncioSession(self, implicit_tls=implicit_tls)
 
     def _drop_connections(self) -> None:
         for protocol in self._open_sessions():
@@ -148,7 +149,7 @@ class Server(ServerBase[AsyncioSession]):
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
             self._accept_errors.accepted()
-            protocol = AsyncioSession(self, implicit_tls=True)
+            protocol = self._new_session(implicit_tls=True)
             refusal = self.admit(protocol, peer)
             if refusal is None:
                 task = self._start_task(self._handshake(conn, peer, protocol))

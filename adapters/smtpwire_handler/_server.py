@@ -22,6 +22,20 @@ from ._shutdown import ShutdownStep
 from ._unix import DEFAULT_MODE, UnixListener, split_listen
 
 
+def address_text(address: HostPort | str) -> str:
+    """A listener as people write it: ``127.0.0.1:8025``, ``[::1]:8025``, ``unix:/run/smtp``."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listeners_text(plain: Sequence[HostPort], implicit_tls: Sequence[HostPort], unix: Sequence[str]) -> str:
+    """Every bound listener in one phrase, implicit-TLS ones marked (no Python reprs in a log line)."""
+    shown = [address_text(a) for a in plain] + [f"{address_text(a)} (implicit TLS)" for a in implicit_tls]
+    return ", ".join(shown + [address_text(path) for path in unix])
+
+
 class Stoppable(Protocol):
     """A session as the server sees it: it can be asked to close (see ``SessionDriver.request_stop``)."""
 
@@ -116,12 +130,7 @@ class ServerBase(Generic[S]):
                 self.unix_addresses.append(each.address)
             else:
                 (self.tls_addresses if each.implicit_tls else self.addresses).append(each.address)
-        self.log.info(
-            "serving SMTP on %s, implicit TLS on %s, Unix sockets %s",
-            self.addresses,
-            self.tls_addresses,
-            self.unix_addresses,
-        )
+        self.log.debug("listening on %s", listeners_text(self.addresses, self.tls_addresses, self.unix_addresses))
         return listening
 
     def _take(self, step: ShutdownStep) -> None:

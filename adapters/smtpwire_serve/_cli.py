@@ -26,9 +26,10 @@ from smtpwire_handler.kit import DEFAULT_MODE
 
 from . import _authfile, _authlimit, _run, _tls
 from ._devcert import make_self_signed
+from ._launch import quiet_interrupt
 from ._lmtp import LmtpMaildirHandler, Mailboxes
 from ._logging import LOG_FORMATS, configure_logging
-from ._params import DEFAULT_LISTEN, HostPortType, ListenType, networks, octal_mode
+from ._params import DEFAULT_LISTEN, HostPortType, ListenType, networks, no_port_option, octal_mode
 from ._reload import Reloader
 from ._settings import FIELDS, Settings, build_options, options_for
 from ._store import MaildirHandler, PrintingHandler, SinkHandler
@@ -142,8 +143,25 @@ def build_handler(settings: Settings) -> AsyncHandler:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
 
 
-def run(settings: Settings, reuse_port: bool = False) -> None:
-    """One server process, on asyncio's Protocol server (uvloop when installed) or, for trio, the anyio adapter."""
+def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
+    """The start-up line's protocol, store and ``(number, of)`` worker: what a user needs to know mail goes where."""
+    if settings.print_messages:
+        store = "store print (standard output)"
+    elif settings.maildir is None:
+        store = "store sink (discards)"
+    else:
+        path = settings.maildir
+        shown = path if os.path.isabs(path) or path.startswith(".") else os.path.join(".", path)
+        store = f"store {'lmtp root' if settings.lmtp else 'maildir'} {shown}"
+    said = f"{'LMTP' if settings.lmtp else 'SMTP'}; {store}"
+    return said if worker is None else f"{said}; worker {worker[0]} of {worker[1]}"
+
+
+def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | None = None) -> None:
+    """One server process, on asyncio's Protocol server (uvloop when installed) or, for trio, the anyio adapter.
+
+    ``worker`` is its number and how many there are, when there are several.
+    """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop reloads on it: never a death at start-up
     configure_logging(settings.verbose, settings.log_format)
     options, handler = build_options(settings), build_handler(settings)
@@ -158,12 +176,12 @@ def run(settings: Settings, reuse_port: bool = False) -> None:
             server = smtpwire_anyio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            anyio.run(_run.serve_anyio, server, reload, backend="trio")
+            anyio.run(_run.serve_anyio, server, reload, about(settings, worker), backend="trio")
         else:
             protocols = smtpwire_asyncio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            smtpwire_asyncio.run(_run.serve_asyncio(protocols, reload), loop=settings.loop)
+            smtpwire_asyncio.run(_run.serve_asyncio(protocols, reload, about(settings, worker)), loop=settings.loop)
     except OSError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
@@ -173,9 +191,10 @@ def run(settings: Settings, reuse_port: bool = False) -> None:
         raise click.ClickException(str(matched.exceptions[0])) from None
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, worker: tuple[int, int]) -> None:
+    quiet_interrupt()
     try:
-        run(settings, reuse_port=True)
+        run(settings, reuse_port=True, worker=worker)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
@@ -184,7 +203,10 @@ def run_worker(settings: Settings) -> None:
 def run_workers(settings: Settings, workers: int) -> None:
     """Several processes on the same ports (SO_REUSEPORT); signals (SIGHUP too: each reloads) are passed on."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(settings,), name=f"smtpwire-{n}") for n in range(workers)]
+    processes = [
+        context.Process(target=run_worker, args=(settings, (n, workers)), name=f"smtpwire-{n}")
+        for n in range(1, workers + 1)
+    ]
     for process in processes:
         process.start()
 
@@ -217,6 +239,7 @@ def main() -> None:
     help="Plain listener, HOST:PORT or unix:PATH (a Unix socket); STARTTLS offered when a certificate is given."
     " Repeatable. Default 127.0.0.1:8025.",
 )
+@click.option("--port", hidden=True, expose_value=False, callback=no_port_option, is_eager=True)
 @click.option(
     "--socket-mode",
     metavar="MODE",
@@ -527,6 +550,28 @@ def _derive(iterations: int) -> Callable[[str], smtpwire.ScramCredentials]:
     return derive
 
 
+def ask_password(derive: Callable[[str], smtpwire.ScramCredentials]) -> smtpwire.ScramCredentials:
+    """The password, typed twice; from a pipe that ends too soon, a one-line error rather than click's ``Aborted!``."""
+    terminal = sys.stdin.isatty()
+    try:
+        return click.prompt(  # type: ignore[no-any-return]  # value_proc's type is not carried through
+            "Password",
+            hide_input=terminal,  # getpass reads the terminal, not a pipe; a pipe does not echo anyway
+            confirmation_prompt=True,
+            default="",  # an empty password is refused by derive(), not asked for again and again
+            show_default=False,
+            value_proc=derive,
+            err=True,
+        )
+    except click.Abort:
+        if terminal:  # Ctrl-C or Ctrl-D at the prompt: the user's own choice
+            raise
+        click.echo(err=True)  # the prompts' line, which the pipe never ended
+        raise click.ClickException(
+            "the password is expected twice, the same both times (from a pipe: two lines)"
+        ) from None
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("user")
@@ -557,15 +602,7 @@ def passwd(file: str, user: str, iterations: int) -> None:
     except _authfile.AuthFileError as error:
         if os.path.lexists(file):
             raise click.ClickException(str(error)) from None
-    credentials = click.prompt(
-        "Password",
-        hide_input=sys.stdin.isatty(),  # getpass reads the terminal, not a pipe; a pipe does not echo anyway
-        confirmation_prompt=True,
-        default="",  # an empty password is refused by derive(), not asked for again and again
-        show_default=False,
-        value_proc=_derive(iterations),
-        err=True,
-    )
+    credentials = ask_password(_derive(iterations))
     try:
         saved = _authfile.set_user(file, username, credentials)
     except _authfile.AuthFileError as error:

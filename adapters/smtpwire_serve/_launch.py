@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +43,21 @@ def missing(args: Sequence[str]) -> str | None:
     return None
 
 
+#: The exit status of a command a signal ended, as a shell reports it: 128 + SIGINT.
+INTERRUPTED = 128 + signal.SIGINT
+
+
+def quiet_interrupt() -> None:
+    """Until serve handles SIGINT itself, Ctrl-C ends the command quietly: no traceback of whatever was loading."""
+    signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
+    quiet_interrupt()
     problem = missing(sys.argv[1:])
     if problem is not None:
         print(problem, file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import logging
@@ -9,6 +10,9 @@ import re
 import time
 
 from smtpwire_handler._escaping import UNSAFE, escaped
+
+#: The record attribute (``extra=``) holding fields of its own for the JSON log.
+JSON_FIELDS = "json_fields"
 
 
 class TextFormatter(logging.Formatter):
@@ -35,6 +39,12 @@ class TextFormatter(logging.Formatter):
         return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record's line escaped (a ``-v`` transcript record: its readable lines); any traceback indented."""
+        if is_transcript(record):
+            return "\n".join(self._format_one(line) for line in readable_records(record))
+        return self._format_one(record)
+
+    def _format_one(self, record: logging.LogRecord) -> str:
         """The record's line escaped; then logging's own newline and the traceback, if any, indented."""
         text = super().format(record)
         if text.isprintable():  # nearly every record: one line, no Cc, Cf, Zl, Zp or Cs (a C-speed check)
@@ -63,7 +73,9 @@ class JsonFormatter(logging.Formatter):
     U+2028/U+2029, format characters, lone surrogates) are written as JSON
     ``\\uXXXX`` escapes, so a record is always one line and never reorders a
     terminal's display; other printable text, UTF-8 included, stays as it is.
-    A traceback is the ``exception`` field.
+    A traceback is the ``exception`` field.  A record logged with
+    ``extra={JSON_FIELDS: {...}}`` (the accepted-message line) has those
+    fields too, after ``message``; they never replace the ones above.
     """
 
     _SESSION_PREFIXES = ("session %s: ", "session %s ")
@@ -75,6 +87,7 @@ class JsonFormatter(logging.Formatter):
         if session is not None:
             fields["session"] = session
         fields["message"] = message
+        fields |= {key: value for key, value in getattr(record, JSON_FIELDS, {}).items() if key not in fields}
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         text = json.dumps(fields, ensure_ascii=False)
@@ -99,6 +112,74 @@ class JsonFormatter(logging.Formatter):
             return f"\\u{code:04x}"
         code -= 0x10000
         return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+#: How the handler's ``Transcript`` logs: session id, direction (``<<<``, ``>>>``), ``repr`` of the bytes.
+TRANSCRIPT_LINE = "session %s %s %s"
+_SIDES = {"<<<": "C:", ">>>": "S:"}
+_WITHHELD = re.compile(r"(b'.*'|b\".*\") (\[\d+ bytes of an AUTH exchange withheld\])")
+_SHOWN_BYTES = re.compile(r"(b'.*'|b\".*\")(?: \(\+(\d+) bytes\))?", re.DOTALL)
+#: How ``readable`` says that a transcript line's bytes were cut.
+CUT_NOTE = "[..."
+
+
+def is_transcript(record: logging.LogRecord) -> bool:
+    args = record.args
+    return (
+        record.msg == TRANSCRIPT_LINE
+        and isinstance(args, tuple)
+        and len(args) == 3
+        and args[1] in _SIDES
+        and isinstance(args[2], str)
+    )
+
+
+def readable_records(record: logging.LogRecord) -> list[logging.LogRecord]:
+    """A transcript record as ``C:``/``S:`` records, one a line (a reply's continuation lines folded into it).
+
+    The record itself is left as it is: other handlers may see it too.
+    """
+    session, direction, shown = record.args  # type: ignore[misc]  # is_transcript() checked the shape
+    lines = readable(str(shown)) if direction == "<<<" else folded(readable(str(shown)))
+    side = _SIDES[str(direction)]
+    return [logging.makeLogRecord(record.__dict__ | {"args": (session, side, line)}) for line in lines]
+
+
+def readable(shown: str) -> list[str]:
+    """The transcript's ``repr(bytes)`` made into text lines (a withheld or cut note stays as it is).
+
+    The bytes are the ones a transcript line shows (at most ``_transcript.SHOWN``); ``\r`` and ``\n``
+    other than CRLF line ends are shown as escapes, the formatter escapes the rest.
+    """
+    withheld = _WITHHELD.fullmatch(shown)  # b'AUTH PLAIN' [N bytes of an AUTH exchange withheld]
+    if withheld:
+        return [f"{readable(withheld[1])[0]} {withheld[2]}"]
+    shown_bytes = _SHOWN_BYTES.fullmatch(shown)  # b'...' or b'...' (+N bytes)
+    if shown_bytes is None:
+        return [shown]
+    try:
+        data = ast.literal_eval(shown_bytes[1])
+    except (ValueError, SyntaxError):
+        return [shown]
+    lines = data.decode("utf-8", "backslashreplace").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if shown_bytes[2]:
+        lines.append(f"{CUT_NOTE} {shown_bytes[2]} bytes more]")
+    return [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
+
+
+def folded(lines: list[str]) -> list[str]:
+    """Each multi-line reply (``250-a``, ``250-b``, ``250 c``) as one line: ``250 a | b | c``."""
+    replies: list[str] = []
+    continued = False
+    for line in lines:
+        if continued:
+            replies[-1] += f" | {line[4:]}"
+        else:
+            replies.append(line[:3] + " " + line[4:] if line[3:4] == "-" else line)
+        continued = line[3:4] == "-"
+    return replies
 
 
 #: The choices of --log-format.

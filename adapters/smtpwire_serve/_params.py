@@ -9,20 +9,37 @@ import click
 
 from smtpwire_handler.kit import HostPort
 
-_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})")
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)")
 
 
 #: A listener: (host, port), or the path of a Unix socket.
 Listen = HostPort | str
 #: The plain listener when no --listen is given (with or without --tls-listen).
 DEFAULT_LISTEN: HostPort = ("127.0.0.1", 8025)
+MAX_PORT = 65535
+
+
+class PortOutOfRange(ValueError):
+    """A HOST:PORT whose port no TCP socket can have: said as such, not as a malformed listener."""
 
 
 def parse_host_port(value: str) -> HostPort:
     match = _HOST_PORT.fullmatch(value.strip())
-    if match is None or not 0 <= int(match["port"]) <= 65535:
+    if match is None:
         raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), not {value!r}")
-    return (match["v6"] or match["host"], int(match["port"]))
+    port = int(match["port"])
+    if port > MAX_PORT:
+        raise PortOutOfRange(
+            f"port {port} is out of range: a TCP port is 0 to {MAX_PORT} (0: any free one), in {value!r}"
+        )
+    return (match["v6"] or match["host"], port)
+
+
+def no_port_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """The hidden ``--port``: newcomers from other servers type it; point them at ``--listen`` instead of --print."""
+    if value is not None:
+        shown = value if value.isdigit() else "PORT"
+        raise click.UsageError(f"serve has no --port option: use --listen 127.0.0.1:{shown} (HOST:PORT)", ctx)
 
 
 def parse_listen(value: str) -> Listen:
@@ -34,6 +51,8 @@ def parse_listen(value: str) -> Listen:
         return path
     try:
         return parse_host_port(value)
+    except PortOutOfRange:
+        raise
     except ValueError as error:
         raise ValueError(f"{error} (or unix:PATH, a Unix socket)") from None
 

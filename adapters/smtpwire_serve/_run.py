@@ -19,6 +19,7 @@ import anyio
 
 import smtpwire_anyio
 import smtpwire_asyncio
+from smtpwire_handler._server import listeners_text
 
 log = logging.getLogger("smtpwire.serve")
 #: Descriptors kept for listeners, logs, the auth file and the like.
@@ -46,13 +47,16 @@ def sessions_for(file_limit: int) -> int:
     return max(1, min(MAX_DEFAULT_SESSIONS, (file_limit - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION))
 
 
-def _serving(addresses: list[tuple[str, int]], unix: list[str], where: str) -> None:
-    """Said once the signals are handled: from this line on, SIGHUP reloads (before it, it is ignored)."""
-    shown = [f"{host}:{port}" for host, port in addresses] + [f"unix:{path}" for path in unix]
-    log.info("smtpwire serving on %s (%s)", ", ".join(shown), where)
+def _serving(server: smtpwire_asyncio.Server | smtpwire_anyio.Server, about: str, where: str) -> None:
+    """The one start-up line, said once the signals are handled: from it on, SIGHUP reloads (before, it is ignored).
+
+    ``about`` says the protocol, the store and the worker (see ``_cli.about``); ``where`` the event loop.
+    """
+    listeners = listeners_text(server.addresses, server.tls_addresses, server.unix_addresses)
+    log.info("smtpwire serving on %s; %s; %s", listeners, about, where)
 
 
-async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], None]) -> None:
+async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], None], about: str) -> None:
     loop = asyncio.get_running_loop()
     await server.start()
     done = asyncio.Event()
@@ -72,11 +76,11 @@ async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    _serving(server.addresses + server.tls_addresses, server.unix_addresses, smtpwire_asyncio.loop_name(loop))
+    _serving(server, about, smtpwire_asyncio.loop_name(loop))
     await done.wait()
 
 
-async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None]) -> None:
+async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None], about: str) -> None:
     async with anyio.create_task_group() as group:
 
         async def shut_down() -> None:
@@ -85,7 +89,7 @@ async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None])
 
         await group.start(server.serve)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            _serving(server.addresses + server.tls_addresses, server.unix_addresses, "trio")
+            _serving(server, about, "trio")
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload()

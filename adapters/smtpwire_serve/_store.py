@@ -8,6 +8,7 @@ from pathlib import Path
 from smtpwire_handler import AsyncComposite, AsyncMaildirStore, Envelope, Maildir, PrintHandler, Session
 
 from ._authfile import Accounts, AuthFileHandler
+from ._logging import JSON_FIELDS
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -15,19 +16,30 @@ log = logging.getLogger("smtpwire.serve")
 def log_accepted(
     session: Session, envelope: Envelope, size: int, where: str, recipients: list[str] | None = None
 ) -> None:
-    """One line per accepted message (or, in LMTP, per ``recipients`` given: the one just answered)."""
+    """One line per accepted message (or, in LMTP, per ``recipients`` given: the one just answered).
+
+    ``where`` is ``stored=NAME`` or one word (``discarded``, ``printed``).  The
+    values are JSON fields of their own too (see ``JsonFormatter``), so
+    nobody parses them out of the message.
+    """
     tls = f"{session.tls.version}/{session.tls.cipher}" if session.tls else "none"
-    auth = f" auth={session.authenticated.username}" if session.authenticated else ""
+    username = session.authenticated.username if session.authenticated else None
+    to = list(envelope.rcpt_tos if recipients is None else recipients)
+    outcome, _, name = where.partition("=")
+    fields: dict[str, object] = {"from": envelope.mail_from, "to": to, "size": size}
+    fields |= {"tls": None if session.tls is None else tls, "auth": username, "peer": session.peer_host}
+    fields[outcome] = name or True  # "stored": the file; "discarded" or "printed": true
     log.info(
         "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s",
         session.id,
         envelope.mail_from,
-        ",".join(f"<{r}>" for r in (envelope.rcpt_tos if recipients is None else recipients)),
+        ",".join(f"<{r}>" for r in to),
         size,
         tls,
-        auth,
+        "" if username is None else f" auth={username}",
         session.peer_host,
         where,
+        extra={JSON_FIELDS: fields},
     )
 
 

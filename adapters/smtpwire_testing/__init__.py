@@ -13,12 +13,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._content import Attachment
     from ._faults import POINTS, Fault, Point
     from ._outbox import Outbox, ReceivedMessage, SessionInfo
     from ._server import POSTFIX_MESSAGE_SIZE_LIMIT, MailServer, MailServerView
     from ._tls import test_ca
 
 _WHERE = {
+    "Attachment": "._content",
     "POINTS": "._faults",
     "Fault": "._faults",
     "Point": "._faults",
@@ -34,6 +36,7 @@ _WHERE = {
 __all__ = [
     "POINTS",
     "POSTFIX_MESSAGE_SIZE_LIMIT",
+    "Attachment",
     "Fault",
     "MailServer",
     "MailServerView",

@@ -7,6 +7,7 @@ draws it, so a failing run repeats exactly.
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -107,22 +108,72 @@ class Fault:
         return f"<Fault {self.point} {self.action} match={self.match!r} hits={self.hits} remaining={self.remaining}>"
 
 
+class RateLimit(Fault):
+    """Postfix's ``smtpd_client_message_rate_limit``: past ``messages`` MAIL commands in any ``per`` seconds
+    (a sliding window read from ``clock``), MAIL is answered ``421 4.7.0`` and the connection closed."""
+
+    def __init__(self, messages: int, per: float, clock: Callable[[], float]) -> None:
+        if isinstance(messages, bool) or not isinstance(messages, int) or messages < 0:
+            raise ValueError(f"messages must be an integer of at least 0, not {messages!r}")
+        if not per > 0:
+            raise ValueError(f"per must be a positive number of seconds, not {per!r}")
+        refusal = smtpwire.Reply(421, "Error: too many messages, try again later", (4, 7, 0))
+        super().__init__("mail", Fail(refusal))
+        self.messages = messages
+        self.per = per
+        self._clock = clock
+        self._accepted: collections.deque[float] = collections.deque()
+
+    def fires(self, arguments: Sequence[str]) -> bool:
+        """Whether this MAIL is one too many (an accepted one is counted in the window)."""
+        now = self._clock()
+        while self._accepted and self._accepted[0] <= now - self.per:
+            self._accepted.popleft()
+        if len(self._accepted) < self.messages:
+            self._accepted.append(now)
+            return False
+        self.hits += 1
+        return True
+
+    def __repr__(self) -> str:
+        return f"<RateLimit {self.messages} per {self.per} s hits={self.hits}>"
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Read at most ``bytes_per_second`` from each connection (MailHog's Jim does it): slow networks, timeouts."""
+
+    bytes_per_second: float
+
+
 class Faults:
     """The rules in force on one server, shared by the loop thread (which fires them) and the tests (which set them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._throttles: list[Throttle] = []
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
             self._faults.append(fault)
         return fault
 
-    def remove(self, faults: Iterable[Fault]) -> None:
+    def add_throttle(self, throttle: Throttle) -> Throttle:
+        with self._lock:
+            self._throttles.append(throttle)
+        return throttle
+
+    def remove(self, faults: Iterable[Fault | Throttle]) -> None:
         gone = set(map(id, faults))
         with self._lock:
             self._faults = [fault for fault in self._faults if id(fault) not in gone]
+            self._throttles = [throttle for throttle in self._throttles if id(throttle) not in gone]
+
+    def read_rate(self) -> float | None:
+        """The bytes per second a connection may be read at now (the slowest throttle), or ``None``: unpaced."""
+        with self._lock:
+            return min((throttle.bytes_per_second for throttle in self._throttles), default=None)
 
     def due(self, point: Point, arguments: Sequence[str] = ()) -> tuple[float, Fail | Disconnect | None]:
         """What to do at ``point``: the total delay, then the first failure or disconnect that fires (if any)."""

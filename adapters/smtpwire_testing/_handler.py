@@ -33,7 +33,9 @@ class RecordingHandler(AsyncHandler):
         users: Mapping[str, str],
         drop: Callable[[Session], None],
         hostname: str,
+        discard: bool = False,
     ) -> None:
+        self._discard = discard
         self._bag = bag
         self._faults = faults
         self._transcript = transcript
@@ -65,6 +67,10 @@ class RecordingHandler(AsyncHandler):
 
     def message(self, session: Session, envelope: Envelope) -> MaybeAwaitable[smtpwire.Reply | None]:
         return self._run("end_of_data", session, tuple(envelope.rcpt_tos), lambda: self._record(session, envelope))
+
+    def deliver(self, session: Session, envelope: Envelope, recipient: str) -> MaybeAwaitable[smtpwire.Reply | None]:
+        """LMTP: each recipient is delivered (and recorded, as its own copy) or refused on its own."""
+        return self._run("end_of_data", session, (recipient,), lambda: self._record(session, envelope, recipient))
 
     def authenticate(
         self, session: Session, credentials: smtpwire.AuthCredentials
@@ -111,14 +117,18 @@ class RecordingHandler(AsyncHandler):
 
     # -- answers -------------------------------------------------------------------------
 
-    def _record(self, session: Session, envelope: Envelope) -> None:
+    def _record(self, session: Session, envelope: Envelope, recipient: str | None = None) -> None:
+        """Put the message in the outbox (unless discarding): for every recipient, or LMTP's one ``recipient``."""
+        if self._discard:
+            return
+        chosen = range(len(envelope.rcpt_tos)) if recipient is None else [envelope.rcpt_tos.index(recipient)]
         self._bag.add(
             ReceivedMessage(
                 raw=bytes(envelope.content),
                 mail_from=envelope.mail_from,
                 mail_params=dict(envelope.mail_params),
-                rcpt_tos=Recipients(envelope.rcpt_tos),
-                rcpt_params=tuple(dict(params) for params in envelope.rcpt_params),
+                rcpt_tos=Recipients(envelope.rcpt_tos[n] for n in chosen),
+                rcpt_params=tuple(dict(envelope.rcpt_params[n]) for n in chosen),
                 session=session_info(session),
                 received_at=time.time(),
             )

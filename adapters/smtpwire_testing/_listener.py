@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +13,53 @@ from smtpwire_handler.kit import SessionDriver
 
 from ._faults import Disconnect, Fail, Faults
 
+#: A paced session reads at most this many seconds' worth of bytes at a time.
+_PACING_STEP = 0.05
 _IN_TRANSACTION = frozenset(
     {smtpwire.State.MAIL, smtpwire.State.RCPT, smtpwire.State.DATA, smtpwire.State.CHUNK, smtpwire.State.BDAT}
 )
 
 
-class DroppingServer(smtpwire_asyncio.Server):
-    """``smtpwire_asyncio.Server`` that keeps its connections, so that an injected disconnect can drop one."""
+class PacedSession(smtpwire_asyncio.AsyncioSession):
+    """A session whose reads a throttle paces: at most a twentieth of a second's bytes a read, then reading pauses
+    for as long as those bytes take at the rate (the client's writes back up, as over a slow link)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    __slots__ = ("_faults",)
+
+    def __init__(self, server: smtpwire_asyncio.Server, faults: Faults, *, implicit_tls: bool = False) -> None:
+        super().__init__(server, implicit_tls=implicit_tls)
+        self._faults = faults
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer = super().get_buffer(sizehint)
+        rate = self._faults.read_rate()
+        return buffer if rate is None else buffer[: max(1, int(rate * _PACING_STEP))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        rate = self._faults.read_rate()
+        super().buffer_updated(nbytes)
+        transport = self.transport
+        if rate is not None and transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+            self._loop.call_later(nbytes / rate, self._read_on, transport)
+
+    def _read_on(self, transport: asyncio.Transport) -> None:
+        """Resume after a pacing pause, unless the session paused reading itself meanwhile (or it ended)."""
+        if self.transport is transport and not transport.is_closing() and self._reading:
+            transport.resume_reading()
+
+
+class DroppingServer(smtpwire_asyncio.Server):
+    """``smtpwire_asyncio.Server`` that keeps its connections, so that an injected disconnect can drop one, and
+    whose sessions a throttle can pace."""
+
+    def __init__(self, *args: Any, faults: Faults, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set[smtpwire_asyncio.AsyncioSession] = set()
+        self._faults = faults
+
+    def _new_session(self, implicit_tls: bool = False) -> smtpwire_asyncio.AsyncioSession:
+        return PacedSession(self, self._faults, implicit_tls=implicit_tls)
 
     def admit(self, protocol: smtpwire_asyncio.AsyncioSession, peer: object) -> str | None:
         refusal = super().admit(protocol, peer)

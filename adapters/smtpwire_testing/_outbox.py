@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import cast, overload
 
+from ._content import Attachment, attachments, first_code, links, verify_dkim
 from ._faults import same_address
 
 Predicate = Callable[["ReceivedMessage"], bool]
@@ -89,6 +91,29 @@ class ReceivedMessage:
     def html(self) -> str | None:
         body = self.message.get_body(("html",))
         return None if body is None else cast(str, body.get_content())
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        """The attached parts (``filename``, ``content_type``, ``content`` as decoded bytes), in order: parsed from
+        ``raw`` as it is, so that an unencoded text attachment keeps the wire's CRLF line ends."""
+        return attachments(email.message_from_bytes(self.raw, policy=email.policy.default))
+
+    @property
+    def links(self) -> list[str]:
+        """The URLs in the text part, then the ``href`` targets of the HTML part's links, each once."""
+        return links(self.text, self.html)
+
+    def code(self, pattern: str | re.Pattern[str]) -> str:
+        """A one-time code: the first group of ``pattern``'s first match in the text part (the HTML part if
+        there is none), or the whole match without groups; an ``AssertionError`` quoting what it searched."""
+        __tracebackhide__ = True
+        return first_code(pattern, self.text, self.html, f"the message {self.summary()}")
+
+    def assert_dkim(self, public_key: str | bytes) -> None:
+        """Fail unless the first DKIM-Signature verifies with ``public_key`` (a PEM RSA public key, or the DNS
+        TXT record, ``v=DKIM1; k=rsa; p=...``), with no DNS lookup. Needs dkimpy (the testing extra)."""
+        __tracebackhide__ = True
+        verify_dkim(self.raw, public_key, f"the message {self.summary()}")
 
     def sent_to(self, address: str) -> bool:
         """Whether ``address`` was an envelope recipient (exact; the domain without case)."""

@@ -12,14 +12,15 @@ import contextlib
 import dataclasses
 import itertools
 import ssl
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
 import smtpwire
 from smtpwire_asyncio import ServerOptions, Session
 
-from ._faults import Delay, Disconnect, Fail, Fault, Faults, Match, Point, injected_reply
+from ._faults import Delay, Disconnect, Fail, Fault, Faults, Match, Point, RateLimit, Throttle, injected_reply
 from ._handler import RecordingHandler
 from ._listener import DroppingServer, FaultyStartTLS
 from ._outbox import Mailbag, Outbox
@@ -51,7 +52,7 @@ class MailServerView:
     def __init__(self, server: MailServer) -> None:
         self.server = server
         self.outbox = Outbox(server.mailbag)
-        self._faults: list[Fault] = []
+        self._faults: list[Fault | Throttle] = []
         self._transcript_mark = server.transcript_recorder.mark()
 
     # -- where it is ---------------------------------------------------------------------
@@ -137,6 +138,21 @@ class MailServerView:
         action = Delay(seconds)
         return self._add(Fault(point, action, match=match, times=times, probability=probability, seed=seed))
 
+    def rate_limit(self, messages: int, per: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> Fault:
+        """Accept ``messages`` MAIL commands in any ``per`` seconds (the server's, all clients together), and
+        answer those past it ``421 4.7.0`` and close, as Postfix's ``smtpd_client_message_rate_limit`` does;
+        ``clock`` (``time.monotonic``) may be a test's own, to move time on without waiting."""
+        return self._add(RateLimit(messages, per, clock))
+
+    def throttle(self, bytes_per_second: float) -> Throttle:
+        """Read every connection at ``bytes_per_second`` at most (the slowest throttle wins), as over a slow
+        link: the client's sending takes as long as its bytes do at that rate, and its write timeouts can fire."""
+        if not bytes_per_second > 0:
+            raise ValueError(f"bytes_per_second must be positive, not {bytes_per_second!r}")
+        throttle = Throttle(bytes_per_second)
+        self._faults.append(throttle)
+        return self.server.faults.add_throttle(throttle)
+
     def clear_faults(self) -> None:
         """Lift every fault this view set."""
         self.server.faults.remove(self._faults)
@@ -168,8 +184,10 @@ class MailServer(MailServerView):
     ``port`` and implicit TLS on ``tls_port``.  ``users`` (name to password)
     turns AUTH on (also without TLS unless ``auth_requires_tls``);
     ``require_auth`` / ``require_tls`` refuse mail until then.  ``strict``
-    refuses what Postfix refuses (see the docs).  ``config`` is the core's
-    ``ServerConfig`` to start from.
+    refuses what Postfix refuses (see the docs).  ``lmtp`` speaks LMTP
+    (RFC 2033): each recipient gets its own reply, and its own copy in the
+    outbox.  ``discard`` answers 250 and keeps nothing (the outbox stays
+    empty).  ``config`` is the core's ``ServerConfig`` to start from.
     """
 
     def __init__(
@@ -184,6 +202,8 @@ class MailServer(MailServerView):
         require_auth: bool = False,
         require_tls: bool = False,
         strict: bool = False,
+        lmtp: bool = False,
+        discard: bool = False,
         config: smtpwire.ServerConfig | None = None,
         ca: Any = None,
         loop: str = "asyncio",
@@ -195,6 +215,7 @@ class MailServer(MailServerView):
         self.tls = tls
         self.users = dict(users or {})
         self.strict = strict
+        self.lmtp = lmtp
         self.mailbag = Mailbag()
         self.faults = Faults()
         self.transcript_recorder = TranscriptRecorder()
@@ -212,10 +233,12 @@ class MailServer(MailServerView):
                 users=self.users,
                 drop=self._drop,
                 hostname=hostname,
+                discard=discard,
             ),
             self._options(config, auth_mechanisms, auth_requires_tls, require_auth, require_tls),
             listen=[(host, 0)] if tls != "implicit" else [],
             tls_listen=[(host, 0)] if tls in ("implicit", "both") else [],
+            faults=self.faults,
         )
         self.mailbag.in_transaction = self._listener.in_transaction
         super().__init__(self)
@@ -302,6 +325,7 @@ class MailServer(MailServerView):
         changes: dict[str, Any] = {"hostname": self._hostname, "extensions": extensions}
         changes.update({"require_auth": True} if require_auth else {})
         changes.update({"require_tls": True} if require_tls else {})
+        changes.update({"lmtp": True} if self.lmtp else {})
         if self.strict:
             changes.update(strict_changes(base))
         context = server_context(self.ca, self._hostname) if self.tls is not None else None
