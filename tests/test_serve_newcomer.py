@@ -16,6 +16,7 @@ import time
 import pytest
 
 from smtpwire_handler._server import listeners_text
+from smtpwire_handler._transcript import folded, readable
 from smtpwire_serve import _cli, _logging
 from smtpwire_serve._settings import Settings
 from tests.test_cli import SERVING, Serve, killed_after
@@ -132,16 +133,14 @@ def test_verbose_log_is_the_readable_c_and_s_transcript() -> None:
 
 def test_readable_keeps_the_notes_and_trusts_no_look_alike() -> None:
     withheld = f"{b'AUTH PLAIN'!r} [30 bytes of an AUTH exchange withheld]"
-    assert _logging.readable(withheld) == ["AUTH PLAIN [30 bytes of an AUTH exchange withheld]"]
-    assert _logging.readable("[19 bytes of an unfinished line withheld]") == [
-        "[19 bytes of an unfinished line withheld]"
-    ]
-    assert _logging.readable(repr(b"EHLO [127.0.0.1]\r\n")) == ["EHLO [127.0.0.1]"]
-    assert _logging.readable(repr(b"NOOP (+3 bytes)\r\n")) == ["NOOP (+3 bytes)"]  # the client's text, not a cut
+    assert readable(withheld) == ["AUTH PLAIN [30 bytes of an AUTH exchange withheld]"]
+    assert readable("[19 bytes of an unfinished line withheld]") == ["[19 bytes of an unfinished line withheld]"]
+    assert readable(repr(b"EHLO [127.0.0.1]\r\n")) == ["EHLO [127.0.0.1]"]
+    assert readable(repr(b"NOOP (+3 bytes)\r\n")) == ["NOOP (+3 bytes)"]  # the client's text, not a cut
     cut = repr(b"Subject: x\r\nab") + " (+3992 bytes)"
-    assert _logging.readable(cut) == ["Subject: x", "ab", "[... 3992 bytes more]"]
-    assert _logging.readable(repr(b"a\rb\nc\r\n")) == ["a\\rb\\nc"]  # only CRLF ends a line
-    assert _logging.folded(["250-mx.test", "250-SIZE 10", "250 DSN", "354 go"]) == [
+    assert readable(cut) == ["Subject: x", "ab", "[... 3992 bytes more]"]
+    assert readable(repr(b"a\rb\nc\r\n")) == ["a\\rb\\nc"]  # only CRLF ends a line
+    assert folded(["250-mx.test", "250-SIZE 10", "250 DSN", "354 go"]) == [
         "250 mx.test | SIZE 10 | DSN",
         "354 go",
     ]

@@ -13,6 +13,7 @@ signature) would allow an offline attack on the password.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 
@@ -139,3 +140,48 @@ def _auth_command(head: bytes) -> bytes:
 
 def _shown(head: bytes, size: int) -> str:
     return repr(head) if len(head) == size else f"{head!r} (+{size - len(head)} bytes)"
+
+
+# -- the transcript's lines as people read them (serve's -v, the test fixture's report) ------------
+
+_WITHHELD = re.compile(r"(b'.*'|b\".*\") (\[\d+ bytes of an AUTH exchange withheld\])")
+_SHOWN_BYTES = re.compile(r"(b'.*'|b\".*\")(?: \(\+(\d+) bytes\))?", re.DOTALL)
+#: How ``readable`` says that a transcript line's bytes were cut.
+CUT_NOTE = "[..."
+
+
+def readable(shown: str) -> list[str]:
+    """The transcript's ``repr(bytes)`` made into text lines (a withheld or cut note stays as it is).
+
+    The bytes are the ones a transcript line shows (at most ``_transcript.SHOWN``); ``\r`` and ``\n``
+    other than CRLF line ends are shown as escapes, the formatter escapes the rest.
+    """
+    withheld = _WITHHELD.fullmatch(shown)  # b'AUTH PLAIN' [N bytes of an AUTH exchange withheld]
+    if withheld:
+        return [f"{readable(withheld[1])[0]} {withheld[2]}"]
+    shown_bytes = _SHOWN_BYTES.fullmatch(shown)  # b'...' or b'...' (+N bytes)
+    if shown_bytes is None:
+        return [shown]
+    try:
+        data = ast.literal_eval(shown_bytes[1])
+    except (ValueError, SyntaxError):
+        return [shown]
+    lines = data.decode("utf-8", "backslashreplace").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if shown_bytes[2]:
+        lines.append(f"{CUT_NOTE} {shown_bytes[2]} bytes more]")
+    return [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
+
+
+def folded(lines: list[str]) -> list[str]:
+    """Each multi-line reply (``250-a``, ``250-b``, ``250 c``) as one line: ``250 a | b | c``."""
+    replies: list[str] = []
+    continued = False
+    for line in lines:
+        if continued:
+            replies[-1] += f" | {line[4:]}"
+        else:
+            replies.append(line[:3] + " " + line[4:] if line[3:4] == "-" else line)
+        continued = line[3:4] == "-"
+    return replies

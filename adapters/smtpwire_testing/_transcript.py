@@ -12,9 +12,10 @@ to one line, and of a message's data only the first lines are shown.
 
 from __future__ import annotations
 
-import ast
 import logging
 import threading
+
+from smtpwire_handler._transcript import CUT_NOTE, folded, readable
 
 _log = logging.getLogger("smtpwire.transcript")
 
@@ -27,42 +28,6 @@ DATA_LINES_SHOWN = 12
 _SIDES = {"<<<": "C:", ">>>": "S:"}
 
 
-def readable(shown: str) -> list[str]:
-    """The driver's ``repr(bytes)`` made into text lines (a withheld or cut note stays as it is)."""
-    head, withheld, note = shown.partition(" [")  # b'AUTH PLAIN' [N bytes of an AUTH exchange withheld]
-    if withheld and head.startswith(("b'", 'b"')):
-        return [f"{readable(head)[0]} [{note}"]
-    head, cut, rest = shown.partition(" (+")
-    if not head.startswith(("b'", 'b"')):
-        return [shown]
-    try:
-        data = ast.literal_eval(head)
-    except (ValueError, SyntaxError):
-        return [shown]
-    lines = data.decode("utf-8", "backslashreplace").split("\r\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if cut:
-        lines.append(f"{_CUT_NOTE} {rest.rstrip(')')} more]")
-    return [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
-
-
-_CUT_NOTE = "[..."
-
-
-def folded(lines: list[str]) -> list[str]:
-    """Each multi-line reply (``250-a``, ``250-b``, ``250 c``) as one line: ``250 a | b | c``."""
-    replies: list[str] = []
-    continued = False
-    for line in lines:
-        if continued:
-            replies[-1] += f" | {line[4:]}"
-        else:
-            replies.append(line[:3] + " " + line[4:] if line[3:4] == "-" else line)
-        continued = line[3:4] == "-"
-    return replies
-
-
 class _MessageData:
     """A session's message data while it arrives: the first lines are shown, the others counted."""
 
@@ -71,14 +36,14 @@ class _MessageData:
         self.cut = 0
 
     def keep(self, line: str) -> bool:
-        if line.startswith(_CUT_NOTE) or self.shown < DATA_LINES_SHOWN:
+        if line.startswith(CUT_NOTE) or self.shown < DATA_LINES_SHOWN:
             self.shown += 1
             return True
         self.cut += 1
         return False
 
     def note(self) -> list[str]:
-        return [f"C: {_CUT_NOTE} {self.cut} more lines of message data not shown]"] if self.cut else []
+        return [f"C: {CUT_NOTE} {self.cut} more lines of message data not shown]"] if self.cut else []
 
 
 class TranscriptRecorder:
