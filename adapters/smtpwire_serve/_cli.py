@@ -554,7 +554,8 @@ def ask_password(derive: Callable[[str], smtpwire.ScramCredentials]) -> smtpwire
     """The password, typed twice; from a pipe that ends too soon, a one-line error rather than click's ``Aborted!``."""
     terminal = sys.stdin.isatty()
     try:
-        return click.prompt(  # type: ignore[no-any-return]  # value_proc's type is not carried through
+        # object, then checked: click's prompt() is typed Any in some releases and precisely in others
+        credentials: object = click.prompt(
             "Password",
             hide_input=terminal,  # getpass reads the terminal, not a pipe; a pipe does not echo anyway
             confirmation_prompt=True,
@@ -570,6 +571,8 @@ def ask_password(derive: Callable[[str], smtpwire.ScramCredentials]) -> smtpwire
         raise click.ClickException(
             "the password is expected twice, the same both times (from a pipe: two lines)"
         ) from None
+    assert isinstance(credentials, smtpwire.ScramCredentials)  # what value_proc=derive returns
+    return credentials
 
 
 @main.command()
