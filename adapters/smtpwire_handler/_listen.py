@@ -50,12 +50,17 @@ def tcp_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socke
     except OSError as error:  # socket.gaierror included
         for sock in socks:
             sock.close()
-        raise OSError(error.errno, f"cannot listen on {show(host, port)}: {error.strerror or error}") from error
+        raise OSError(
+            error.errno, f"cannot listen on {address_text((host, port))}: {error.strerror or error}"
+        ) from error
     return socks
 
 
-def show(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets."""
+def address_text(address: HostPort | str) -> str:
+    """A listener as people write it: ``127.0.0.1:8025``, ``[::1]:8025``, ``unix:/run/smtp``."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -81,7 +86,7 @@ class Listening:
     @property
     def name(self) -> str:
         """The address for logs and thread names: ``127.0.0.1:25``, ``[::1]:25``, ``unix:/run/lmtp``."""
-        return f"unix:{self.address}" if isinstance(self.address, str) else show(*self.address)
+        return address_text(self.address)
 
     def close(self) -> None:
         """Stop listening (and remove a Unix socket's file); again is harmless."""

@@ -16,18 +16,10 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from ._admission import Admission
 from ._checks import check_handler
 from ._handler import AsyncHandler, Handler
-from ._listen import HostPort, Listening, tcp_sockets
+from ._listen import HostPort, Listening, address_text, tcp_sockets
 from ._options import ServerOptions
 from ._shutdown import ShutdownStep
 from ._unix import DEFAULT_MODE, UnixListener, split_listen
-
-
-def address_text(address: HostPort | str) -> str:
-    """A listener as people write it: ``127.0.0.1:8025``, ``[::1]:8025``, ``unix:/run/smtp``."""
-    if isinstance(address, str):
-        return f"unix:{address}"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listeners_text(plain: Sequence[HostPort], implicit_tls: Sequence[HostPort], unix: Sequence[str]) -> str:
