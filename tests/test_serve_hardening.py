@@ -21,6 +21,7 @@ import pytest
 
 import smtpwire
 from smtpwire_handler import Envelope, Maildir, trace_headers
+from smtpwire_handler._escaping import UNSAFE
 from smtpwire_serve._lmtp import Mailboxes
 from smtpwire_serve._logging import TextFormatter
 from smtpwire_serve._store import MaildirHandler
@@ -287,7 +288,7 @@ def test_a_traceback_keeps_its_lines_but_cannot_forge_a_record() -> None:
 
 
 def test_the_escaped_set_is_exactly_the_controls_separators_and_format_characters() -> None:
-    escaped = {chr(code) for code in range(sys.maxunicode + 1) if TextFormatter._UNSAFE.match(chr(code))}
+    escaped = {chr(code) for code in range(sys.maxunicode + 1) if UNSAFE.match(chr(code))}
     categories = {unicodedata.category(char) for char in escaped}
     assert categories == {"Cc", "Cf", "Zl", "Zp", "Cs"}
     for code in range(sys.maxunicode + 1):

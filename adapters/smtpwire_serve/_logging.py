@@ -27,8 +27,6 @@ class TextFormatter(logging.Formatter):
     that starts in column 0 always starts a record.
     """
 
-    _UNSAFE = UNSAFE  #: Unicode 14 categories Cc, Cf, Zl, Zp and Cs
-
     _second = -1
     _stamp = ""
 
@@ -91,7 +89,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         text = json.dumps(fields, ensure_ascii=False)
-        return text if text.isprintable() else TextFormatter._UNSAFE.sub(self._escaped, text)
+        return text if text.isprintable() else UNSAFE.sub(self._escaped, text)
 
     @classmethod
     def _session_and_message(cls, record: logging.LogRecord) -> tuple[str | None, str]:
