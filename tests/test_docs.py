@@ -613,6 +613,12 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("README.md", "mkdocs build --strict"): Command(
         skip="run by test_the_manual_builds_with_mkdocs_strict, as printed"
     ),
+    ("docs/authentication.md", "smtpwire serve --verify all --hostname"): Command(
+        skip="asks the system's resolvers, which no test may use (tests/test_serve_verify.py runs a local DNS server)"
+    ),
+    ("docs/authentication.md", "smtpwire serve --verify all --dns-resolver"): Command(
+        skip="needs a resolver on 127.0.0.1:53 (tests/test_serve_verify.py runs serve against a local DNS server)"
+    ),
     ("docs/index.md", "pip install -e '.[cli,testing]'"): INSTALL,
     ("docs/index.md", "smtpwire serve"): Command(readme_serve),
     ("docs/index.md", "swaks --server 127.0.0.1"): Command(readme_send),
@@ -668,6 +674,8 @@ COMMAND_CASES = [
 
 #: Fenced blocks that are neither Python nor shell: (page, a piece of the block) -> what it is.
 NOT_CODE: dict[tuple[str, str], str] = {
+    ("docs/authentication.md", "Return-Path: <alice@example.org>"): "a sample of the header fields on top",
+    ("docs/authentication.md", "# /etc/unbound"): "Unbound's configuration",
     ("docs/lmtp.md", "Return-Path: <alice@example.org>"): "a sample of the trace header fields",
     ("docs/lmtp.md", "# main.cf"): "Postfix's configuration (tests/test_serve_lmtp.py drives a throwaway Postfix)",
     ("docs/performance.md", "Python 3.11.7 (CPython) on Linux"): "the benchmark's printed set-up line",

@@ -595,3 +595,29 @@ def test_request_stop_forced_says_421_even_in_a_transaction() -> None:
     assert driver.request_stop(force=True) is True
     assert run(driver) == (SHUTTING_DOWN, CLOSED)
     assert handler.names() == ["message_aborted", "disconnect"]
+
+
+@pytest.mark.parametrize("command", [b"RSET", b"EHLO again.example", b"HELO again.example"])
+def test_rset_helo_or_ehlo_between_bdat_chunks_abort_the_message(command: bytes) -> None:
+    """RFC 3030 lets a client end a chunked message with RSET (or start over with HELO/EHLO) between chunks."""
+
+    class Chunks(Spy):
+        def data_start(self, session: Session) -> None:
+            self.record("data_start")
+
+        def message_aborted(self, session: Session, reply: smtpwire.Reply | None) -> None:
+            self.record("message_aborted", reply)
+
+        def message(self, session: Session, envelope: Any) -> None:
+            self.record("message", bytes(envelope.content))
+
+    handler = Chunks()
+    driver = greeted(handler)
+    chunk = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 6\r\nHello!"
+    sent, step = run(driver, chunk + command + b"\r\n")
+    assert step is NEED_DATA and replies(sent)[-2] == b"250 2.0.0 6 octets received"
+    assert replies(sent)[-1].startswith(b"250 ")  # RSET, HELO or EHLO answered, the session goes on
+    assert handler.names() == ["data_start", "message_aborted"]
+    sent, step = run(driver, b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 3 LAST\r\nNew")
+    assert replies(sent) == [b"250 2.1.0 OK", b"250 2.1.5 OK", b"250 2.0.0 OK"]
+    assert handler.calls[-1] == ("message", (b"New",))  # the first message's chunk is gone with it

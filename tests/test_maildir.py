@@ -155,8 +155,8 @@ def committed(monkeypatch: pytest.MonkeyPatch, disk: Disk) -> dict[str, int]:
     returned: dict[str, int] = {}
     commit = Delivery.commit
 
-    def watched_commit(self: Delivery, data: bytes = b"") -> Path:
-        path = commit(self, data)
+    def watched_commit(self: Delivery, data: bytes = b"", folder: str | None = None) -> Path:
+        path = commit(self, data, folder)
         returned[path.name] = disk.now()
         return path
 
@@ -168,6 +168,30 @@ async def test_a_message_lands_byte_exact_with_trace_headers(handler: MaildirHan
     assert await deliver(handler, MESSAGE) is None
     assert await deliver(handler, MESSAGE, chunk=1) is None
     assert bodies(maildir) == [MESSAGE, MESSAGE]
+
+
+async def test_a_message_for_a_folder_lands_in_that_maildir_plus_plus_folder(
+    handler: MaildirHandler, maildir: Maildir
+) -> None:
+    session = data_session()
+    assert await outcome(handler.data_start(session)) is None
+    await outcome(handler.data_chunk(session, MESSAGE))
+    assert session.envelope is not None
+    session.envelope.folder = "Junk"  # what sender authentication sets for a DMARC quarantine
+    assert await outcome(handler.message(session, session.envelope)) is None
+    junk = maildir.folder("Junk")
+    assert junk.path == maildir.path / ".Junk" and (junk.path / "maildirfolder").is_file()
+    assert stored(maildir) == [] and bodies(junk) == [MESSAGE]
+    assert list((junk.path / "tmp").iterdir()) == []
+    assert stat.S_IMODE(junk.path.stat().st_mode) == 0o700
+    assert maildir.folder("Junk") is junk  # one folder object, one group commit of its new/
+
+
+def test_folder_names_are_checked(maildir: Maildir) -> None:
+    for bad in ("", "../x", ".Junk", "a/b", "Junk.", "a..b", "sp ace"):
+        with pytest.raises(ValueError, match="Maildir\\+\\+ folder name"):
+            maildir.folder(bad)
+    assert maildir.folder("Lists.python").path == maildir.path / ".Lists.python"
 
 
 async def test_a_big_message_is_written_as_it_arrives(handler: MaildirHandler, maildir: Maildir) -> None:

@@ -1,4 +1,4 @@
-"""The core must stay sans-IO: no module of it may import I/O or clock modules."""
+"""The core, and the sender-authentication checks beside it, stay sans-IO: no I/O, clock or randomness module."""
 
 import ast
 import pathlib
@@ -19,6 +19,9 @@ FORBIDDEN = {
     "subprocess",
 }
 CORE = pathlib.Path(__file__).resolve().parents[1] / "src" / "smtpwire"
+VERIFY = CORE.parent / "smtpwire_verify"
+#: The checks ask DNS questions; they never resolve (dnspython's resolver is the adapters'), nor draw a random number.
+FORBIDDEN_IN_VERIFY = FORBIDDEN | {"dns", "random", "secrets", "urllib3", "http"}
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
@@ -34,6 +37,11 @@ def imported_modules(path: pathlib.Path) -> set[str]:
 @pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
 def test_core_module_imports_no_io(path: pathlib.Path) -> None:
     assert imported_modules(path) & FORBIDDEN == set()
+
+
+@pytest.mark.parametrize("path", sorted(VERIFY.glob("*.py")), ids=lambda p: p.name)
+def test_verifier_module_imports_no_io(path: pathlib.Path) -> None:
+    assert imported_modules(path) & FORBIDDEN_IN_VERIFY == set()
 
 
 def test_the_check_sees_imports() -> None:

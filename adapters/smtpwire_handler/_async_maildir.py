@@ -112,7 +112,7 @@ class AsyncMaildirStore(AsyncHandler):
     async def message(self, session: Session, envelope: Envelope) -> Reply | None:
         delivery, rest = self.unwritten(session)
         try:
-            path = await in_thread(delivery.commit, rest)
+            path = await in_thread(delivery.commit, rest, envelope.folder)
         except OSError as error:  # commit() removed the file from tmp/
             self.proven = False
             log.error("session %s: storing the message failed: %s", session.id, error)

@@ -429,6 +429,9 @@ class SessionDriver:
 
     def _converse(self) -> AdapterStep | HookWait | None:
         """CONVERSATION: the core's next event, to a hook; or the client's next bytes."""
+        if self._in_message and self.conn.transaction is None:  # RSET, HELO or EHLO between BDAT chunks
+            self._aborted(None)
+            return None
         event = self.conn.next_event()
         if event is smtpwire.NEED_DATA:
             return self._next_input()

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import itertools
 import os
+import re
 import secrets
 import socket
 import stat
@@ -36,6 +37,7 @@ FILE_MODE = 0o600  #: message files: the server's user only
 FOLDER_MODE = 0o700  #: the folders the server creates
 SUBFOLDERS = ("tmp", "new", "cur")
 _counter = itertools.count()
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def storage_reply(error: OSError) -> Reply:
@@ -98,6 +100,26 @@ class Maildir:
         make_folders(self.path)
         #: The group commit of new/: deliveries renamed at about the same time share one fsync.
         self.new_sync = DirectorySync(self.path / "new")
+        self._folders: dict[str, Maildir] = {}
+        self._folders_lock = threading.Lock()
+
+    def folder(self, name: str) -> Maildir:
+        """The Maildir++ folder ``name`` (``Junk`` is ``.Junk/``), made with its ``maildirfolder`` mark if missing.
+
+        ``name`` is configuration, never a client's: letters, digits, ``_``
+        and ``-``, with ``.`` between levels (``Lists.python``), else ``ValueError``.
+        """
+        if not _FOLDER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a Maildir++ folder name (letters, digits, _ and -, dots between levels)")
+        with self._folders_lock:
+            folder = self._folders.get(name)
+            if folder is None:
+                folder = Maildir(self.path / f".{name}")
+                mark = folder.path / "maildirfolder"
+                if not mark.exists():
+                    os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+                self._folders[name] = folder
+        return folder
 
     def unique_name(self) -> str:
         now = time.time()
@@ -236,8 +258,10 @@ class Delivery:
         write_all(self._fd, data, self.tmp)
         self.size += len(data)
 
-    def commit(self, data: bytes | bytearray = b"") -> Path:
+    def commit(self, data: bytes | bytearray = b"", folder: str | None = None) -> Path:
         """Write ``data`` (the rest of the message), fsync the file, rename it into new/, fsync new/.
+
+        With ``folder``, the new/ is that Maildir++ folder's (``Maildir.folder``).
 
         On an error the file is removed from tmp/ and the error raised.  If
         the fsync of new/ is what failed, the message is already in new/ and
@@ -246,12 +270,14 @@ class Delivery:
         """
         try:
             self.seal(data)
-            os.rename(self.tmp, self.new)
-            self.maildir.new_sync.sync()
+            target = self.maildir if folder is None else self.maildir.folder(folder)
+            new = target.path / "new" / self.name
+            os.rename(self.tmp, new)
+            target.new_sync.sync()
         except BaseException:
             self.abort()
             raise
-        return self.new
+        return new
 
     def seal(self, data: bytes | bytearray = b"") -> None:
         """Write ``data`` (the rest of the message), fsync the file and close it; it stays in tmp/.

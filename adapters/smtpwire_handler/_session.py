@@ -6,9 +6,12 @@ import secrets
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import smtpwire
+
+if TYPE_CHECKING:
+    from smtpwire_verify import Verdict
 
 #: An IP address and port as the socket module gives them, or a Unix socket path.
 Address = tuple[Any, ...] | str
@@ -73,6 +76,11 @@ class Envelope:
         self.content = bytearray()
         #: Octets of message data received so far (dot-unstuffed), kept or not.
         self.size = 0
+        #: The Maildir++ folder (``"Junk"``) a Maildir store files this message into; ``None``: the inbox.
+        self.folder: str | None = None
+        #: What sender authentication found (a ``smtpwire_verify.Verdict``), once a ``SenderAuthentication``
+        #: handler checked, at the end of data (MAIL's SPF verdict is in ``session.state`` until then).
+        self.authentication: Verdict | None = None
         self._handler_values: dict[TransactionSlot[Any], Any] | None = None  # TransactionSlot's, made on first use
 
     @property

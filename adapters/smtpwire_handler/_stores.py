@@ -65,7 +65,7 @@ class MaildirStore(Handler):
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
         delivery = self._delivery.get(session)
         try:
-            path = delivery.commit()
+            path = delivery.commit(folder=envelope.folder)
         except OSError as error:  # commit() removed the file from tmp/
             log.error("session %s: storing the message failed: %s", session.id, error)
             return storage_reply(error)

@@ -70,6 +70,8 @@ def refuse_conflicts(params: Mapping[str, Any]) -> None:
             params["proxy_protocol"] and not params["trusted_proxies"],
             "--proxy-protocol needs --trusted-proxy CIDR: the networks that may send the header",
         ),
+        (params["dns_resolvers"] and not params["verify"], "--dns-resolver is for --verify"),
+        (params["verify"] and params["lmtp"], "--verify is for SMTP: an LMTP client is the MTA that already checked"),
         (
             params["workers"] > 1 and unix,
             "--workers works with TCP listeners only: a unix:PATH socket is bound by one process",
@@ -91,6 +93,7 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
         "hostname": default_hostname() if params["hostname"] is None else params["hostname"],
         "max_sessions": _run.sessions_for(file_limit) if params["max_sessions"] is None else params["max_sessions"],
         "max_sessions_per_client": params["max_sessions_per_client"] or None,  # 0: no limit
+        "verify": verify_methods(params),
     }
     settings = Settings(**{name: value for name, value in params.items() if name in FIELDS} | made)
     tls = settings.tls_cert is not None or params["self_signed"]
@@ -101,6 +104,25 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
     except ValueError as error:
         raise refusal(str(error)) from None
     return settings
+
+
+def verify_methods(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """--verify's methods, in their usual order, and the policies' need of them, or a usage error."""
+    from smtpwire_verify import METHODS, methods_from
+
+    try:
+        methods = methods_from(name for value in params["verify"] for name in value.split(","))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--verify") from None
+    for flag, method in (("--enforce-dmarc", "dmarc"), ("--reject-spf-fail", "spf")):
+        if params[flag[2:].replace("-", "_")] and method not in methods:
+            raise click.UsageError(f"{flag} needs --verify {method} (or --verify all)")
+    authserv_id = params["authserv_id"]
+    if authserv_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}", authserv_id):
+        raise click.BadParameter(
+            f"{authserv_id!r} is not a host name (letters, digits, dots and hyphens)", param_hint="--authserv-id"
+        )
+    return tuple(method for method in METHODS if method in methods)
 
 
 def refusal(message: str) -> click.UsageError:
@@ -132,15 +154,36 @@ def build_handler(settings: Settings) -> AsyncHandler:
         limits = (settings.auth_failure_limit, settings.auth_failure_window, settings.auth_failure_delay)
         accounts = _authfile.Accounts(dict(settings.users), budget=_authlimit.FailureBudget(*limits))
     if settings.print_messages:
-        return PrintingHandler(accounts)
+        return checked(settings, PrintingHandler(accounts))
     if settings.maildir is None:
-        return SinkHandler(accounts)
+        return checked(settings, SinkHandler(accounts))
     try:
         if settings.lmtp:
             return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts)
-        return MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts)
+        return checked(settings, MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts))
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
+
+
+def checked(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
+    """``handler`` behind sender authentication, with --verify; as it is without (no DNS at all)."""
+    if not settings.verify:
+        return handler
+    from smtpwire_handler.authentication import AsyncResolver, AsyncSenderAuthentication, Verification
+
+    try:
+        resolver = AsyncResolver(settings.dns_resolvers)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dns-resolver") from None
+    except OSError as error:
+        raise click.ClickException(f"cannot read the system's DNS resolvers: {error}") from None
+    verification = Verification(
+        methods=frozenset(settings.verify),
+        authserv_id=settings.authserv_id or settings.hostname,
+        enforce_dmarc=settings.enforce_dmarc,
+        reject_spf_fail=settings.reject_spf_fail,
+    )
+    return AsyncSenderAuthentication(handler, resolver, verification)
 
 
 def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
@@ -154,6 +197,8 @@ def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
         shown = path if os.path.isabs(path) or path.startswith(".") else os.path.join(".", path)
         store = f"store {'lmtp root' if settings.lmtp else 'maildir'} {shown}"
     said = f"{'LMTP' if settings.lmtp else 'SMTP'}; {store}"
+    if settings.verify:
+        said += f"; verify {','.join(settings.verify)}" + ("; enforce DMARC" if settings.enforce_dmarc else "")
     return said if worker is None else f"{said}; worker {worker[0]} of {worker[1]}"
 
 
@@ -167,7 +212,8 @@ def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | 
     options, handler = build_options(settings), build_handler(settings)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
-    accounts = handler.accounts if isinstance(handler, _authfile.AuthFileHandler) else None
+    store = getattr(handler, "store", handler)  # behind sender authentication, with --verify
+    accounts = store.accounts if isinstance(store, _authfile.AuthFileHandler) else None
     context = options.tls_context if settings.tls_cert else None  # the --self-signed pair has no file to reload
     reload = Reloader(context, settings.tls_cert, settings.tls_key, accounts, settings.auth_file)
     listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
@@ -458,6 +504,36 @@ def main() -> None:
     default=smtpwire.ServerConfig.max_errors,
     show_default=True,
     help="Refused commands (5xx) in a session before it ends with 421 4.7.0.",
+)
+@click.option(
+    "--verify",
+    metavar="METHODS",
+    multiple=True,
+    help="Check who really sent each message and write Authentication-Results: spf, dkim, dmarc, arc (comma"
+    " separated, repeatable) or all. DMARC brings SPF and DKIM along. Without it, serve makes no DNS query.",
+)
+@click.option(
+    "--dns-resolver",
+    "dns_resolvers",
+    metavar="HOST[:PORT]",
+    multiple=True,
+    help="With --verify: the DNS resolver to ask (repeatable; default: the system's, from /etc/resolv.conf).",
+)
+@click.option(
+    "--authserv-id",
+    metavar="NAME",
+    help="The name this server's Authentication-Results fields carry (default: --hostname).",
+)
+@click.option(
+    "--enforce-dmarc",
+    is_flag=True,
+    help="With --verify dmarc: refuse a message whose From domain's policy is reject (550 5.7.1), file one"
+    " under quarantine into the Maildir's .Junk folder.",
+)
+@click.option(
+    "--reject-spf-fail",
+    is_flag=True,
+    help="With --verify spf: refuse MAIL when SPF fails (550 5.7.23).",
 )
 @click.option(
     "--log-format",

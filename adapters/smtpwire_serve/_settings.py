@@ -61,6 +61,11 @@ class Settings:
     shutdown_grace: float
     verbose: bool
     log_format: str
+    verify: tuple[str, ...]  # the sender authentication methods to run (smtpwire_verify.METHODS); () for none
+    dns_resolvers: tuple[str, ...]  # HOST[:PORT] of the resolvers --verify asks; () for the system's
+    authserv_id: str | None  # in Authentication-Results; None: the hostname
+    enforce_dmarc: bool
+    reject_spf_fail: bool
     users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # the auth file's
     salt_key: bytes | None = dataclasses.field(default=None, repr=False)  # unknown users' SCRAM salts
     self_signed_pem: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)  # certificate, key

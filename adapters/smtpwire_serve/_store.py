@@ -29,8 +29,18 @@ def log_accepted(
     fields: dict[str, object] = {"from": envelope.mail_from, "to": to, "size": size}
     fields |= {"tls": None if session.tls is None else tls, "auth": username, "peer": session.peer_host}
     fields[outcome] = name or True  # "stored": the file; "discarded" or "printed": true
+    verdict = envelope.authentication
+    checked = ""
+    if verdict is not None:  # serve --verify: each method's result, and the folder a quarantine went to
+        verified: dict[str, object] = {result.method: result.result for result in verdict.results}
+        if verdict.dkim:  # a result per signature
+            verified["dkim"] = [result.result for result in verdict.dkim]
+        fields["verified"] = verified
+        checked = f" {verdict.summary()}" + (f" folder={envelope.folder}" if envelope.folder else "")
+        if envelope.folder:
+            fields["folder"] = envelope.folder
     log.info(
-        "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s",
+        "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s%s",
         session.id,
         envelope.mail_from,
         ",".join(f"<{r}>" for r in to),
@@ -39,6 +49,7 @@ def log_accepted(
         "" if username is None else f" auth={username}",
         session.peer_host,
         where,
+        checked,
         extra={JSON_FIELDS: fields},
     )
 
