@@ -23,9 +23,7 @@ ARC chain names its instance count and oldest-pass.
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 try:
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -130,17 +128,7 @@ def seeds() -> dict[str, bytes]:
     }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, header_block in seeds().items():
-        (directory / name).write_bytes(header_block)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-    elif atheris is None:
-        sys.exit("atheris is not installed: pip install atheris (the corpus replays without it in the tests)")
-    else:
-        atheris.Setup(sys.argv, TestOneInput)
-        atheris.Fuzz()
+    from _cli import main
+
+    main(TestOneInput, seeds(), atheris)

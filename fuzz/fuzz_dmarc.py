@@ -23,9 +23,7 @@ Authentication-Results field authres reads back.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 try:
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -134,17 +132,7 @@ SEEDS: dict[str, bytes] = {
 }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in SEEDS.items():
-        (directory / name).write_bytes(data)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-    elif atheris is None:
-        sys.exit("atheris is not installed: pip install atheris (the corpus replays without it in the tests)")
-    else:
-        atheris.Setup(sys.argv, TestOneInput)
-        atheris.Fuzz()
+    from _cli import main
+
+    main(TestOneInput, SEEDS, atheris)

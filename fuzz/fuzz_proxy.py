@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import sys
-from pathlib import Path
 
 try:
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -133,17 +131,7 @@ SEEDS: dict[str, tuple[int, int, bytes]] = {
 }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, (cut, flags, body) in SEEDS.items():
-        (directory / name).write_bytes(bytes([cut, flags]) + body)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-    elif atheris is None:
-        sys.exit("atheris is not installed: pip install atheris (the corpus replays without it in the tests)")
-    else:
-        atheris.Setup(sys.argv, TestOneInput)
-        atheris.Fuzz()
+    from _cli import main
+
+    main(TestOneInput, {name: bytes([cut, flags]) + body for name, (cut, flags, body) in SEEDS.items()}, atheris)

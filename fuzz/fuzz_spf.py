@@ -22,9 +22,6 @@ never raises, returns one of the seven results, and asks at most
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 try:
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 except ImportError:  # replaying the corpus needs no atheris
@@ -121,17 +118,7 @@ SEEDS: dict[str, str] = {
 }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in SEEDS.items():
-        (directory / name).write_bytes(text.encode("latin-1"))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-    elif atheris is None:
-        sys.exit("atheris is not installed: pip install atheris (the corpus replays without it in the tests)")
-    else:
-        atheris.Setup(sys.argv, TestOneInput)
-        atheris.Fuzz()
+    from _cli import main
+
+    main(TestOneInput, {name: text.encode("latin-1") for name, text in SEEDS.items()}, atheris)

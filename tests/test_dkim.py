@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import pathlib
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from smtpwire_verify import Check, DNSQuery, MethodResult, RRType, run
 from smtpwire_verify._dkim import _B_VALUE, MAX_HEADER_BLOCK, DKIMResult, PublicKey, check_dkim, load_key, parse_message
 from tests.dnszone import Zone
+from tests.fuzzing import load_target
 
 NOW = int(time.time())
 MESSAGE = (
@@ -487,11 +487,7 @@ CORPUS = ROOT / "fuzz" / "corpus-dkim"
 
 
 def fuzz_target() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_dkim", ROOT / "fuzz" / "fuzz_dkim.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_target("fuzz_dkim")
 
 
 @pytest.mark.parametrize("seed", sorted(CORPUS.iterdir()), ids=lambda path: path.name)

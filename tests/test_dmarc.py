@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 from collections.abc import Sequence
 from types import ModuleType
@@ -20,6 +19,7 @@ from smtpwire_verify._dmarc import (
     parse_dmarc,
 )
 from tests.dnszone import Zone
+from tests.fuzzing import load_target
 
 SPF_PASS = MethodResult("spf", "pass", None, (("smtp.mailfrom", "bounce@example.com"),))
 SPF_FAIL = MethodResult("spf", "fail", None, (("smtp.mailfrom", "bounce@example.com"),))
@@ -477,11 +477,7 @@ CORPUS = ROOT / "fuzz" / "corpus-dmarc"
 
 
 def fuzz_target() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_dmarc", ROOT / "fuzz" / "fuzz_dmarc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_target("fuzz_dmarc")
 
 
 @pytest.mark.parametrize("seed", sorted(CORPUS.iterdir()), ids=lambda path: path.name)

@@ -6,28 +6,18 @@ made ``accept()`` raise; a non-ASCII verb upper-cased into STARTTLS).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
-from types import ModuleType
 
 import pytest
 
 import smtpwire
+from tests.fuzzing import load_target
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TARGET = ROOT / "fuzz" / "fuzz_connection.py"
 CORPUS = ROOT / "fuzz" / "corpus"
 
 
-def load_target() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_connection", TARGET)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-target = load_target()
+target = load_target("fuzz_connection")
 SEEDS = sorted(path for path in CORPUS.iterdir() if path.is_file())
 
 

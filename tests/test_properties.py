@@ -39,7 +39,7 @@ from smtpwire import (
     State,
     Vrfy,
 )
-from smtpwire._connection import _SMTP_VERBS
+from smtpwire._connection import _SMTP_VERBS, _first_word_is_bdat
 
 HOST = "mx.test"
 DEFAULT = ServerConfig(hostname=HOST)
@@ -550,7 +550,11 @@ def test_only_ascii_verbs_are_commands(verb: str, argument: str) -> None:
     """RFC 5321 2.4: verbs are case-insensitive ASCII; Unicode case mapping must not make a verb."""
     client = Client()
     client.feed(b"EHLO c\r\n")
-    client.feed(f"{verb}{argument}\r\n".encode())
+    line = f"{verb}{argument}\r\n".encode()
+    client.feed(line)
+    if _first_word_is_bdat(line):  # "BDAT" and an octet no verb holds: a reader splitting there sees a chunk
+        assert client.codes[:2] == [250, 501] and client.codes[-1] == 421  # so its end is lost: the session ends
+        return
     assert client.codes == [250, 500], f"{verb!r} ({verb.upper()!r}) was taken for a command"
     assert client.events[-1] == CommandRejected("", Reply(500, "Command unrecognized", (5, 5, 2)))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import pathlib
 import struct
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 import smtpwire
 from smtpwire import NEED_DATA, ProxyHeader, ProxyReader, ProxyRefused, ProxySSL
+from tests.fuzzing import load_target
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -320,11 +320,7 @@ FUZZ_LIMITS = ("-max_len=4096", "-timeout=10", "-rss_limit_mb=1024")
 
 
 def fuzz_target() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_proxy", ROOT / "fuzz" / "fuzz_proxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_target("fuzz_proxy")
 
 
 @pytest.mark.parametrize("seed", sorted(CORPUS.iterdir()), ids=lambda path: path.name)

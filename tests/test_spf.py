@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import pathlib
 from types import ModuleType
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from smtpwire_verify import Check, DNSQuery, DNSStatus, MethodResult, RRType, run
 from smtpwire_verify._spf import MAX_QUERIES, SPFResult, SPFSyntaxError, check_host, check_spf, parse_record
 from tests.dnszone import Zone
+from tests.fuzzing import load_target
 
 RESULTS = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"}
 
@@ -335,11 +335,7 @@ CORPUS = ROOT / "fuzz" / "corpus-spf"
 
 
 def fuzz_target() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_spf", ROOT / "fuzz" / "fuzz_spf.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_target("fuzz_spf")
 
 
 @pytest.mark.parametrize("seed", sorted(CORPUS.iterdir()), ids=lambda path: path.name)

@@ -5,12 +5,14 @@ would, except that the message reaches it only once checked, with this
 server's Authentication-Results field on top (after the store's own trace
 headers, where Gmail and Postfix's milters put it) and any field arriving
 from outside that claims this server's authserv-id removed (RFC 8601 5).
-The message is held in memory meanwhile, as DKIM needs it whole; the
-server's message size limit bounds it.
+The message is held in memory meanwhile (in ``envelope.content``, where
+the driver keeps it at no cost), as DKIM needs it whole; the server's
+message size limit bounds it.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import random
@@ -23,15 +25,13 @@ import smtpwire_verify
 from smtpwire import Reply
 from smtpwire_verify import Check, Verdict, remove_claims, verify_message, verify_sender
 
-from ._driver import overridden_hooks
+from ._around import Around, settled, then, then_call
 from ._handler import AsyncHandler, Handler, MaybeAwaitable, Params
 from ._resolver import AsyncResolver, Resolver
-from ._session import Envelope, Session, TransactionSlot
+from ._session import Envelope, Session
 
 #: Where the verdict on the MAIL FROM identity waits for the transaction's envelope.
 SENDER_VERDICT = "smtpwire.sender_verdict"
-#: The store's hooks this handler runs itself, around the store's own.
-_WRAPPED = frozenset({"mail_from", "data_chunk", "message", "message_aborted"})
 
 
 @dataclass(frozen=True)
@@ -62,20 +62,19 @@ class Verification:
     sample: Callable[[], float] = field(default=random.random, repr=False)
 
 
-class _Checks:
+class _Checks(Around):
     """What both handlers share: which check to run when, and what its verdict means for the client."""
 
+    WRAPS = frozenset({"mail_from", "data_chunk", "message", "message_aborted"})
+
     def __init__(self, store: Handler | AsyncHandler, verification: Verification | None) -> None:
-        if "deliver" in overridden_hooks(store):
-            raise ValueError("sender authentication wraps an SMTP store; LMTP delivery per recipient is not checked")
-        self.store = store
+        super().__init__(store)
         self.verification = verification or Verification()
-        self._held = TransactionSlot[bytearray]("the message held for sender authentication")
-        for hook in overridden_hooks(store) - _WRAPPED:  # the store's other hooks are its own business
-            setattr(self, hook, getattr(store, hook))
-        self._store_mail_from: Callable[..., Any] | None = (
-            store.mail_from if "mail_from" in overridden_hooks(store) else None
-        )
+
+    def pass_mail_from(self, session: Session, address: str, params: Params) -> Any:
+        """The store's own answer to MAIL, once the check let it through (``None`` if it has no such hook)."""
+        hook = self.store_hook("mail_from")
+        return hook(session, address, params) if hook is not None else None
 
     def authserv_id(self, session: Session) -> str:
         return self.verification.authserv_id or session.conn.config.hostname
@@ -105,15 +104,8 @@ class _Checks:
             )
         return None
 
-    def hold(self, session: Session, data: bytes) -> None:
-        held = self._held.get(session, None)
-        if held is None:
-            held = bytearray()
-            self._held.set(session, held)
-        held += data
-
     def message_check(self, session: Session, envelope: Envelope) -> tuple[Check[Verdict], bytes]:
-        message = bytes(self._held.pop(session) or b"")
+        message, envelope.content = bytes(envelope.content), bytearray()  # the store gets it back once checked
         sender = session.state.pop(SENDER_VERDICT, None) or Verdict()
         v = self.verification
         steps = verify_message(
@@ -168,10 +160,8 @@ class SenderAuthentication(_Checks, Handler):
             refusal = self.sender_checked(session, self.resolver.run(check, budget=self.verification.dns_budget))
             if refusal is not None:
                 return refusal
-        return self._store_mail_from(session, address, params) if self._store_mail_from is not None else None
-
-    def data_chunk(self, session: Session, data: bytes) -> None:
-        self.hold(session, data)
+        result: Reply | None = self.pass_mail_from(session, address, params)
+        return result
 
     def message(self, session: Session, envelope: Envelope) -> Reply | None:
         check, message = self.message_check(session, envelope)
@@ -184,7 +174,6 @@ class SenderAuthentication(_Checks, Handler):
         return self.store.message(session, envelope)
 
     def message_aborted(self, session: Session, reply: Reply | None) -> None:
-        self._held.pop(session)
         self.store.message_aborted(session, reply)
 
 
@@ -210,43 +199,45 @@ class AsyncSenderAuthentication(_Checks, AsyncHandler):
         if check is not None and not self.resolver.answer_from_cache(check):
             return self._mail_from_after_dns(session, check, address, params)
         refusal = self.sender_checked(session, check.result) if check is not None else None
-        return refusal or self._pass_mail_from(session, address, params)
+        return refusal or self.pass_mail_from(session, address, params)
 
     async def _mail_from_after_dns(
         self, session: Session, check: Check[Verdict], address: str, params: Params
     ) -> Reply | None:
         refusal = self.sender_checked(session, await self.resolver.run(check, budget=self.verification.dns_budget))
-        return refusal or await _settled(self._pass_mail_from(session, address, params))
+        return refusal or await settled(self.pass_mail_from(session, address, params))
 
-    def _pass_mail_from(self, session: Session, address: str, params: Params) -> MaybeAwaitable[Reply | None]:
-        store_mail_from = self._store_mail_from
-        return store_mail_from(session, address, params) if store_mail_from is not None else None
-
-    def data_chunk(self, session: Session, data: bytes) -> None:
-        self.hold(session, data)
-
-    async def message(self, session: Session, envelope: Envelope) -> Reply | None:
+    def message(self, session: Session, envelope: Envelope) -> MaybeAwaitable[Reply | None]:
+        """Inline while the cache answers and the store's hooks do not wait; else a coroutine."""
         check, message = self.message_check(session, envelope)
         if not self.resolver.answer_from_cache(check):
-            await self.resolver.run(check, budget=self.verification.dns_budget)
-        outcome = self.message_checked(session, envelope, check.result, message)
-        if isinstance(outcome, Reply):
-            await _settled(self.store.message_aborted(session, outcome))
-            return outcome
-        await _settled(self.store.data_chunk(session, outcome))
-        result: Reply | None = await _settled(self.store.message(session, envelope))
+            return self._message_after_dns(session, envelope, check, message)
+        return self._store(session, envelope, self.message_checked(session, envelope, check.result, message))
+
+    async def _message_after_dns(
+        self, session: Session, envelope: Envelope, check: Check[Verdict], message: bytes
+    ) -> Reply | None:
+        verdict = await self.resolver.run(check, budget=self.verification.dns_budget)
+        result: Reply | None = await settled(
+            self._store(session, envelope, self.message_checked(session, envelope, verdict, message))
+        )
         return result
 
+    def _store(self, session: Session, envelope: Envelope, outcome: Reply | bytes) -> MaybeAwaitable[Reply | None]:
+        """The refusal (the store told the message is aborted), or the checked message handed to the store."""
+        if isinstance(outcome, Reply):
+            aborted = self.store.message_aborted(session, outcome)
+            return then(aborted, outcome) if inspect.isawaitable(aborted) else outcome
+        fed = self.store.data_chunk(session, outcome)
+        if inspect.isawaitable(fed):
+            return then_call(fed, self.store.message, session, envelope)
+        return self.store.message(session, envelope)
+
     def message_aborted(self, session: Session, reply: Reply | None) -> MaybeAwaitable[None]:
-        self._held.pop(session)
         return self.store.message_aborted(session, reply)
 
 
-async def _settled(result: Any) -> Any:
-    """A hook's answer, awaited if it is an awaitable (an ``AsyncHandler`` store's hooks may be either)."""
-    return await result if inspect.isawaitable(result) else result
-
-
+@functools.lru_cache(maxsize=4096)  # asked at every MAIL, of the few addresses a server hears from most
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

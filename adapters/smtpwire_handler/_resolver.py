@@ -114,12 +114,12 @@ class _DNSPythonResolver:
 
     def _before_asking(self, query: DNSQuery, remaining: float) -> DNSAnswer | _Ask:
         """The answer known without asking (a name that cannot exist, the cache, a spent budget), or what to ask."""
+        cached = self.cache.get(query)  # first: the usual answer, and the cheapest
+        if cached is not None:
+            return cached
         name = _absolute_name(query.name)
         if name is None:
             return NXDOMAIN
-        cached = self.cache.get(query)
-        if cached is not None:
-            return cached
         if remaining <= 0:
             return TEMPFAIL
         import dns.rdatatype

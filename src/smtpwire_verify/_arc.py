@@ -26,6 +26,7 @@ from ._dkim import (
     MAX_SIGNATURE_FIELD,
     Message,
     PublicKey,
+    body_start,
     key_from_answer,
     key_name,
     parse_message,
@@ -93,6 +94,9 @@ def check_arc(message: bytes, *, now: int, min_key_bits: int = 1024) -> Steps[AR
     ``fail`` with a reason saying so (the safe side: a failed chain
     overrides nothing), as a key too small (under ``min_key_bits``) does.
     """
+    cut = body_start(message)
+    if cut is not None and not _ARC_FIELD.search(message, 0, cut):  # most mail: no need to parse it
+        return ARCResult("none", 0)
     parsed = parse_message(message)
     if isinstance(parsed, str):
         sealed = _ARC_FIELD.search(message, 0, MAX_HEADER_BLOCK)

@@ -92,7 +92,7 @@ def gather(*steps: Steps[Any]) -> Steps[tuple[Any, ...]]:
     waiting: dict[int, tuple[DNSQuery, ...]] = {}
     for index, step in enumerate(steps):
         _start(index, step, results, waiting)
-    while waiting:
+    while len(waiting) > 1:
         answers = yield from ask(*(query for queries in waiting.values() for query in queries))
         for index, queries in list(waiting.items()):
             try:
@@ -100,7 +100,18 @@ def gather(*steps: Steps[Any]) -> Steps[tuple[Any, ...]]:
             except StopIteration as finished:
                 del waiting[index]
                 results[index] = finished.value
+    for index, queries in waiting.items():  # the last one left asks on its own, its answers passed as they come
+        results[index] = yield from _go_on(steps[index], queries)
     return tuple(results)
+
+
+def _go_on(step: Steps[R], queries: tuple[DNSQuery, ...]) -> Steps[R]:
+    """The rest of a started check whose next questions are ``queries``."""
+    while True:
+        try:
+            queries = step.send((yield queries))
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
 
 
 def _start(index: int, step: Steps[Any], results: list[Any], waiting: dict[int, tuple[DNSQuery, ...]]) -> None:

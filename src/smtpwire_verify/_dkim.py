@@ -157,7 +157,7 @@ class Message:
 
 def parse_message(message: bytes) -> Message | str:
     """The message's header fields and body as dkimpy reads them, or why they cannot be read."""
-    cut = _body_start(message)
+    cut = body_start(message)
     if cut is None:
         return f"header block over {MAX_HEADER_BLOCK} octets"
     try:  # dkimpy reads only the header block: splitting the body into lines too would cost as much again
@@ -168,7 +168,7 @@ def parse_message(message: bytes) -> Message | str:
     return Message(headers, message[cut:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
 
 
-def _body_start(message: bytes) -> int | None:
+def body_start(message: bytes) -> int | None:
     """Where the body starts: after the first empty line, or at the end; ``None`` past ``MAX_HEADER_BLOCK``."""
     for empty in (b"\r\n", b"\n"):
         if message.startswith(empty):

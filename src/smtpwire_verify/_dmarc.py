@@ -71,6 +71,7 @@ def is_dmarc_record(text: str) -> bool:
     return _DMARC1.match(text) is not None
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the record's text, which the DNS cache hands out again
 def parse_dmarc(text: str) -> DMARCRecord:
     """The record ``text`` (a tag-value list, ``v=DMARC1`` first); ``DMARCSyntaxError`` says what is wrong.
 

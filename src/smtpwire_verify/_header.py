@@ -1,29 +1,24 @@
-"""The Authentication-Results header field (RFC 8601): written with authres, and forged copies of ours removed.
+"""The Authentication-Results header field (RFC 8601): written, and forged copies of ours removed.
 
-authres formats each ``method=result``, ``reason=`` and ``ptype.property=value``;
-two parts are done here because authres does them in a way a receiver
-cannot use as is: it writes every result on one line (we fold one result
-per line, RFC 5322 2.2.3), and its quoting leaves any value holding an
-``@`` unquoted, so ``a b@c; dkim=pass`` would become a forged result.
-Values are therefore cleaned and quoted by ``_Text`` and ``_Pvalue`` before authres
-writes them.  And authres's parser (which dkimpy's ARC sealing uses on our
-field) reads a quoted property value only as the last of its result, so
-properties that need quoting are written after the others: their order
-has no meaning (RFC 8601 2.2), and the usual one (``header.b``) then
-reads back.
+Written here rather than by authres (whose parser the tests read it back
+with), for three reasons: authres writes every result on one line (we
+fold one result per line, RFC 5322 2.2.3); its quoting leaves any value
+holding an ``@`` unquoted, so ``a b@c; dkim=pass`` would become a forged
+result (values are cleaned and quoted by ``_value`` and ``_pvalue``); and
+building its objects cost more than the rest of a message's checks but
+DKIM.  Its parser (which dkimpy's ARC sealing uses on our field) reads a
+quoted property value only as the last of its result, so properties that
+need quoting are written after the others: their order has no meaning
+(RFC 8601 2.2), and the usual one (``header.b``) then reads back.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 
-from authres.core import (  # type: ignore[import-untyped]  # authres ships no type hints
-    AuthenticationResult,
-    AuthenticationResultProperty,
-    QuotableValue,
-)
-
+from ._dkim import body_start
 from ._results import MethodResult
 
 FIELD_NAME = b"authentication-results"
@@ -45,29 +40,24 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _CONTINUATION = "\r\n\t  "
 
 
-class _Text(QuotableValue):  # type: ignore[misc]  # QuotableValue is an untyped str
+def _value(text: str) -> str:
     """RFC 8601's ``value`` (a ``reason=``): a token as is, anything else a quoted-string."""
-
-    def needs_quoting(self) -> bool:
-        return not _TOKEN.match(str.__str__(self))
-
-    def quote_if_needed(self) -> str:
-        text: str = str.__str__(self)
-        if not self.needs_quoting():
-            return text
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text if _TOKEN.match(text) else _quoted(text)
 
 
-class _Pvalue(_Text):
-    """RFC 8601's ``pvalue`` (a property's): a ``local-part@domain-name`` may also go unquoted."""
+def _pvalue(text: str) -> str:
+    """RFC 8601's ``pvalue`` (a property's): a token or a ``local-part@domain-name`` as is, else quoted."""
+    return text if _TOKEN.match(text) or _MAILBOX.match(text) else _quoted(text)
 
-    def needs_quoting(self) -> bool:
-        return super().needs_quoting() and not _MAILBOX.match(str.__str__(self))
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _cleaned(text: str) -> str:
     """``text`` fit for a header: every character outside printable ASCII becomes ``?``, cut at ``MAX_VALUE``."""
-    return _UNPRINTABLE.sub("?", text[:MAX_VALUE])
+    text = text[:MAX_VALUE]
+    return text if text.isascii() and text.isprintable() else _UNPRINTABLE.sub("?", text)
 
 
 def authentication_results(authserv_id: str, results: Sequence[MethodResult]) -> bytes:
@@ -88,27 +78,29 @@ def authentication_results(authserv_id: str, results: Sequence[MethodResult]) ->
 
 def _clause(result: MethodResult) -> str:
     """``method=result reason="..." ptype.property=value ...``, folded between words when long."""
-    if not (_KEY.match(result.method) and _DOT_ATOM.match(result.result)):
-        raise ValueError(f"{result.method}={result.result} is not a method and a result RFC 8601 can carry")
-    head = AuthenticationResult(result.method, result=result.result)
+    head = _checked_head(result.method, result.result)
     if result.reason is not None:
-        head.reason = _Text(_cleaned(result.reason))
-    properties = sorted((_property(name, value) for name, value in result.properties), key=_quoted_last)
-    return "".join(_fold([str(head), *map(str, properties)]))
+        head += f" reason={_value(_cleaned(result.reason))}"
+    plain: list[str] = []
+    quoted: list[str] = []  # a parser such as authres's reads a quoted value only as its result's last
+    for name, value in result.properties:
+        _check_property(name)
+        written = _pvalue(_cleaned(value))
+        (quoted if written.startswith('"') else plain).append(f"{name}={written}")
+    return "".join(_fold([head, *plain, *quoted]))
 
 
-def _quoted_last(written: AuthenticationResultProperty) -> bool:
-    """Sort key: authres's parser reads a quoted property value only at the end of a result, so put those last."""
-    return bool(written.value.needs_quoting())
+@functools.lru_cache(maxsize=256)  # our own few names: checked once each
+def _checked_head(method: str, result: str) -> str:
+    if not (_KEY.match(method) and _DOT_ATOM.match(result)):
+        raise ValueError(f"{method}={result} is not a method and a result RFC 8601 can carry")
+    return f"{method}={result}"
 
 
-def _property(name: str, value: str) -> AuthenticationResultProperty:
-    match = _PROPERTY.match(name)
-    if match is None:
+@functools.lru_cache(maxsize=256)
+def _check_property(name: str) -> None:
+    if _PROPERTY.match(name) is None:
         raise ValueError(f"{name!r} is not a ptype.property of RFC 8601 2.3")
-    written = AuthenticationResultProperty(match[1], match[2])
-    written.value = _Pvalue(_cleaned(value))
-    return written
 
 
 def _fold(words: list[str]) -> Iterator[str]:
@@ -169,12 +161,17 @@ def remove_claims(message: bytes, authserv_id: str) -> bytes:
     other byte is kept as it was; the work is linear in the header block
     and nothing in the message makes it raise.
     """
+    end = body_start(message)
+    if end is not None and not _RESULTS_FIELD.search(message, 0, end):  # most mail: nothing to look at
+        return message
     claims = (authserv_id.lower(), None)
     fields, rest = split_header(message)
     kept = [field for field in fields if not (field_name(field) == FIELD_NAME and _claimed_id(field) in claims)]
     return message if len(kept) == len(fields) else b"".join(kept) + rest
 
 
+#: A line that may start an Authentication-Results field (``split_header`` and ``field_name`` decide).
+_RESULTS_FIELD = re.compile(rb"(?im)^[ \t]*authentication-results[ \t]*:")
 #: How deep comments may nest before the field is taken as unreadable (RFC 5322 sets no limit; we must).
 MAX_COMMENT_DEPTH = 64
 _ID = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s;()"]+)', re.DOTALL)

@@ -8,6 +8,7 @@ lookups), so the questions one check asks are bounded (``MAX_QUERIES``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -152,6 +153,7 @@ def _nibbles(ip: IPAddress) -> str:
     return ".".join(ip.exploded.replace(":", "").upper())
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the client's address: each sender comes back often
 def _client_address(ip: str) -> IPAddress:
     address = ipaddress.ip_address(ip)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -169,6 +171,7 @@ def _a_label(domain: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_fqdn(domain: str) -> bool:
     """A name ``check_host`` can evaluate (RFC 7208 4.3): ASCII, several labels of 1 to 63 octets, no literal."""
     name = domain[:-1] if domain.endswith(".") else domain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ def methods_from(names: Iterable[str]) -> frozenset[str]:
     return frozenset(wanted)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Verdict:
     """What the checks found for one message (a method not run is ``None`` or ``()``)."""
 
@@ -43,9 +44,9 @@ class Verdict:
     dmarc: DMARCResult | None = None
     arc: ARCResult | None = None
 
-    @property
+    @functools.cached_property
     def results(self) -> tuple[MethodResult, ...]:
-        """Each method's result, in the order Authentication-Results lists them."""
+        """Each method's result, in the order Authentication-Results lists them (made once)."""
         spf = (self.spf.method_result(),) if self.spf is not None else ()
         dmarc = (self.dmarc.method_result(),) if self.dmarc is not None else ()
         arc = (self.arc.method_result(),) if self.arc is not None else ()
