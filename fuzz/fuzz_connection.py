@@ -100,7 +100,9 @@ are asserted:
 - extension verbs (``ExtensionVerbs``, added and removed by EXT): an
   ``ExtensionCommand`` names the verb of its line, comes only from an offered
   extension's declared verb, in one of its states, with the argument it takes
-  (and not before TLS under require_tls); answering it leaves the state as it was.
+  (and not before TLS under require_tls); answering it leaves the state as it was,
+  but a positive answer to a verb that ``starts_over`` (XCLIENT) starts the
+  session over: GREETED, no HELO, no transaction, no AUTH.
 """
 
 from __future__ import annotations
@@ -108,9 +110,7 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-import sys
 import unicodedata
-from pathlib import Path
 
 try:
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -261,6 +261,7 @@ class ExtensionVerbs(smtpwire.Extension):
         smtpwire.Verb("XCLIENT", argument="required"),
         smtpwire.Verb("XPEEK", smtpwire.Verb.IN_TRANSACTION),
         smtpwire.Verb("XPOKE", smtpwire.Verb.AFTER_HELLO),
+        smtpwire.Verb("XRESTART", smtpwire.Verb.BEFORE_TRANSACTION, argument="none", starts_over=True),
     )
 
     def offered(self, conn: smtpwire.ServerConnection) -> bool:
@@ -268,6 +269,12 @@ class ExtensionVerbs(smtpwire.Extension):
 
     def answer(self, conn: smtpwire.ServerConnection, verb: str, argument: str) -> Reply:
         return Reply(250, f"{verb} in {conn.state.name}", (2, 0, 0))
+
+
+def starts_over(conn: smtpwire.ServerConnection, event: smtpwire.ExtensionCommand) -> bool:
+    """Whether the command's verb starts the session over when answered positively (as XCLIENT)."""
+    declared = conn.extensions.verb(event.verb)
+    return declared is not None and declared[1].starts_over
 
 
 #: What the EXT operation adds or removes.
@@ -706,6 +713,9 @@ class Harness:
         elif isinstance(event, smtpwire.EndOfMessage):
             assert state is State.READY and conn.transaction is None
             self.due = None
+        elif isinstance(event, smtpwire.ExtensionCommand) and code < 400 and starts_over(conn, event):
+            assert state is State.GREETED and conn.transaction is None, (event, state)
+            assert conn.helo_name is None and conn.authenticated is None, event
         elif code >= 400 or isinstance(event, (smtpwire.Vrfy, smtpwire.ExtensionCommand)):
             if isinstance(event, smtpwire.DataRequested) and event.chunked:  # its octets follow all the same
                 self.skip_end = self.consumed() + self.first_chunk
@@ -1470,6 +1480,11 @@ SEEDS: dict[str, bytes] = {
     + reply(smtpwire.ExtensionCommand, 550, 0, 1)
     + lines("XPOKE")
     + SHUTDOWN,
+    "extension-verbs-start-over": config(AUTO, auth=AUTH_ON)
+    + toggle(ExtensionVerbs.keyword)
+    + lines("XRESTART", "EHLO c.example", f"AUTH PLAIN {b64(chr(0) + 'user' + chr(0) + 'pencil').decode()}")
+    + lines("XRESTART", "MAIL FROM:<a@example.org>", "EHLO c.example", "MAIL FROM:<a@example.org>", "XRESTART")
+    + lines("RSET", "XRESTART", "QUIT"),
     "extension-verbs-require-tls": config(STARTTLS | REQUIRE_TLS | AUTO)
     + toggle(ExtensionVerbs.keyword)
     + lines("EHLO c.example", "XSTATS", "STARTTLS")
@@ -1629,21 +1644,7 @@ SEEDS: dict[str, bytes] = {
 }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in SEEDS.items():
-        (directory / name).write_bytes(data)
-
-
-def main() -> None:
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-        return
-    if atheris is None:
-        sys.exit("atheris is not installed: pip install atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _cli import main
+
+    main(TestOneInput, SEEDS, atheris)

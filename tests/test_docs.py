@@ -619,6 +619,15 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("docs/authentication.md", "smtpwire serve --verify all --dns-resolver"): Command(
         skip="needs a resolver on 127.0.0.1:53 (tests/test_serve_verify.py runs serve against a local DNS server)"
     ),
+    ("docs/filters.md", "smtpwire serve --milter"): Command(
+        skip="needs rspamd and OpenDKIM listening (tests/test_milter_interop.py runs both behind serve)"
+    ),
+    ("docs/filters.md", "smtpwire serve --policy-service"): Command(
+        skip="needs a policy server listening (tests/test_policy_interop.py runs postgrey)"
+    ),
+    ("docs/filters.md", "smtpwire serve --xclient-from"): Command(
+        skip="a proxy's back end: tests/test_xclient_adapters.py and test_xclient_interop.py send it XCLIENT"
+    ),
     ("docs/index.md", "pip install -e '.[cli,testing]'"): INSTALL,
     ("docs/index.md", "smtpwire serve"): Command(readme_serve),
     ("docs/index.md", "swaks --server 127.0.0.1"): Command(readme_send),
@@ -676,6 +685,7 @@ COMMAND_CASES = [
 NOT_CODE: dict[tuple[str, str], str] = {
     ("docs/authentication.md", "Return-Path: <alice@example.org>"): "a sample of the header fields on top",
     ("docs/authentication.md", "# /etc/unbound"): "Unbound's configuration",
+    ("docs/filters.md", "xclient on;"): "nginx's configuration (tests/test_xclient_interop.py runs a real nginx)",
     ("docs/lmtp.md", "Return-Path: <alice@example.org>"): "a sample of the trace header fields",
     ("docs/lmtp.md", "# main.cf"): "Postfix's configuration (tests/test_serve_lmtp.py drives a throwaway Postfix)",
     ("docs/performance.md", "Python 3.11.7 (CPython) on Linux"): "the benchmark's printed set-up line",

@@ -170,6 +170,7 @@ def hostile_session(helo: str | None) -> Any:
     return types.SimpleNamespace(
         helo_name=helo,
         peer_host="192.0.2.7",
+        client_name=None,
         esmtp=True,
         tls=None,
         authenticated=None,

@@ -87,7 +87,7 @@ def test_a_signed_message_from_an_authorised_host_passes_everything(tmp_path: pa
     assert forged not in kept and theirs + sent in kept  # the claim in our name goes, the rest stays byte-exact
     assert kept.index(b"Received: ") < kept.index(b"Authentication-Results: mx.test;") < kept.index(theirs)
     assert "spf=pass dkim=pass dmarc=pass arc=none" in line
-    assert "; verify spf,dkim,dmarc,arc;" in server.log[0]  # the start-up line says what is checked
+    assert any("; verify spf,dkim,dmarc,arc;" in line for line in server.log if "serving on" in line)
 
 
 def test_policies_are_off_unless_asked_for(tmp_path: pathlib.Path, dns: LocalDNS) -> None:

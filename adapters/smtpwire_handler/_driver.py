@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import smtpwire
-from smtpwire import Reply
+from smtpwire import UNAVAILABLE, Reply, Xclient, Xforward, parse_xclient, parse_xforward
 
 from ._handler import DEFAULT_OUTCOMES, AsyncHandler, Handler, Reject, keep_data
 from ._input import SLICE, InputQueue
@@ -210,6 +210,7 @@ class SessionDriver:
         self.log = log
         self.conn = options.new_connection(implicit_tls=implicit_tls)
         self.session = Session(self.conn, peer, local)
+        self._offer_forwarding()
         self.can_await = can_await
         self._hooks = overridden_hooks(handler)
         self._calls: deque[tuple[str, tuple[Any, ...], smtpwire.Event | None]] = deque()
@@ -417,6 +418,7 @@ class SessionDriver:
         if header.source is not None:  # else (UNKNOWN, LOCAL, no IP family) the connection's own addresses stand
             session.peer, session.local = header.source, header.destination
         rest, self._proxy = self._proxy.trailing_data, None
+        self._offer_forwarding()  # trusted or not as the client the header names
         self._move(Happening.PROXY_READ)
         what = f"PROXY v{header.version} {header.protocol or header.command}"
         self.log.info("session %s: client %s via the proxy %s (%s)", session.id, session.peer, session.proxy, what)
@@ -564,6 +566,48 @@ class SessionDriver:
         elif isinstance(event, smtpwire.Decision):  # nobody overrode it: its default outcome (None), no call
             self._answer(event, hook, None)
 
+    def _extension_command(self, event: smtpwire.ExtensionCommand) -> None:
+        """XCLIENT and XFORWARD get the core's answer (220, 250, 501 or 550); other verbs go to ``command``."""
+        extension = self.conn.extensions.get(event.verb)
+        if isinstance(extension, Xclient | Xforward):
+            self._answer(event, event.verb, None)
+            if event.default.code < 400:
+                (self._take_xclient if isinstance(extension, Xclient) else self._take_xforward)(event.argument)
+        else:
+            self._hook(event)
+
+    def _take_xclient(self, argument: str) -> None:
+        """The session is now the named client's: peer, local address, names; the proxy is kept as ``proxy``."""
+        attributes = parse_xclient(argument)
+        assert not isinstance(attributes, Reply)  # the core answered 220: they are valid
+        session = self.session
+        if session.proxy is None:
+            session.proxy = session.peer
+        session.xclient = session.xclient.updated_by(attributes) if session.xclient else attributes
+        session.peer = _forwarded_address(attributes.addr, attributes.port, session.peer)
+        session.local = _forwarded_address(attributes.destaddr, attributes.destport, session.local)
+        session.forwarded = None
+        self.log.info(
+            "session %s: client %s (%s) via XCLIENT from %s",
+            session.id,
+            session.peer_host,
+            session.client_name or "no name",
+            session.proxy,
+        )
+
+    def _take_xforward(self, argument: str) -> None:
+        """Who the next transaction is really from, added to what earlier XFORWARDs said."""
+        attributes = parse_xforward(argument)
+        assert not isinstance(attributes, Reply)  # the core answered 250: they are valid
+        session = self.session
+        session.forwarded = session.forwarded.updated_by(attributes) if session.forwarded else attributes
+        self.log.info("session %s: XFORWARD %s", session.id, _short(argument))
+
+    def _offer_forwarding(self) -> None:
+        """XCLIENT and XFORWARD, where configured: allowed only to a client in their trusted networks."""
+        for extension in self.options.forwarding_extensions(self.session.peer):
+            self.conn.extensions.add(extension)
+
     def _message_data(self, event: smtpwire.MessageData) -> None:
         envelope = self.session.envelope
         assert envelope is not None
@@ -686,7 +730,7 @@ class SessionDriver:
             self._delivered = self._delivered and more
 
     def _accepted(self, event: smtpwire.Decision) -> None:
-        """A message began or was delivered (the envelope is the core's transaction: nothing to keep in step)."""
+        """A message began or was delivered, or HELO/EHLO began anew (the envelope is the core's transaction)."""
         if type(event) is smtpwire.DataRequested:
             if not self._in_message:  # DATA, or a message's first BDAT chunk
                 self._in_message = True
@@ -694,6 +738,8 @@ class SessionDriver:
         elif type(event) is smtpwire.EndOfMessage and not self._delivered:  # LMTP: a message, not a recipient
             self._messages += 1
             self._delivered = True
+        elif type(event) is smtpwire.Helo or type(event) is smtpwire.Ehlo:  # XFORWARD's are forgotten (Postfix)
+            self.session.forwarded = None
 
     def _supply(self, event: smtpwire.CredentialsLookup, secret: object) -> None:
         try:
@@ -737,6 +783,17 @@ def _warn_text_reply(log: logging.Logger, handler: type[object], hook: str, text
     if (handler, hook) not in _WARNED:
         _WARNED.add((handler, hook))
         log.warning("%s.%s returned %r, a str: answered as such; return smtpwire.Reply", handler.__name__, hook, text)
+
+
+def _forwarded_address(host: str | None, port: str | None, current: Address | None) -> Address | None:
+    """XCLIENT's ADDR and PORT (or DESTADDR and DESTPORT) over the address they replace; ``None``: unknown."""
+    if host is None and port is None:
+        return current
+    was = current if isinstance(current, tuple) else (None, 0)
+    host = was[0] if host is None else host
+    if host is None or host == UNAVAILABLE:
+        return None
+    return (host, int(port) if port is not None and port != UNAVAILABLE else was[1])
 
 
 def _short(text: str) -> str:
@@ -791,6 +848,7 @@ _EVENT_HOOKS: dict[type[smtpwire.Event], tuple[str, tuple[str, ...]]] = {
 #: What the driver does with each kind of event (the rest are observed: nothing to do).
 _ON_EVENT: dict[type[smtpwire.Event], Callable[[SessionDriver, Any], AdapterStep | None]] = {
     **dict.fromkeys(_EVENT_HOOKS, SessionDriver._hook),
+    smtpwire.ExtensionCommand: SessionDriver._extension_command,
     smtpwire.MessageData: SessionDriver._message_data,
     smtpwire.EndOfMessage: SessionDriver._end_of_message,
     smtpwire.MessageRejected: SessionDriver._message_rejected,

@@ -112,3 +112,19 @@ class AcceptErrors:
         if self._failures:
             self.log.warning("accepting connections again after %d failed attempts", self._failures)
             self._failures = 0
+
+
+def service_address(address: str, what: str) -> tuple[str, int] | str:
+    """A milter's or policy server's ``inet:HOST:PORT`` as ``(host, port)``, ``unix:PATH`` as the path.
+
+    Anything else is a ``ValueError`` naming ``what`` it was for.
+    """
+    kind, _, rest = address.partition(":")
+    if kind == "unix" and rest:
+        return rest
+    if kind == "inet":
+        host, _, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return host, int(port)
+    raise ValueError(f"{what} {address!r}: expected inet:HOST:PORT or unix:PATH (a port from 1 to 65535)")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import smtpwire
+from smtpwire import Xclient, Xforward
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class ServerOptions:
     then reports the client the header names; empty, nobody is trusted.
     Session limits apply when a connection is accepted, before its header:
     ``max_sessions_per_client`` counts a proxy as one client.
+
+    ``xclient_from`` and ``xforward_from`` list the networks whose clients
+    may use Postfix's XCLIENT and XFORWARD (``smtpd_authorized_xclient_hosts``
+    and ``smtpd_authorized_xforward_hosts``): advertised to them, refused
+    with 550 5.7.0 to the rest; empty, the verbs are not served at all.
+    After XCLIENT the session reports the client it names.
     """
 
     config: smtpwire.ServerConfig = dataclasses.field(default_factory=smtpwire.ServerConfig)
@@ -55,6 +62,8 @@ class ServerOptions:
         "::1/128",
     )
     proxy_timeout: float = 10.0
+    xclient_from: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+    xforward_from: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, smtpwire.ServerConfig):
@@ -90,6 +99,8 @@ class ServerOptions:
         object.__setattr__(self, "proxy_protocol_from", _networks("proxy_protocol_from", self.proxy_protocol_from))
         exceptions = _networks("client_limit_exceptions", self.client_limit_exceptions)
         object.__setattr__(self, "client_limit_exceptions", exceptions)
+        object.__setattr__(self, "xclient_from", _networks("xclient_from", self.xclient_from))
+        object.__setattr__(self, "xforward_from", _networks("xforward_from", self.xforward_from))
 
     def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
         """A server needs a listener (TCP, or a Unix socket's path), and implicit TLS needs a certificate."""
@@ -107,6 +118,16 @@ class ServerOptions:
         """Whether ``peer`` (a socket address) is in ``proxy_protocol_from``: its connections start with PROXY."""
         address = _ip_address(peer) if self.proxy_protocol_from else None
         return address is not None and any(address in network for network in self.proxy_protocol_from)
+
+    def forwarding_extensions(self, peer: object) -> tuple[smtpwire.Extension, ...]:
+        """XCLIENT and XFORWARD where configured, each allowed only to a ``peer`` in its networks."""
+        address = _ip_address(peer)
+        extensions: list[smtpwire.Extension] = []
+        if self.xclient_from:
+            extensions.append(Xclient(_within(address, self.xclient_from)))
+        if self.xforward_from:
+            extensions.append(Xforward(_within(address, self.xforward_from)))
+        return tuple(extensions)
 
     def counted_client(self, peer: object) -> str | None:
         """Who ``peer`` counts as for ``max_sessions_per_client`` (see ``client_key``); ``None``: not counted.
@@ -166,6 +187,14 @@ def _client_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address.packed, 64), strict=False))
     return str(address)
+
+
+def _within(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+    networks: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
+    """Whether ``address`` is in one of ``networks`` (``ServerOptions`` made every one a network)."""
+    return address is not None and any(address in network for network in networks)
 
 
 def _networks(name: str, networks: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import smtpwire
+from smtpwire import TEMPUNAVAIL, UNAVAILABLE
 
 if TYPE_CHECKING:
+    from smtpwire import ForwardedClient, XclientAttributes
+    from smtpwire_filters._milter import EnvelopeChanges
     from smtpwire_verify import Verdict
 
 #: An IP address and port as the socket module gives them, or a Unix socket path.
@@ -81,7 +84,10 @@ class Envelope:
         #: What sender authentication found (a ``smtpwire_verify.Verdict``), once a ``SenderAuthentication``
         #: handler checked, at the end of data (MAIL's SPF verdict is in ``session.state`` until then).
         self.authentication: Verdict | None = None
+        #: What milters changed in the envelope (sender, recipients, quarantine), once a milter handler ran.
+        self.milter_changes: EnvelopeChanges | None = None
         self._handler_values: dict[TransactionSlot[Any], Any] | None = None  # TransactionSlot's, made on first use
+        self._trace: tuple[str | None, bytes] | None = None  # trace_headers' text, the same for milters and store
 
     @property
     def transaction(self) -> smtpwire.Transaction:
@@ -222,6 +228,12 @@ class Session:
         #: The trusted proxy's address when the connection came through one, else ``None``.
         self.proxy: Address | None = None
         self.proxy_header: smtpwire.ProxyHeader | None = None
+        #: What a trusted proxy's XCLIENT commands said (``ServerOptions.xclient_from``): ``peer``, ``local``,
+        #: ``helo_name``, ``client_name`` and ``xclient_login`` report it, and ``proxy`` is the proxy.
+        self.xclient: XclientAttributes | None = None
+        #: What XFORWARD said about the client of the next transaction (``ServerOptions.xforward_from``);
+        #: forgotten at HELO/EHLO and XCLIENT, as Postfix does.
+        self.forwarded: ForwardedClient | None = None
         self._envelope: Envelope | None = None
         self.state: dict[str, Any] = {}
 
@@ -248,7 +260,18 @@ class Session:
 
     @property
     def helo_name(self) -> str | None:
-        return self.conn.helo_name
+        """The HELO/EHLO name; until the client gives one after XCLIENT, the one XCLIENT named."""
+        return self.conn.helo_name or _known(self.xclient.helo if self.xclient else None)
+
+    @property
+    def client_name(self) -> str | None:
+        """The client's host name as XCLIENT named it (``None``: not named, or unknown to the proxy)."""
+        return _known(self.xclient.name if self.xclient else None)
+
+    @property
+    def xclient_login(self) -> str | None:
+        """Who the client authenticated as with the proxy that sent XCLIENT (not an AUTH here)."""
+        return _known(self.xclient.login if self.xclient else None)
 
     @property
     def esmtp(self) -> bool:
@@ -275,6 +298,11 @@ class Session:
         tls = self.tls is not None
         proxy = f" proxy={self.proxy!r}" if self.proxy is not None else ""
         return f"<Session {self.id} peer={self.peer!r}{proxy} helo={self.helo_name!r} tls={tls} user={user!r}>"
+
+
+def _known(value: str | None) -> str | None:
+    """An XCLIENT value, or ``None`` where the proxy did not know it."""
+    return None if value in (UNAVAILABLE, TEMPUNAVAIL) else value
 
 
 def tls_info(tls: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:

@@ -39,10 +39,15 @@ def protocol_name(session: Session, smtputf8: bool, lmtp: bool = False) -> str:
 
 
 def peer_shown(session: Session) -> str:
-    """The TCP-info of ``Received: from`` (RFC 5321 4.4): ``[192.0.2.7]``, ``[IPv6:...]``, or ``unix socket``."""
+    """The TCP-info of ``Received: from`` (RFC 5321 4.4): ``[192.0.2.7]``, ``[IPv6:...]``, or ``unix socket``.
+
+    After XCLIENT named the client's host (a domain the core checked), the
+    name comes first, as Postfix writes it: ``client.example [192.0.2.7]``.
+    """
     if session.peer_host == UNIX_PEER:
         return "unix socket"
-    return address_literal(session.peer_host)
+    name = session.client_name
+    return f"{name} {address_literal(session.peer_host)}" if name else address_literal(session.peer_host)
 
 
 def address_literal(host: str) -> str:
@@ -120,8 +125,16 @@ def trace_headers(session: Session, envelope: Envelope, hostname: str | None = N
     One clause a line, each line bounded well under RFC 5322's 998 octets
     whatever the client sent, and nothing from the client that could end a
     line, open a comment or reorder the display (see ``helo_shown``,
-    ``address_shown``).
+    ``address_shown``).  Made once per envelope and hostname: a milter sees
+    the very text the store writes.
     """
+    if envelope._trace is not None and envelope._trace[0] == hostname:
+        return envelope._trace[1]
+    envelope._trace = (hostname, _trace_text(session, envelope, hostname))
+    return envelope._trace[1]
+
+
+def _trace_text(session: Session, envelope: Envelope, hostname: str | None) -> bytes:
     utf8 = "SMTPUTF8" in envelope.mail_params
     config = session.conn.config
     protocol = protocol_name(session, utf8, config.lmtp)

@@ -21,10 +21,12 @@ import click
 import smtpwire
 import smtpwire_anyio
 import smtpwire_asyncio
-from smtpwire_handler import AsyncHandler, Maildir, ServerOptions
+from smtpwire_handler import AsyncHandler, Handler, Maildir, ServerOptions
+from smtpwire_handler._around import Around
+from smtpwire_handler.filters import MilterSpec, PolicyService
 from smtpwire_handler.kit import DEFAULT_MODE
 
-from . import _authfile, _authlimit, _run, _tls
+from . import _authfile, _authlimit, _recipients, _run, _tls
 from ._devcert import make_self_signed
 from ._launch import quiet_interrupt
 from ._lmtp import LmtpMaildirHandler, Mailboxes
@@ -36,6 +38,8 @@ from ._store import MaildirHandler, PrintingHandler, SinkHandler
 
 log = logging.getLogger("smtpwire.serve")
 
+#: Said once at start without --accept-domain and --recipients: fine for development, not for a real MX.
+EVERYONE_ACCEPTED = "accepting mail for every recipient: give --accept-domain or --recipients on a real MX"
 NEEDS_CERTIFICATE = "--tls-listen and --require-starttls need --tls-cert (or --self-signed)"
 #: What ServerOptions refuses in a combination of options (how its message starts), in the command line's words.
 REFUSED_COMBINATIONS = {
@@ -73,6 +77,10 @@ def refuse_conflicts(params: Mapping[str, Any]) -> None:
         (params["dns_resolvers"] and not params["verify"], "--dns-resolver is for --verify"),
         (params["verify"] and params["lmtp"], "--verify is for SMTP: an LMTP client is the MTA that already checked"),
         (
+            (params["milters"] or params["policy_service"]) and params["lmtp"],
+            "--milter and --policy-service are for SMTP: an LMTP client is the MTA that already filtered",
+        ),
+        (
             params["workers"] > 1 and unix,
             "--workers works with TCP listeners only: a unix:PATH socket is bound by one process",
         ),
@@ -94,8 +102,12 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
         "max_sessions": _run.sessions_for(file_limit) if params["max_sessions"] is None else params["max_sessions"],
         "max_sessions_per_client": params["max_sessions_per_client"] or None,  # 0: no limit
         "verify": verify_methods(params),
+        "accept_domains": accept_domains(params),
     }
     settings = Settings(**{name: value for name, value in params.items() if name in FIELDS} | made)
+    milter_specs(settings)  # a bad --milter or --policy-service address is said now, once
+    if settings.policy_service is not None:
+        policy_service(settings)
     tls = settings.tls_cert is not None or params["self_signed"]
     try:  # stand-ins for the TLS context and AUTH to come: that they will be there is what the rules ask
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if tls else None
@@ -125,6 +137,14 @@ def verify_methods(params: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(method for method in METHODS if method in methods)
 
 
+def accept_domains(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """--accept-domain's domains as they are compared (lower-cased A-labels), or a usage error naming the bad one."""
+    try:
+        return tuple(sorted(_recipients.table_of_domains(params["accept_domains"]).domains))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--accept-domain") from None
+
+
 def refusal(message: str) -> click.UsageError:
     """ServerOptions' refusal in the command line's words: the combination of options, or the option of the value."""
     for start, words in REFUSED_COMBINATIONS.items():
@@ -145,30 +165,82 @@ def load_once(settings: Settings, params: Mapping[str, Any]) -> Settings:
         self_signed_pem=(
             self_signed_pair(settings.hostname, params["self_signed_cert_out"]) if params["self_signed"] else None
         ),
+        recipient_table=load_recipients(settings.recipients_file) if settings.recipients_file is not None else None,
     )
 
 
-def build_handler(settings: Settings) -> AsyncHandler:
+def load_recipients(path: str) -> _recipients.RecipientTable:
+    """The entries of ``serve --recipients``, or the error naming the file and line; a warning for an empty file."""
+    try:
+        table = _recipients.load(path)
+    except _recipients.RecipientsFileError as error:
+        raise click.ClickException(str(error)) from None
+    if not table:
+        log.warning("%s has no entries: it accepts nobody until SIGHUP reloads it", path)
+    return table
+
+
+def recipients_of(settings: Settings) -> _recipients.Recipients | None:
+    """Who serve accepts mail for; ``None``, without --accept-domain and --recipients: everyone."""
+    if not settings.accept_domains and settings.recipients_file is None:
+        return None
+    fixed = _recipients.RecipientTable(frozenset(settings.accept_domains))
+    return _recipients.Recipients(fixed, settings.recipient_table)
+
+
+def build_handler(settings: Settings, recipients: _recipients.Recipients | None = None) -> AsyncHandler:
+    """serve's handler for ``settings``; with ``recipients``, RCPT answers for them (``550 5.1.1`` for others)."""
     accounts = None
     if settings.auth_file is not None:
         limits = (settings.auth_failure_limit, settings.auth_failure_window, settings.auth_failure_delay)
         accounts = _authfile.Accounts(dict(settings.users), budget=_authlimit.FailureBudget(*limits))
     if settings.print_messages:
-        return checked(settings, PrintingHandler(accounts))
+        return checked(settings, PrintingHandler(accounts, recipients))
     if settings.maildir is None:
-        return checked(settings, SinkHandler(accounts))
+        return checked(settings, SinkHandler(accounts, recipients))
     try:
         if settings.lmtp:
-            return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts)
-        return checked(settings, MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts))
+            return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts, recipients)
+        return checked(settings, MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts, recipients))
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
 
 
 def checked(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
-    """``handler`` behind sender authentication, with --verify; as it is without (no DNS at all)."""
-    if not settings.verify:
-        return handler
+    """``handler`` behind what the options put around it, outermost first: the policy server (at RCPT),
+    sender authentication (so milters see its Authentication-Results), the milters; as it is without them."""
+    from smtpwire_handler.filters import AsyncMilterHandler, AsyncPolicyHandler  # anyio, as the rest of serve
+
+    if settings.milters:
+        handler = AsyncMilterHandler(handler, milter_specs(settings), hostname=settings.hostname)
+    if settings.verify:
+        handler = verified(settings, handler)
+    if settings.policy_service is not None:
+        handler = AsyncPolicyHandler(handler, policy_service(settings))
+    return handler
+
+
+def milter_specs(settings: Settings) -> list[MilterSpec]:
+    """One ``MilterSpec`` per --milter, in order; a bad address is the option's error."""
+    timeout = settings.milter_timeout
+    try:
+        return [
+            MilterSpec(address, timeout, timeout, max(timeout, 300.0), settings.milter_default_action)  # type: ignore[arg-type]
+            for address in settings.milters
+        ]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--milter") from None
+
+
+def policy_service(settings: Settings) -> PolicyService:
+    try:
+        return PolicyService(str(settings.policy_service))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--policy-service") from None
+
+
+def verified(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
+    """``handler`` behind sender authentication (--verify)."""
     from smtpwire_handler.authentication import AsyncResolver, AsyncSenderAuthentication, Verification
 
     try:
@@ -199,6 +271,10 @@ def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
     said = f"{'LMTP' if settings.lmtp else 'SMTP'}; {store}"
     if settings.verify:
         said += f"; verify {','.join(settings.verify)}" + ("; enforce DMARC" if settings.enforce_dmarc else "")
+    if settings.milters:
+        said += f"; milters {' '.join(settings.milters)} (down: {settings.milter_default_action})"
+    if settings.policy_service is not None:
+        said += f"; policy {settings.policy_service}"
     return said if worker is None else f"{said}; worker {worker[0]} of {worker[1]}"
 
 
@@ -209,13 +285,20 @@ def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | 
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop reloads on it: never a death at start-up
     configure_logging(settings.verbose, settings.log_format)
-    options, handler = build_options(settings), build_handler(settings)
+    recipients = recipients_of(settings)
+    options, handler = build_options(settings), build_handler(settings, recipients)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
-    store = getattr(handler, "store", handler)  # behind sender authentication, with --verify
+    if recipients is None and (worker is None or worker[0] == 1):  # once, after what may stop serve with an error
+        log.warning("%s", EVERYONE_ACCEPTED)
+    store: Handler | AsyncHandler = handler
+    while isinstance(store, Around):  # behind the milters, sender authentication, the policy server
+        store = store.store
     accounts = store.accounts if isinstance(store, _authfile.AuthFileHandler) else None
     context = options.tls_context if settings.tls_cert else None  # the --self-signed pair has no file to reload
-    reload = Reloader(context, settings.tls_cert, settings.tls_key, accounts, settings.auth_file)
+    reload = Reloader(
+        context, settings.tls_cert, settings.tls_key, accounts, settings.auth_file, recipients, settings.recipients_file
+    )
     listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
     try:
         if settings.backend == "trio":
@@ -344,6 +427,22 @@ def main() -> None:
     help="Print each message to standard output instead of storing it (like python -m aiosmtpd's debugging mode).",
 )
 @click.option(
+    "--accept-domain",
+    "accept_domains",
+    metavar="DOMAIN",
+    multiple=True,
+    help="Accept mail for every address of DOMAIN (repeatable); other recipients get 550 5.1.1 at RCPT, unless"
+    " --recipients lists them. Without either, every recipient is accepted.",
+)
+@click.option(
+    "--recipients",
+    "recipients_file",
+    type=click.Path(dir_okay=False, readable=False),  # checked by _recipients.load, at start and on SIGHUP alike
+    metavar="FILE",
+    help="Accept mail for the addresses and @domains of FILE (one a line, # comments); others get 550 5.1.1 at"
+    " RCPT. Domains compared without case and as A-labels, local parts without case. Reloaded on SIGHUP.",
+)
+@click.option(
     "--hostname",
     metavar="NAME",
     help="Name in the greeting, EHLO and Received headers. Default: this machine's name as `hostname` prints it"
@@ -448,6 +547,50 @@ def main() -> None:
     callback=networks,
     help="A proxy network (repeatable): not counted by --max-sessions-per-client, and with --proxy-protocol"
     " the networks that may (and must) send the PROXY header.",
+)
+@click.option(
+    "--xclient-from",
+    metavar="CIDR",
+    multiple=True,
+    callback=networks,
+    help="A network whose clients may use Postfix's XCLIENT (repeatable): a proxy such as nginx's names the real"
+    " client, which the session, its log and the Received header then report. Others get 550 5.7.0.",
+)
+@click.option(
+    "--xforward-from",
+    metavar="CIDR",
+    multiple=True,
+    callback=networks,
+    help="A network whose clients may use Postfix's XFORWARD (repeatable): a filter names the client of the next"
+    " message, for the log. Others get 550 5.7.0.",
+)
+@click.option(
+    "--milter",
+    "milters",
+    metavar="inet:HOST:PORT|unix:PATH",
+    multiple=True,
+    help="A milter (rspamd, OpenDKIM, ClamAV...) each message goes through, as Postfix's smtpd_milters: repeatable,"
+    " in order.",
+)
+@click.option(
+    "--milter-default-action",
+    type=click.Choice(["tempfail", "accept", "reject"]),
+    default="tempfail",
+    show_default=True,
+    help="What a milter that is down, times out or breaks means for the session (Postfix's milter_default_action).",
+)
+@click.option(
+    "--milter-timeout",
+    type=float,
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="A milter's connect and each of its replies; the end of the message waits at least 300 s.",
+)
+@click.option(
+    "--policy-service",
+    metavar="inet:HOST:PORT|unix:PATH",
+    help="A Postfix policy server (postgrey, policyd-spf...) asked at RCPT; down or silent: 451 4.3.5.",
 )
 @click.option(
     "--command-timeout",

@@ -46,6 +46,7 @@ from smtpwire_handler import (
 from smtpwire_handler._maildir import FILE_MODE, fsync_directory, make_folder, make_folders
 
 from ._authfile import Accounts, AuthFileHandler
+from ._recipients import Recipients, recipient_parts
 from ._store import log_accepted, warn_if_open
 
 log = logging.getLogger("smtpwire.serve")
@@ -226,7 +227,13 @@ class LmtpMaildirStore(AsyncMaildirStore):
 class LmtpMaildirHandler(AuthFileHandler, AsyncComposite):
     """serve's LMTP delivery: the AUTH file's hooks and an ``LmtpMaildirStore`` (a part, as in ``MaildirHandler``)."""
 
-    def __init__(self, mailboxes: Mailboxes, hostname: str, accounts: Accounts | None = None) -> None:
+    def __init__(
+        self,
+        mailboxes: Mailboxes,
+        hostname: str,
+        accounts: Accounts | None = None,
+        recipients: Recipients | None = None,
+    ) -> None:
         self.accounts = accounts
         warn_if_open(mailboxes.spool)
-        super().__init__(LmtpMaildirStore(mailboxes, hostname))
+        super().__init__(LmtpMaildirStore(mailboxes, hostname), *recipient_parts(recipients))

@@ -1,10 +1,12 @@
-"""What SIGHUP reloads: the TLS certificate and the auth file, without dropping a session.
+"""What SIGHUP reloads: the TLS certificate, the auth file and the recipients file, without dropping a session.
 
 Certificate renewals are routine, so a reload must be cheap and safe: the new
 pair goes into the live ``ssl.SSLContext`` (only handshakes that start later
 use it; sessions under way keep theirs), the new users into the live
-``Accounts``.  A file that fails to load changes nothing: the old certificate
-or users stay, and one ERROR line says why.
+``Accounts``, the new recipients into the live ``Recipients`` (a RCPT
+already answered stays answered).  A file that fails to load changes
+nothing: the old certificate, users or recipients stay, and one ERROR line
+says why.
 """
 
 from __future__ import annotations
@@ -13,26 +15,32 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from . import _authfile, _tls
+from . import _authfile, _recipients, _tls
 
 log = logging.getLogger("smtpwire.serve")
 
 
 @dataclass
 class Reloader:
-    """Called on SIGHUP; ``context`` is ``None`` without ``--tls-cert``, ``accounts`` without ``--auth-file``."""
+    """Called on SIGHUP; ``context`` is ``None`` without ``--tls-cert``, ``accounts`` without ``--auth-file``.
+
+    ``recipients_file`` is ``None`` without ``--recipients``.
+    """
 
     context: ssl.SSLContext | None
     cert: str | None
     key: str | None
     accounts: _authfile.Accounts | None
     auth_file: str | None
+    recipients: _recipients.Recipients | None = None
+    recipients_file: str | None = None
 
     def __call__(self) -> None:
-        if self.context is None and self.accounts is None:
-            log.info("SIGHUP: nothing to reload (no --tls-cert, no --auth-file)")
+        if self.context is None and self.accounts is None and self.recipients_file is None:
+            log.info("SIGHUP: nothing to reload (no --tls-cert, no --auth-file, no --recipients)")
         self._certificate()
         self._users()
+        self._recipient_list()
 
     def _certificate(self) -> None:
         if self.context is None or self.cert is None:
@@ -54,3 +62,14 @@ class Reloader:
         else:
             self.accounts.replace(users)
             log.info("SIGHUP: reloaded %d user(s) of %s", len(users), self.auth_file)
+
+    def _recipient_list(self) -> None:
+        if self.recipients is None or self.recipients_file is None:
+            return
+        try:
+            table = _recipients.load(self.recipients_file)
+        except _recipients.RecipientsFileError as error:
+            log.error("SIGHUP: %s; keeping the %s loaded before", error, self.recipients.loaded.summary())
+        else:
+            self.recipients.replace(table)
+            log.info("SIGHUP: reloaded %s of %s", table.summary(), self.recipients_file)

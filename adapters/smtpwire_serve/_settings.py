@@ -19,6 +19,7 @@ from smtpwire_handler.kit import HostPort
 
 from . import _authfile, _tls
 from ._params import Listen
+from ._recipients import RecipientTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,15 @@ class Settings:
     authserv_id: str | None  # in Authentication-Results; None: the hostname
     enforce_dmarc: bool
     reject_spf_fail: bool
+    accept_domains: tuple[str, ...] = ()  # --accept-domain, as compared (A-labels, lower case)
+    recipients_file: str | None = None  # --recipients; with accept_domains both (): every recipient accepted
+    recipient_table: RecipientTable | None = None  # the recipients file's entries, read once by the parent
+    xclient_from: tuple[str, ...] = ()  # the networks that may use XCLIENT
+    xforward_from: tuple[str, ...] = ()  # the networks that may use XFORWARD
+    milters: tuple[str, ...] = ()  # --milter addresses, in the order the message goes through them
+    milter_default_action: str = "tempfail"  # when a milter is down, times out or breaks
+    milter_timeout: float = 30.0  # connect and each command; the message content gets at least 300 s
+    policy_service: str | None = None  # --policy-service address, asked at RCPT
     users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # the auth file's
     salt_key: bytes | None = dataclasses.field(default=None, repr=False)  # unknown users' SCRAM salts
     self_signed_pem: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)  # certificate, key

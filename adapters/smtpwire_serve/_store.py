@@ -9,6 +9,7 @@ from smtpwire_handler import AsyncComposite, AsyncMaildirStore, Envelope, Maildi
 
 from ._authfile import Accounts, AuthFileHandler
 from ._logging import JSON_FIELDS
+from ._recipients import Recipients, recipient_parts
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -66,13 +67,16 @@ class MaildirHandler(AuthFileHandler, AsyncComposite):
 
     The store is a part, not a second base class: a hook both defined would
     be refused when the handler is made, where inheritance would hide one.
-    With ``accounts``, AUTH is checked against them.
+    With ``accounts``, AUTH is checked against them; with ``recipients``,
+    RCPT is (a ``RecipientCheck`` part, as in every serve handler).
     """
 
-    def __init__(self, maildir: Maildir, hostname: str, accounts: Accounts | None = None) -> None:
+    def __init__(
+        self, maildir: Maildir, hostname: str, accounts: Accounts | None = None, recipients: Recipients | None = None
+    ) -> None:
         self.accounts = accounts
         warn_if_open(maildir)
-        super().__init__(LoggedMaildirStore(maildir, hostname))
+        super().__init__(LoggedMaildirStore(maildir, hostname), *recipient_parts(recipients))
 
 
 def warn_if_open(maildir: Maildir) -> None:
@@ -81,11 +85,15 @@ def warn_if_open(maildir: Maildir) -> None:
         log.warning("%s is open to other users: they can list the messages (each new one is 0600)", folder)
 
 
-class SinkHandler(AuthFileHandler):
-    """Accepts and discards every message, like Postfix's smtp-sink; its hooks never wait, so they run inline."""
+class SinkHandler(AuthFileHandler, AsyncComposite):
+    """Accepts and discards every message, like Postfix's smtp-sink; its hooks never wait, so they run inline.
 
-    def __init__(self, accounts: Accounts | None = None) -> None:
+    A composite only for the ``recipients`` check, when there is one.
+    """
+
+    def __init__(self, accounts: Accounts | None = None, recipients: Recipients | None = None) -> None:
         self.accounts = accounts
+        super().__init__(*recipient_parts(recipients))
 
     def data_chunk(self, session: Session, data: bytes) -> None:
         """Drop it (``envelope.size`` counts it)."""
@@ -94,16 +102,18 @@ class SinkHandler(AuthFileHandler):
         log_accepted(session, envelope, envelope.size, "discarded")
 
 
-class PrintingHandler(AuthFileHandler):
+class PrintingHandler(AuthFileHandler, AsyncComposite):
     """``--print``: each message on standard output, as ``python -m aiosmtpd``'s debugging handler shows it.
 
     It holds a ``PrintHandler`` rather than inheriting one: either order of
-    the two bases would hide the other's hooks.
+    the two bases would hide the other's hooks.  A composite only for the
+    ``recipients`` check, when there is one.
     """
 
-    def __init__(self, accounts: Accounts | None = None) -> None:
+    def __init__(self, accounts: Accounts | None = None, recipients: Recipients | None = None) -> None:
         self.accounts = accounts
         self.printer = PrintHandler()
+        super().__init__(*recipient_parts(recipients))
 
     def message(self, session: Session, envelope: Envelope) -> None:
         self.printer.message(session, envelope)

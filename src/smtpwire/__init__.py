@@ -54,6 +54,16 @@ from ._proxy import ProxyHeader, ProxyReader, ProxyRefused, ProxySSL
 from ._reply import Reply
 from ._sasl import ScramCredentials, saslprep, scram_credentials
 from ._state import State
+from ._xclient import (
+    TEMPUNAVAIL,
+    UNAVAILABLE,
+    ForwardedClient,
+    Xclient,
+    XclientAttributes,
+    Xforward,
+    parse_xclient,
+    parse_xforward,
+)
 
 __version__ = "0.1.0"
 
@@ -62,6 +72,8 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "STANDARD_EXTENSIONS",
+    "TEMPUNAVAIL",
+    "UNAVAILABLE",
     "Auth",
     "AuthCredentials",
     "Authenticated",
@@ -83,6 +95,7 @@ __all__ = [
     "Extension",
     "ExtensionCommand",
     "Extensions",
+    "ForwardedClient",
     "Helo",
     "Help",
     "Limits",
@@ -116,6 +129,11 @@ __all__ = [
     "Transaction",
     "Verb",
     "Vrfy",
+    "Xclient",
+    "XclientAttributes",
+    "Xforward",
+    "parse_xclient",
+    "parse_xforward",
     "saslprep",
     "scram_credentials",
     "xtext_decode",

@@ -875,6 +875,15 @@ class ServerConnection:
         self._transaction = None
         self._move(Outcome.MESSAGE_ENDED)
 
+    def _extension_accepted(self, event: ev.Decision) -> None:
+        """A positive answer to an extension's verb: the session starts over if its ``Verb`` says so."""
+        assert isinstance(event, ev.ExtensionCommand)
+        declared = self.extensions.verb(event.verb)
+        if declared is not None and declared[1].starts_over:
+            self._move(Outcome.SESSION_RESTARTED)
+            self._forget_session()
+            self._authenticated = None
+
     def _stay(self, event: ev.Decision) -> None:
         pass
 
@@ -917,7 +926,7 @@ class ServerConnection:
         ev.DataRequested: _data_accepted,
         ev.EndOfMessage: _message_answered,
         ev.Vrfy: _stay,
-        ev.ExtensionCommand: _stay,
+        ev.ExtensionCommand: _extension_accepted,
         ev.AuthCredentials: _credentials_accepted,
     }
 

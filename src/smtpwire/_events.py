@@ -223,7 +223,8 @@ class ExtensionCommand(Decision):
 
     ``accept()`` sends ``default``, the extension's own ``answer``
     (250 2.0.0 OK unless it says otherwise); ``send()`` any 2xx, 4xx or 5xx
-    reply instead.  The session stays where it was either way.
+    reply instead.  The session stays where it was, unless the verb ``starts_over``
+    and the answer is positive: then it starts over (Postfix's XCLIENT).
     """
 
     verb: str
@@ -234,6 +235,10 @@ class ExtensionCommand(Decision):
 
     def default_reply(self, hostname: str) -> Reply:
         return self.default
+
+    def carries_enhanced_code(self, code: int) -> bool:
+        """A 220 is a new greeting (XCLIENT's), which RFC 2034 leaves without an enhanced code."""
+        return code != 220
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,16 @@ class Verb:
     ``states`` are where it may be used (one of the presets below, or a set
     of command states); elsewhere the core answers 503 5.5.1.  ``argument``
     is ``"none"``, ``"optional"`` or ``"required"``; a wrong one gets 501
-    5.5.4.  The name is matched without regard to case.
+    5.5.4.  The name is matched without regard to case.  ``starts_over``:
+    a positive answer starts the session over, as after STARTTLS (no HELO,
+    no transaction, no AUTH), like Postfix's XCLIENT; such a verb is used
+    only outside a transaction (within ``BEFORE_TRANSACTION``).
     """
 
     name: str
     states: frozenset[State] = _state.OUTSIDE_TRANSACTION
     argument: Literal["none", "optional", "required"] = "optional"
+    starts_over: bool = False
 
     #: Like NOOP: before or after HELO/EHLO, in a transaction or not.
     ANY_TIME: ClassVar[frozenset[State]] = _state.ANY_TIME
@@ -48,6 +52,8 @@ class Verb:
     OUTSIDE_TRANSACTION: ClassVar[frozenset[State]] = _state.OUTSIDE_TRANSACTION
     #: Like RCPT: after MAIL, before DATA.
     IN_TRANSACTION: ClassVar[frozenset[State]] = _state.IN_TRANSACTION
+    #: Like XCLIENT: before or after HELO/EHLO, not in a transaction.
+    BEFORE_TRANSACTION: ClassVar[frozenset[State]] = _state.BEFORE_TRANSACTION
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _VERB_NAME.fullmatch(self.name):
@@ -59,6 +65,8 @@ class Verb:
             raise ValueError(f"states must be a non-empty frozenset of {sorted(s.name for s in _state.ANY_TIME)}")
         if self.argument not in _ARGUMENT:
             raise ValueError(f"argument must be one of {_ARGUMENT}, not {self.argument!r}")
+        if self.starts_over and not self.states <= _state.BEFORE_TRANSACTION:
+            raise ValueError("a verb that starts the session over cannot be used in a transaction")
 
     def refuses(self, argument: str) -> Reply | None:
         """The 501 for an argument this verb does not take (or a missing one it needs)."""

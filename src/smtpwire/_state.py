@@ -49,6 +49,7 @@ class Outcome(enum.Enum):
     TLS_ESTABLISHED = "the adapter's handshake succeeded"
     AUTH_CHALLENGED = "the server sent a SASL challenge"
     AUTH_ENDED = "the AUTH exchange ended, either way"
+    SESSION_RESTARTED = "a verb that starts the session over (XCLIENT) was answered positively"
     CLOSED = "QUIT, 421, the peer's end of stream or a failed handshake"
 
     __hash__ = object.__hash__
@@ -57,6 +58,7 @@ class Outcome(enum.Enum):
 _SESSION = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT, State.BDAT})
 _GREETED = frozenset({State.READY, State.MAIL, State.RCPT, State.BDAT})
 _TRANSACTION = frozenset({State.MAIL, State.RCPT})
+_BEFORE_TRANSACTION = frozenset({State.GREETED, State.READY})
 
 
 def _table(*rows: tuple[Outcome, dict[State, State]]) -> dict[State, dict[Outcome, State]]:
@@ -85,6 +87,8 @@ TRANSITIONS = _table(
     (Outcome.TLS_ESTABLISHED, {State.TLS_HANDSHAKE: State.GREETED}),  # RFC 3207 4.2: start over
     (Outcome.AUTH_CHALLENGED, {State.READY: State.AUTH, State.AUTH: State.AUTH}),
     (Outcome.AUTH_ENDED, {State.READY: State.READY, State.AUTH: State.READY}),
+    # Postfix's XCLIENT: a new greeting, and the session starts over as after STARTTLS
+    (Outcome.SESSION_RESTARTED, dict.fromkeys(_BEFORE_TRANSACTION, State.GREETED)),
 )
 
 #: Where each verb may be used; anywhere else gets a sequence error.
@@ -110,6 +114,7 @@ ANY_TIME = _SESSION  # like NOOP: before or after HELO/EHLO, in a transaction or
 AFTER_HELLO = _GREETED  # after HELO/EHLO, in a transaction or not
 OUTSIDE_TRANSACTION = ALLOWED_STATES["MAIL"]  # like AUTH and STARTTLS: after HELO/EHLO, before MAIL
 IN_TRANSACTION = _TRANSACTION  # like RCPT: after MAIL, before DATA
+BEFORE_TRANSACTION = _BEFORE_TRANSACTION  # like XCLIENT: before or after HELO/EHLO, not in a transaction
 
 _BAD_SEQUENCE = (5, 5, 1)
 

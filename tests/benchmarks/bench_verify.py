@@ -190,14 +190,21 @@ def serve_command(server: str, port: int, run_dir: Path, dns: LocalDNS, profile:
     return command
 
 
+def started(
+    server: str, run_dir: Path, dns: LocalDNS, profile: Path | None = None
+) -> contextlib.AbstractContextManager[servers.Running]:
+    """``smtpwire serve`` as ``server`` says, with the local DNS server, until the block ends."""
+    return started_serve(server, run_dir, lambda port: serve_command(server, port, run_dir, dns, profile))
+
+
 @contextlib.contextmanager
-def started(server: str, run_dir: Path, dns: LocalDNS, profile: Path | None = None) -> Iterator[servers.Running]:
-    """``smtpwire serve`` listening on a free port; SIGTERM (then SIGKILL of its group) on the way out."""
+def started_serve(server: str, run_dir: Path, command_for: Callable[[int], list[str]]) -> Iterator[servers.Running]:
+    """``command_for(port)`` listening on a free port; SIGTERM (then SIGKILL of its group) on the way out."""
     port = servers.free_port()
     log, out = run_dir / "server.log", run_dir / "server.out"
     with open(log, "wb") as log_file, open(out, "wb") as out_file:
         process = subprocess.Popen(
-            serve_command(server, port, run_dir, dns, profile),
+            command_for(port),
             stdin=subprocess.DEVNULL,
             stdout=out_file,
             stderr=log_file,
@@ -296,6 +303,24 @@ def end_to_end(smtp_source: str, mail: Mail, dns: LocalDNS, counts: Counts, roun
 
 def report_end_to_end(results: Results, counts: Counts) -> None:
     """The table, and the cost of verifying: CPU per message with it less without, against the target."""
+    good = report_table(results, counts)
+    for plain, verified in PAIRS:
+        found = cost(good, plain, verified)
+        if found is None:
+            print(f"- cost of {verified} over {plain}: n/a (a run failed)  ")
+            continue
+        difference, paired = found
+        verdict = "under" if difference < TARGET_US else "NOT under"
+        print(
+            f"- cost of --verify {VERIFY[verified.partition('+')[2]][0]} over {plain}: {difference:.0f} µs/msg "
+            f"(difference of the medians; per round {servers.spread(paired)}), "
+            f"{verdict} the {TARGET_US:.0f} µs target  "
+        )
+    report_failures(results)
+
+
+def report_table(results: Results, counts: Counts) -> dict[str, list[Outcome]]:
+    """Every server's msg/s and CPU per message; the servers whose runs all succeeded."""
     print(
         f"\n### Persistent sessions: {counts.sessions} smtp-source sessions (-d), {counts.messages:,} messages "
         f"after {counts.warm} to warm up\n"
@@ -310,18 +335,18 @@ def report_end_to_end(results: Results, counts: Counts) -> None:
         cpu = servers.spread([run.cpu * 1e6 for run in runs])
         print(f"| {server} | {servers.spread([run.rate for run in runs])} | {cpu} |")
     print()
-    for plain, verified in PAIRS:
-        if plain not in good or verified not in good:
-            print(f"- cost of {verified} over {plain}: n/a (a run failed)  ")
-            continue
-        difference = statistics.median(r.cpu for r in good[verified]) - statistics.median(r.cpu for r in good[plain])
-        paired = [(v.cpu - p.cpu) * 1e6 for v, p in zip(good[verified], good[plain], strict=True)]
-        verdict = "under" if difference * 1e6 < TARGET_US else "NOT under"
-        print(
-            f"- cost of --verify {VERIFY[verified.partition('+')[2]][0]} over {plain}: {difference * 1e6:.0f} µs/msg "
-            "(difference of the medians; "
-            f"per round {servers.spread(paired)}), {verdict} the {TARGET_US:.0f} µs target  "
-        )
+    return good
+
+
+def cost(good: dict[str, list[Outcome]], plain: str, other: str) -> tuple[float, list[float]] | None:
+    """CPU µs per message of ``other`` over ``plain``: the difference of the medians, and round by round."""
+    if plain not in good or other not in good:
+        return None
+    difference = statistics.median(r.cpu for r in good[other]) - statistics.median(r.cpu for r in good[plain])
+    return difference * 1e6, [(o.cpu - p.cpu) * 1e6 for o, p in zip(good[other], good[plain], strict=True)]
+
+
+def report_failures(results: Results) -> None:
     for server, runs in results.items():
         for run in runs:
             if run.error:
