@@ -628,6 +628,15 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("docs/filters.md", "smtpwire serve --xclient-from"): Command(
         skip="a proxy's back end: tests/test_xclient_adapters.py and test_xclient_interop.py send it XCLIENT"
     ),
+    ("docs/http.md", "smtpwire serve --deliver-http https://"): Command(
+        skip="needs the application's HTTPS endpoint and its secret (tests/test_http_spool.py runs one)"
+    ),
+    ("docs/http.md", "smtpwire serve --deliver-http http://127.0.0.1:8000"): Command(
+        skip="needs an application on port 8000 (tests/test_http_delivery.py runs one)"
+    ),
+    ("docs/operating.md", "smtpwire serve --metrics"): Command(
+        skip="four workers and a metrics port (tests/test_metrics.py scrapes serve --metrics --workers 2)"
+    ),
     ("docs/index.md", "pip install -e '.[cli,testing]'"): INSTALL,
     ("docs/index.md", "smtpwire serve"): Command(readme_serve),
     ("docs/index.md", "swaks --server 127.0.0.1"): Command(readme_send),

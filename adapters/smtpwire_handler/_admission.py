@@ -108,15 +108,24 @@ class Admission(Generic[S]):
         self.closed = True
 
     def refusal(self, peer: object) -> str | None:
-        """Why a new session from ``peer`` would be refused now (for the log), or ``None``; counts nothing."""
+        """Why a new session from ``peer`` is refused now (for the log), or ``None``; counts no session.
+
+        A refusal is counted in the server's metrics, when it has them, by its kind.
+        """
+        kind, why = self._refusal(peer)
+        if kind is not None and self.options.metrics is not None:
+            self.options.metrics.session_refused(kind)
+        return why
+
+    def _refusal(self, peer: object) -> tuple[str | None, str | None]:
         if self.closed:
-            return "shutting down"
+            return "shutting_down", "shutting down"
         if len(self._sessions) >= self.options.max_sessions:
-            return f"{len(self._sessions)} sessions already"
+            return "too_many", f"{len(self._sessions)} sessions already"
         key = self.options.counted_client(peer)
         if self._clients.full(key):
-            return f"{self.options.max_sessions_per_client} sessions from {key} already"
-        return None
+            return "per_client", f"{self.options.max_sessions_per_client} sessions from {key} already"
+        return None, None
 
     def admit(self, session: S, peer: object) -> str | None:
         """Count ``session`` in; ``None`` when admitted, else why not (see ``refusal``).

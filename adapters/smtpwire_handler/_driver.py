@@ -135,6 +135,7 @@ class HookWait:
     hook: str
     awaitable: Awaitable[object]
     event: smtpwire.Event | None
+    started: float = 0.0  # when the hook was called, with metrics (``SessionMetrics.hook_started``)
 
 
 @functools.cache
@@ -176,6 +177,7 @@ class SessionDriver:
         "_in_message",
         "_input",
         "_messages",
+        "_metrics",
         "_octets_credited",
         "_peer_present",
         "_problems_logged",
@@ -222,6 +224,7 @@ class SessionDriver:
         self._peer_present = True
         self._stop_request: StopRequest | None = None
         self._transcript = Transcript(self.conn, self.session.id) if Transcript.enabled() else None
+        self._metrics = None if options.metrics is None else options.metrics.session(lmtp=options.config.lmtp)
         self._in_message = False  # DATA or a first BDAT chunk was accepted, and the message not yet answered
         self._chunk_refusal: Reply | None = None  # data_chunk failed: it decides the end of data
         #: LMTP: the message hook's answer goes to every recipient (RFC 2033 4.2): set once it answered.
@@ -363,6 +366,8 @@ class SessionDriver:
         self._move(Happening.FAILED)
         if self.phase is Phase.CLOSED:
             self._calls.clear()
+            if self._metrics is not None:
+                self._metrics.closed()
             return False
         return True
 
@@ -371,6 +376,8 @@ class SessionDriver:
         if self.phase is not Phase.HANDSHAKE:
             raise RuntimeError("no TLS handshake was due (or the connection was lost meanwhile)")
         self._move(Happening.TLS_ESTABLISHED)
+        if self._metrics is not None:
+            self._metrics.tls(True)
         self.session.tls = info
         self.log.info("session %s: TLS established: %s %s", self.session.id, info.version, info.cipher)
         if self.conn.state is smtpwire.State.GREETING:  # implicit TLS (RFC 8314): nothing to reset
@@ -391,11 +398,15 @@ class SessionDriver:
     def resolve(self, wait: HookWait, result: object) -> None:
         """The awaited hook returned ``result``."""
         self._waiting = None
+        if self._metrics is not None:
+            self._metrics.hook_ended(wait.hook, wait.started)
         self._returned(wait.hook, wait.event, result)
 
     def reject(self, wait: HookWait, error: Exception) -> None:
         """The awaited hook raised ``error``."""
         self._waiting = None
+        if self._metrics is not None:
+            self._metrics.hook_ended(wait.hook, wait.started)
         self._failed(wait.hook, wait.event, error)
 
     # -- each phase's step ---------------------------------------------------------
@@ -443,6 +454,8 @@ class SessionDriver:
             self._event_since_wait = True
         if self._transcript is not None:
             self._transcript.saw(event)
+        if self._metrics is not None:
+            self._metrics.saw(event)
         return _ON_EVENT.get(type(event), SessionDriver._observe)(self, event)
 
     def _next_input(self) -> AdapterStep | None:
@@ -478,6 +491,8 @@ class SessionDriver:
     def _closed(self) -> AdapterStep:
         if self._transcript is not None:
             self._transcript.read_up(ended=True)
+        if self._metrics is not None:
+            self._metrics.closed()
         return CLOSED
 
     # -- input and deadlines ------------------------------------------------------------
@@ -522,6 +537,8 @@ class SessionDriver:
             self.conn.tls_failed()
         self._input.clear()
         self._move(Happening.TLS_FAILED)
+        if self._metrics is not None:
+            self._metrics.tls(False)
 
     def _proxy_failed(self, reason: str) -> None:
         """No valid PROXY header: nobody to greet, the connection just closes."""
@@ -540,12 +557,18 @@ class SessionDriver:
             self._returned(hook, event, DEFAULT_OUTCOMES[hook])
 
     def _call(self, hook: str, args: tuple[Any, ...], event: smtpwire.Event | None) -> HookWait | None:
+        metrics = self._metrics
+        started = 0.0 if metrics is None else metrics.hook_started()
         try:
             result = getattr(self.handler, hook)(*args)
         except Exception as error:
+            if metrics is not None:
+                metrics.hook_ended(hook, started)
             self._failed(hook, event, error)
             return None
         if result is None or isinstance(result, bool | Reply) or not inspect.isawaitable(result):
+            if metrics is not None:
+                metrics.hook_ended(hook, started)
             self._returned(hook, event, result)
             return None
         if not self.can_await:
@@ -553,7 +576,7 @@ class SessionDriver:
                 result.close()
             self._failed(hook, event, TypeError(f"{hook} returned an awaitable: this adapter needs plain hooks"))
             return None
-        self._waiting = HookWait(hook, result, event)
+        self._waiting = HookWait(hook, result, event, started)
         return self._waiting
 
     def _observe(self, event: smtpwire.Event) -> None:
@@ -728,6 +751,8 @@ class SessionDriver:
             self._answered_for_all = more and hook != "deliver"
             self._answer_for_all = reply if self._answered_for_all else None
             self._delivered = self._delivered and more
+        if self._metrics is not None:
+            self._metrics.answered(event, reply)
 
     def _accepted(self, event: smtpwire.Decision) -> None:
         """A message began or was delivered, or HELO/EHLO began anew (the envelope is the core's transaction)."""

@@ -8,9 +8,13 @@ import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import smtpwire
 from smtpwire import Xclient, Xforward
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class ServerOptions:
     and ``smtpd_authorized_xforward_hosts``): advertised to them, refused
     with 550 5.7.0 to the rest; empty, the verbs are not served at all.
     After XCLIENT the session reports the client it names.
+
+    ``metrics``, a ``Metrics``, counts what every session does (Prometheus);
+    ``None``, the sessions pay one ``is None`` test per point they would count.
     """
 
     config: smtpwire.ServerConfig = dataclasses.field(default_factory=smtpwire.ServerConfig)
@@ -64,6 +71,7 @@ class ServerOptions:
     proxy_timeout: float = 10.0
     xclient_from: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
     xforward_from: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+    metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, smtpwire.ServerConfig):
@@ -94,6 +102,8 @@ class ServerOptions:
                 "the Auth extension is offered only over TLS and needs a tls_context"
                 " (Auth(require_tls=False) allows AUTH in clear)"
             )
+        if self.metrics is not None and not callable(getattr(self.metrics, "session", None)):
+            raise ValueError(f"metrics must be a smtpwire_handler Metrics, not {type(self.metrics).__name__}")
         if self.config.require_auth and auth is None:
             raise ValueError("require_auth needs the Auth extension in config.extensions: nobody could send mail")
         object.__setattr__(self, "proxy_protocol_from", _networks("proxy_protocol_from", self.proxy_protocol_from))
@@ -101,6 +111,22 @@ class ServerOptions:
         object.__setattr__(self, "client_limit_exceptions", exceptions)
         object.__setattr__(self, "xclient_from", _networks("xclient_from", self.xclient_from))
         object.__setattr__(self, "xforward_from", _networks("xforward_from", self.xforward_from))
+
+    def replace_tls_context(self, context: ssl.SSLContext) -> None:
+        """Have every handshake that starts from now on use ``context``: a certificate reload.
+
+        Every adapter reads ``tls_context`` when a handshake starts, so the
+        handshakes and sessions under way keep the context they began with.
+        It is the one field that changes after construction, and only from one
+        context to another: a reload builds a new context and swaps it in
+        whole, as changing a live one is unsafe (a failed ``load_cert_chain``
+        leaves it without its key).
+        """
+        if not isinstance(context, ssl.SSLContext):
+            raise ValueError(f"tls_context must be an ssl.SSLContext, not {type(context).__name__}")
+        if self.tls_context is None:
+            raise ValueError("these options have no tls_context to replace: TLS is set when they are made")
+        object.__setattr__(self, "tls_context", context)
 
     def check_listeners(self, listen: Sequence[object], tls_listen: Sequence[object]) -> None:
         """A server needs a listener (TCP, or a Unix socket's path), and implicit TLS needs a certificate."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
 import os
 import re
 import signal
@@ -12,21 +11,26 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
+from click.core import ParameterSource
 
 import smtpwire
 import smtpwire_anyio
 import smtpwire_asyncio
-from smtpwire_handler import AsyncHandler, Handler, Maildir, ServerOptions
+from smtpwire_handler import AsyncComposite, AsyncHandler, Envelope, Handler, Maildir, ServerOptions, Session
 from smtpwire_handler._around import Around
 from smtpwire_handler.filters import MilterSpec, PolicyService
 from smtpwire_handler.kit import DEFAULT_MODE
 
-from . import _authfile, _authlimit, _recipients, _run, _tls
+if TYPE_CHECKING:
+    from smtpwire_handler._metrics import Metrics
+
+from . import _authfile, _authlimit, _observe, _recipients, _run, _tls, _workers
 from ._devcert import make_self_signed
 from ._launch import quiet_interrupt
 from ._lmtp import LmtpMaildirHandler, Mailboxes
@@ -34,7 +38,7 @@ from ._logging import LOG_FORMATS, configure_logging
 from ._params import DEFAULT_LISTEN, HostPortType, ListenType, networks, no_port_option, octal_mode
 from ._reload import Reloader
 from ._settings import FIELDS, Settings, build_options, options_for
-from ._store import MaildirHandler, PrintingHandler, SinkHandler
+from ._store import MaildirHandler, PrintingHandler, SinkHandler, log_accepted
 
 log = logging.getLogger("smtpwire.serve")
 
@@ -90,6 +94,57 @@ def refuse_conflicts(params: Mapping[str, Any]) -> None:
             raise click.UsageError(message)
 
 
+#: The options of --deliver-http (their parameter names), and those of its spool mode only.
+DELIVERY_OPTIONS = (
+    "deliver_mode",
+    "deliver_secret_file",
+    "deliver_spool",
+    "deliver_retry_delay",
+    "deliver_max_age",
+    "deliver_timeout",
+    "deliver_concurrency",
+)
+SPOOL_OPTIONS = ("deliver_spool", "deliver_retry_delay", "deliver_max_age")
+
+
+def refuse_delivery_conflicts(params: Mapping[str, Any]) -> None:
+    """--deliver-http is the store: not with another (--maildir given, --sink, --print, --lmtp); its options need it."""
+    ctx = click.get_current_context()
+    given = {
+        name for name in (*DELIVERY_OPTIONS, "maildir") if ctx.get_parameter_source(name) != ParameterSource.DEFAULT
+    }
+    if params["deliver_http"] is None:
+        for name in DELIVERY_OPTIONS:
+            if name in given:
+                raise click.UsageError(f"{option_name(name)} is for --deliver-http")
+        return
+    for name in ("maildir", "sink", "print_messages", "lmtp"):
+        if params[name] and (name in given or name != "maildir"):
+            flag = "--print" if name == "print_messages" else option_name(name)
+            raise click.UsageError(f"give either --deliver-http or {flag}, not both: --deliver-http delivers the mail")
+    if params["deliver_mode"] == "sync" and given & set(SPOOL_OPTIONS):
+        raise click.UsageError(
+            "--deliver-spool, --deliver-retry-delay and --deliver-max-age are for --deliver-mode spool"
+        )
+    http_endpoint(params["deliver_http"], None, params["deliver_timeout"], params["deliver_concurrency"])  # the URL
+
+
+def option_name(parameter: str) -> str:
+    return "--" + parameter.replace("_", "-")
+
+
+def http_endpoint(url: str, secret: bytes | None, timeout: float, concurrency: int) -> Any:
+    """The ``HttpEndpoint`` of --deliver-http; a bad URL is the option's error, a missing extra a one-line one."""
+    try:
+        from smtpwire_handler._http_delivery import HttpEndpoint
+    except ModuleNotFoundError as error:
+        raise click.ClickException(f"--deliver-http needs {error.name}: pip install 'smtpwire[http]'") from None
+    try:
+        return HttpEndpoint(url, secret, timeout=timeout, concurrency=concurrency)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--deliver-http") from None
+
+
 def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
     """``serve``'s parsed parameters as Settings, refused as ServerOptions would refuse them, before anything is loaded.
 
@@ -97,7 +152,7 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
     """
     made = {
         "listen": params["listen"] or (DEFAULT_LISTEN,),
-        "maildir": None if params["sink"] or params["print_messages"] else params["maildir"],
+        "maildir": None if params["sink"] or params["print_messages"] or params["deliver_http"] else params["maildir"],
         "hostname": default_hostname() if params["hostname"] is None else params["hostname"],
         "max_sessions": _run.sessions_for(file_limit) if params["max_sessions"] is None else params["max_sessions"],
         "max_sessions_per_client": params["max_sessions_per_client"] or None,  # 0: no limit
@@ -166,7 +221,18 @@ def load_once(settings: Settings, params: Mapping[str, Any]) -> Settings:
             self_signed_pair(settings.hostname, params["self_signed_cert_out"]) if params["self_signed"] else None
         ),
         recipient_table=load_recipients(settings.recipients_file) if settings.recipients_file is not None else None,
+        deliver_secret=load_secret(settings.deliver_secret_file) if settings.deliver_secret_file is not None else None,
     )
+
+
+def load_secret(path: str) -> bytes:
+    """The --deliver-secret-file's key, or the error naming the file."""
+    from smtpwire_handler._http_delivery import load_webhook_secret
+
+    try:
+        return load_webhook_secret(path)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot use --deliver-secret-file {path}: {error}") from None
 
 
 def load_recipients(path: str) -> _recipients.RecipientTable:
@@ -194,6 +260,8 @@ def build_handler(settings: Settings, recipients: _recipients.Recipients | None 
     if settings.auth_file is not None:
         limits = (settings.auth_failure_limit, settings.auth_failure_window, settings.auth_failure_delay)
         accounts = _authfile.Accounts(dict(settings.users), budget=_authlimit.FailureBudget(*limits))
+    if settings.deliver_http is not None:
+        return checked(settings, HttpDeliveryHandler(settings, accounts, recipients))
     if settings.print_messages:
         return checked(settings, PrintingHandler(accounts, recipients))
     if settings.maildir is None:
@@ -204,6 +272,88 @@ def build_handler(settings: Settings, recipients: _recipients.Recipients | None 
         return checked(settings, MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts, recipients))
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
+
+
+class HttpDeliveryHandler(_authfile.AuthFileHandler, AsyncComposite):
+    """--deliver-http: the AUTH file's hooks, the recipients check, and the HTTP store of --deliver-mode.
+
+    ``run_delivery`` runs beside the server while it serves: in spool mode it
+    posts what the spool holds (``SpoolDelivery``, which every worker runs on
+    the one spool, each message claimed by a lock while it is posted); in
+    either mode it closes the HTTP client at the end.
+    """
+
+    def __init__(
+        self, settings: Settings, accounts: _authfile.Accounts | None, recipients: _recipients.Recipients | None
+    ) -> None:
+        from smtpwire_handler._http_delivery import HttpPoster
+        from smtpwire_handler._spool import Spool, SpoolDelivery
+
+        self.accounts = accounts
+        url, secret = str(settings.deliver_http), settings.deliver_secret
+        self.poster = HttpPoster(http_endpoint(url, secret, settings.deliver_timeout, settings.deliver_concurrency))
+        self.delivery: SpoolDelivery | None = None
+        store: AsyncHandler = logged_http_store(self.poster)
+        if settings.deliver_mode == "spool":
+            try:
+                spool = Spool(settings.deliver_spool)
+            except OSError as error:
+                raise click.ClickException(f"cannot use the spool {settings.deliver_spool}: {error}") from None
+            store = logged_spool_store(spool)
+            self.delivery = SpoolDelivery(
+                spool,
+                self.poster,
+                retry_delay=settings.deliver_retry_delay,
+                max_age=settings.deliver_max_age,
+                concurrency=settings.deliver_concurrency,
+            )
+        super().__init__(store, *_recipients.recipient_parts(recipients))
+
+    def observe(self, metrics: Metrics, *, gauges: bool) -> None:
+        """Count each delivery attempt by outcome; with ``gauges`` (one process serving scrapes), the spool's
+        depth and its oldest message's age too (under workers, each worker's spool view would not sum)."""
+        attempts = metrics.counter("smtpwire_delivery_attempts", "HTTP delivery attempts by outcome", ["outcome"])
+        for outcome in ("delivered", "temporary", "permanent"):
+            attempts.labels(outcome)
+        self.poster.observe(lambda result: attempts.labels(result.outcome).inc())
+        if gauges and self.delivery is not None:
+            metrics.gauge_callback("smtpwire_spool_depth", "Messages in the spool's queue", self.delivery.depth)
+            metrics.gauge_callback(
+                "smtpwire_spool_oldest_age_seconds", "Age of the oldest queued message", self.delivery.oldest_age
+            )
+
+    async def run_delivery(self) -> None:
+        """Until cancelled: the spool's deliveries (spool mode) or nothing; then the HTTP client is closed."""
+        try:
+            if self.delivery is not None:
+                await self.delivery.run()
+            else:
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.poster.aclose()
+
+
+def logged_http_store(poster: Any) -> AsyncHandler:
+    """An ``AsyncHttpStore`` (--deliver-mode sync) saying each delivered message in serve's log line."""
+    from smtpwire_handler._http_store import AsyncHttpStore
+
+    class LoggedHttpStore(AsyncHttpStore):
+        def delivered(self, session: Session, envelope: Envelope, message_id: str, result: Any) -> None:
+            log_accepted(session, envelope, envelope.size, f"delivered={message_id}")
+
+    return LoggedHttpStore(poster)
+
+
+def logged_spool_store(spool: Any) -> AsyncHandler:
+    """An ``AsyncSpoolStore`` saying each spooled message in serve's log line."""
+    from smtpwire_handler._spool import AsyncSpoolStore, Entry
+
+    class LoggedSpoolStore(AsyncSpoolStore):
+        def spooled(self, session: Session, envelope: Envelope, entry: Entry) -> None:
+            log_accepted(session, envelope, envelope.size, f"spooled={entry.id}")
+
+    return LoggedSpoolStore(spool)
 
 
 def checked(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
@@ -260,7 +410,10 @@ def verified(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
 
 def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
     """The start-up line's protocol, store and ``(number, of)`` worker: what a user needs to know mail goes where."""
-    if settings.print_messages:
+    if settings.deliver_http is not None:
+        store = f"deliver http {settings.deliver_http} ({settings.deliver_mode}"
+        store += f", spool {settings.deliver_spool})" if settings.deliver_mode == "spool" else ")"
+    elif settings.print_messages:
         store = "store print (standard output)"
     elif settings.maildir is None:
         store = "store sink (discards)"
@@ -287,6 +440,12 @@ def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | 
     configure_logging(settings.verbose, settings.log_format)
     recipients = recipients_of(settings)
     options, handler = build_options(settings), build_handler(settings, recipients)
+    metrics = None
+    if settings.metrics_listen is not None:  # each worker counts; the parent of workers serves the sum
+        from smtpwire_handler._metrics import Metrics
+
+        metrics = Metrics()
+        options = dataclasses.replace(options, metrics=metrics)
     if settings.auth_file is not None:
         log.info("AUTH for %d user(s) of %s", len(settings.users), settings.auth_file)
     if recipients is None and (worker is None or worker[0] == 1):  # once, after what may stop serve with an error
@@ -295,22 +454,31 @@ def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | 
     while isinstance(store, Around):  # behind the milters, sender authentication, the policy server
         store = store.store
     accounts = store.accounts if isinstance(store, _authfile.AuthFileHandler) else None
-    context = options.tls_context if settings.tls_cert else None  # the --self-signed pair has no file to reload
+    background = store.run_delivery if isinstance(store, HttpDeliveryHandler) else None  # posts what the spool holds
+    if metrics is not None and isinstance(store, HttpDeliveryHandler):
+        store.observe(metrics, gauges=worker is None)
+    swapped = options if settings.tls_cert else None  # whose TLS context SIGHUP replaces; --self-signed has no file
     reload = Reloader(
-        context, settings.tls_cert, settings.tls_key, accounts, settings.auth_file, recipients, settings.recipients_file
+        swapped, settings.tls_cert, settings.tls_key, accounts, settings.auth_file, recipients, settings.recipients_file
     )
     listen, tls_listen, mode = settings.listen, settings.tls_listen, settings.socket_mode
+    health = readiness(settings)
+    registry = metrics.registry if metrics is not None and worker is None else None  # workers: the parent serves
+    endpoint = _observe.start(settings.metrics_listen, registry, health)
     try:
         if settings.backend == "trio":
             server = smtpwire_anyio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            anyio.run(_run.serve_anyio, server, reload, about(settings, worker), backend="trio")
+            health.watch(server)
+            anyio.run(_run.serve_anyio, server, reload, about(settings, worker), background, backend="trio")
         else:
             protocols = smtpwire_asyncio.Server(
                 handler, options, listen=listen, tls_listen=tls_listen, reuse_port=reuse_port, unix_mode=mode
             )
-            smtpwire_asyncio.run(_run.serve_asyncio(protocols, reload, about(settings, worker)), loop=settings.loop)
+            health.watch(protocols)
+            serving = _run.serve_asyncio(protocols, reload, about(settings, worker), background)
+            smtpwire_asyncio.run(serving, loop=settings.loop)
     except OSError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
@@ -318,10 +486,22 @@ def run(settings: Settings, reuse_port: bool = False, worker: tuple[int, int] | 
         if matched is None:
             raise
         raise click.ClickException(str(matched.exceptions[0])) from None
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
-def run_worker(settings: Settings, worker: tuple[int, int]) -> None:
+def readiness(settings: Settings) -> _observe.Health:
+    """What /readyz checks: the Maildir writable; in spool mode, the spool within --deliver-spool-limit."""
+    spooled = settings.deliver_http is not None and settings.deliver_mode == "spool"
+    spool = settings.deliver_spool if spooled else None
+    return _observe.health_for(settings.maildir, settings.lmtp, spool, settings.deliver_spool_limit)
+
+
+def run_worker(settings: Settings, worker: tuple[int, int], ready: Connection) -> None:
+    """One worker of ``run_workers``; ``ready`` hears from it once it serves."""
     quiet_interrupt()
+    _workers.report_serving(ready)
     try:
         run(settings, reuse_port=True, worker=worker)
     except click.ClickException as error:
@@ -330,25 +510,19 @@ def run_worker(settings: Settings, worker: tuple[int, int]) -> None:
 
 
 def run_workers(settings: Settings, workers: int) -> None:
-    """Several processes on the same ports (SO_REUSEPORT); signals (SIGHUP too: each reloads) are passed on."""
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=run_worker, args=(settings, (n, workers)), name=f"smtpwire-{n}")
-        for n in range(1, workers + 1)
-    ]
-    for process in processes:
-        process.start()
+    """Several processes on the same ports (SO_REUSEPORT), each replaced when it dies; signals are passed on.
 
-    def forward(signum: int, frame: object) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+    Exits with status 1 when a worker could not start (see ``_workers``).
+    """
+    observed = _observe.WorkersEndpoint.start(settings.metrics_listen, readiness(settings))
+    supervisor = _workers.Supervisor(run_worker, (settings,), workers)
+    if observed is not None:
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
-    for process in processes:
-        process.join()
-    if any(process.exitcode for process in processes):
+        def stopping() -> None:
+            observed.health.stopping = True
+
+        supervisor.on_stopping, supervisor.on_ended = stopping, observed.worker_gone
+    if supervisor.run():
         sys.exit(1)
 
 
@@ -425,6 +599,76 @@ def main() -> None:
     "print_messages",
     is_flag=True,
     help="Print each message to standard output instead of storing it (like python -m aiosmtpd's debugging mode).",
+)
+@click.option(
+    "--deliver-http",
+    metavar="URL",
+    help="POST each message to this URL (JSON: envelope, session, the raw message) instead of storing it in a"
+    " Maildir. Not with --maildir, --sink, --print or --lmtp.",
+)
+@click.option(
+    "--deliver-mode",
+    type=click.Choice(["spool", "sync"]),
+    default="spool",
+    show_default=True,
+    help="spool: 250 once the message is fsynced in --deliver-spool, then posted with retries; sync: 250 only"
+    " after the endpoint answered 2xx.",
+)
+@click.option(
+    "--deliver-secret-file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Sign each request per Standard Webhooks with the secret in FILE (whsec_ and base64). Read at start.",
+)
+@click.option(
+    "--deliver-spool",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    default="spool",
+    show_default=True,
+    help="The spool of --deliver-mode spool: ./spool in the working directory unless given; created 0700 if"
+    " missing. Undeliverable messages land in its dead/ with the last answer. --workers share it.",
+)
+@click.option(
+    "--deliver-retry-delay",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="The first retry after a temporary failure (5xx, 429, timeout); then up to twice as long each time"
+    " (randomly, at most an hour).",
+)
+@click.option(
+    "--deliver-max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=3 * 86400.0,
+    show_default=True,
+    help="A message undelivered this long after it arrived (default: 3 days) goes to the spool's dead/.",
+)
+@click.option(
+    "--deliver-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="One POST, from connecting to the endpoint's answer.",
+)
+@click.option(
+    "--deliver-concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=10,
+    show_default=True,
+    help="POSTs under way at once, per worker process.",
+)
+@click.option(
+    "--deliver-spool-limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=10_000,
+    show_default=True,
+    help="With --metrics: /readyz answers 503 while the spool holds more messages than this.",
 )
 @click.option(
     "--accept-domain",
@@ -593,6 +837,13 @@ def main() -> None:
     help="A Postfix policy server (postgrey, policyd-spf...) asked at RCPT; down or silent: 451 4.3.5.",
 )
 @click.option(
+    "--metrics",
+    "metrics_listen",
+    type=HostPortType(),
+    help="Serve Prometheus /metrics, /livez and /readyz (503 while shutting down or the Maildir is not"
+    " writable) on this HTTP address; under --workers, summed over the workers. Needs prometheus-client.",
+)
+@click.option(
     "--command-timeout",
     type=float,
     metavar="SECONDS",
@@ -699,6 +950,7 @@ def serve(**params: Any) -> None:
       smtpwire serve --lmtp --listen unix:/run/smtpwire/lmtp --maildir /var/mail/lmtp
     """
     refuse_conflicts(params)
+    refuse_delivery_conflicts(params)
     file_limit = _run.raise_file_limit()
     settings = settings_from(params, file_limit)
     configure_logging(settings.verbose, settings.log_format)  # start-up warnings in the format of the rest of the log

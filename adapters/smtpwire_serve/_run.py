@@ -5,6 +5,9 @@ when it is installed; trio runs the anyio adapter.  The first SIGINT or
 SIGTERM shuts down gracefully (idle sessions get 421 4.3.2, transactions may
 finish within the shutdown grace), a second one closes every connection at
 once.  SIGHUP calls ``reload`` (see ``_reload``) and serving goes on.
+
+``background`` (the spool's HTTP deliveries) runs in the same event loop
+from the start until the shutdown is over; if it fails, serve shuts down.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import logging
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -56,11 +59,18 @@ def _serving(server: smtpwire_asyncio.Server | smtpwire_anyio.Server, about: str
     log.info("smtpwire serving on %s; %s; %s", listeners, about, where)
 
 
-async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], None], about: str) -> None:
+#: What runs beside the server until it stops (``None``: nothing).
+Background = Callable[[], Awaitable[None]] | None
+
+
+async def serve_asyncio(
+    server: smtpwire_asyncio.Server, reload: Callable[[], None], about: str, background: Background = None
+) -> None:
     loop = asyncio.get_running_loop()
     await server.start()
     done = asyncio.Event()
     shutdown: asyncio.Task[None] | None = None
+    beside = None if background is None else loop.create_task(_beside(background))
 
     def on_signal(signum: signal.Signals) -> None:
         nonlocal shutdown
@@ -76,11 +86,33 @@ async def serve_asyncio(server: smtpwire_asyncio.Server, reload: Callable[[], No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def on_failure(task: asyncio.Task[None]) -> None:
+        """What runs beside the server failed (``_beside`` logged why): shut down."""
+        if not task.cancelled() and task.exception() is not None and shutdown is None:
+            on_signal(signal.SIGTERM)
+
+    if beside is not None:
+        beside.add_done_callback(on_failure)
     _serving(server, about, smtpwire_asyncio.loop_name(loop))
     await done.wait()
+    if beside is not None:
+        beside.cancel()
+        await asyncio.wait([beside])
 
 
-async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None], about: str) -> None:
+async def _beside(background: Callable[[], Awaitable[None]]) -> None:
+    """``background()``, its failure logged (serve then shuts down)."""
+    try:
+        await background()
+    except Exception:
+        log.exception("the HTTP delivery failed; shutting down")
+        raise
+
+
+async def serve_anyio(
+    server: smtpwire_anyio.Server, reload: Callable[[], None], about: str, background: Background = None
+) -> None:
     async with anyio.create_task_group() as group:
 
         async def shut_down() -> None:
@@ -88,6 +120,8 @@ async def serve_anyio(server: smtpwire_anyio.Server, reload: Callable[[], None],
             group.cancel_scope.cancel()
 
         await group.start(server.serve)
+        if background is not None:
+            group.start_soon(_beside, background)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             _serving(server, about, "trio")
             async for signum in signals:

@@ -76,6 +76,17 @@ class Settings:
     milter_default_action: str = "tempfail"  # when a milter is down, times out or breaks
     milter_timeout: float = 30.0  # connect and each command; the message content gets at least 300 s
     policy_service: str | None = None  # --policy-service address, asked at RCPT
+    metrics_listen: tuple[str, int] | None = None  # --metrics HOST:PORT: /metrics, /livez, /readyz
+    deliver_http: str | None = None  # --deliver-http URL: each message POSTed there, instead of a Maildir
+    deliver_mode: str = "spool"  # spool: 250 once fsynced in the spool, posted after; sync: 250 after the 2xx
+    deliver_secret_file: str | None = None  # the Standard Webhooks secret (whsec_...); None: unsigned
+    deliver_secret: bytes | None = dataclasses.field(default=None, repr=False)  # read once by the parent
+    deliver_spool: str = "spool"  # the spool directory (spool mode)
+    deliver_retry_delay: float = 30.0  # the first retry; backoff from there
+    deliver_max_age: float = 3 * 86400.0  # then a message goes to the spool's dead/
+    deliver_timeout: float = 30.0  # one POST
+    deliver_concurrency: int = 10  # POSTs at once per process
+    deliver_spool_limit: int = 10_000  # /readyz: not ready while the spool holds more
     users: tuple[tuple[str, smtpwire.ScramCredentials], ...] = ()  # the auth file's
     salt_key: bytes | None = dataclasses.field(default=None, repr=False)  # unknown users' SCRAM salts
     self_signed_pem: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)  # certificate, key

@@ -3,9 +3,11 @@
 ``ssl`` says ``[SSL] PEM lib (_ssl.c:3926)`` for a missing key, a key file
 without a key and a certificate file without a certificate alike; the files
 are checked here first, so the operator reads which file is wrong and how.
-A pair is tried on a scratch context before it goes into the live one, so a
-bad pair (on a reload, say) leaves the live context as it was:
-``load_cert_chain`` on the live context changes only new handshakes.
+Each file is read once, and the context is loaded from those very bytes, so
+what was checked is what is loaded even while a renewal rewrites the files.
+A live context is never loaded into (a failed ``load_cert_chain`` drops its
+key): a reload builds a new context with ``server_context`` and swaps it in
+whole (``ServerOptions.replace_tls_context``).
 """
 
 from __future__ import annotations
@@ -41,8 +43,17 @@ def fingerprint(certificate_pem: bytes) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
+def server_context(cert: str, key: str | None) -> tuple[ssl.SSLContext, str]:
+    """A new server context with ``cert`` and ``key`` (as ``load``), and the certificate's fingerprint."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    return context, load(context, cert, key)
+
+
 def load(context: ssl.SSLContext, cert: str, key: str | None) -> str:
-    """Load ``cert`` (and ``key``, else the key in ``cert``) into ``context``; returns the fingerprint."""
+    """Load ``cert`` (and ``key``, else the key in ``cert``) into ``context``, not yet serving; returns the fingerprint.
+
+    A context that fails to load is left without a usable pair: give it only one that nothing uses yet.
+    """
     certificate = _read("--tls-cert", cert)
     if _CERTIFICATE.search(certificate) is None:
         raise TLSFileError(f"--tls-cert {cert} holds no PEM certificate")
@@ -54,15 +65,15 @@ def load(context: ssl.SSLContext, cert: str, key: str | None) -> str:
     where = f"--tls-key {key}" if key is not None else f"the key in --tls-cert {cert}"
     if _ENCRYPTED.search(private):
         raise TLSFileError(f"{where} is encrypted: give it unencrypted (a server has nobody to ask the passphrase)")
-    for target in (ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), context):  # the live one only if the pair loads
-        try:
-            target.load_cert_chain(cert, key, password=_refuse_passphrase)
-        except ssl.SSLError as error:
-            if error.reason == "KEY_VALUES_MISMATCH":
-                raise TLSFileError(f"{where} does not match the certificate in --tls-cert {cert}") from None
-            raise TLSFileError(f"cannot load the TLS certificate {cert}: {error.reason or error}") from None
-        except (OSError, _Encrypted) as error:  # changed under us since it was read
-            raise TLSFileError(f"cannot load the TLS certificate {cert}: {error}") from None
+    try:
+        with _pem_files(certificate, private) as (certificate_file, key_file):
+            context.load_cert_chain(certificate_file, key_file, password=_refuse_passphrase)
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise TLSFileError(f"{where} does not match the certificate in --tls-cert {cert}") from None
+        raise TLSFileError(f"cannot load the TLS certificate {cert}: {error.reason or error}") from None
+    except (OSError, _Encrypted) as error:
+        raise TLSFileError(f"cannot load the TLS certificate {cert}: {error}") from None
     return fingerprint(certificate)
 
 
@@ -89,7 +100,7 @@ def _pem_files(certificate_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, st
             for descriptor in descriptors:
                 os.close(descriptor)
         return
-    directory = tempfile.mkdtemp(prefix="smtpwire-devcert-")
+    directory = tempfile.mkdtemp(prefix="smtpwire-tls-")
     try:
         paths = (os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem"))
         for path, data in zip(paths, (certificate_pem, key_pem), strict=True):

@@ -243,35 +243,16 @@ def measure(smtp_source: str, server: str, mail: verify.Mail, counts: verify.Cou
 
 
 def run_once(smtp_source: str, server: str, mail: verify.Mail, counts: verify.Counts, work: Path) -> verify.Outcome:
-    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-milter-{server.replace('+', '-')}-", dir=work))
-    try:
-        return measure(smtp_source, server, mail, counts, run_dir)
-    except servers.Failed as error:
-        return verify.Outcome(error=str(error))
-    except Exception as error:  # the server gone between two reads of /proc: this run fails, not the benchmark
-        return verify.Outcome(error=f"{type(error).__name__}: {error}")
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    return verify.run_in(
+        work, f"bench-milter-{server}", lambda run_dir: measure(smtp_source, server, mail, counts, run_dir)
+    )
 
 
-Results = dict[str, list[verify.Outcome]]
+Results = verify.Results
 
 
 def end_to_end(smtp_source: str, mail: verify.Mail, counts: verify.Counts, rounds: int, work: Path) -> Results:
-    results: Results = {server: [] for server in SERVERS}
-    for number in range(rounds):
-        shift = number % len(SERVERS)
-        for server in SERVERS[shift:] + SERVERS[:shift]:
-            begun = time.monotonic()
-            outcome = run_once(smtp_source, server, mail, counts, work)
-            results[server].append(outcome)
-            shown = outcome.error or f"{servers.figure(outcome.rate)} msg/s, {outcome.cpu * 1e6:.1f} CPU µs/msg"
-            print(
-                f"round {number + 1}/{rounds} {server}: {shown} ({time.monotonic() - begun:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    return results
+    return verify.rotated_rounds(SERVERS, rounds, lambda server: run_once(smtp_source, server, mail, counts, work))
 
 
 def report_end_to_end(results: Results, counts: verify.Counts) -> None:

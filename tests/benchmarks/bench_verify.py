@@ -72,7 +72,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +270,16 @@ def measure(smtp_source: str, server: str, mail: Mail, dns: LocalDNS, counts: Co
 
 
 def run_once(smtp_source: str, server: str, mail: Mail, dns: LocalDNS, counts: Counts, work: Path) -> Outcome:
-    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-verify-{server.replace('+', '-')}-", dir=work))
+    return run_in(
+        work, f"bench-verify-{server}", lambda run_dir: measure(smtp_source, server, mail, dns, counts, run_dir)
+    )
+
+
+def run_in(work: Path, name: str, measure_in: Callable[[Path], Outcome]) -> Outcome:
+    """``measure_in`` a new folder of ``work`` (removed after); a run that fails is an ``Outcome`` saying why."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name.replace('+', '-')}-", dir=work))
     try:
-        return measure(smtp_source, server, mail, dns, counts, run_dir)
+        return measure_in(run_dir)
     except servers.Failed as error:
         return Outcome(error=str(error))
     except Exception as error:  # the server gone between two reads of /proc: this run fails, not the benchmark
@@ -285,12 +292,17 @@ Results = dict[str, list[Outcome]]
 
 
 def end_to_end(smtp_source: str, mail: Mail, dns: LocalDNS, counts: Counts, rounds: int, work: Path) -> Results:
-    results: Results = {server: [] for server in SERVERS}
+    return rotated_rounds(SERVERS, rounds, lambda server: run_once(smtp_source, server, mail, dns, counts, work))
+
+
+def rotated_rounds(names: Sequence[str], rounds: int, run_one: Callable[[str], Outcome]) -> Results:
+    """``rounds`` runs of each server, interleaved, each round starting one server later; each printed as it ends."""
+    results: Results = {server: [] for server in names}
     for number in range(rounds):
-        shift = number % len(SERVERS)
-        for server in SERVERS[shift:] + SERVERS[:shift]:
+        shift = number % len(names)
+        for server in [*names[shift:], *names[:shift]]:
             begun = time.monotonic()
-            outcome = run_once(smtp_source, server, mail, dns, counts, work)
+            outcome = run_one(server)
             results[server].append(outcome)
             shown = outcome.error or f"{servers.figure(outcome.rate)} msg/s, {outcome.cpu * 1e6:.1f} CPU µs/msg"
             print(
