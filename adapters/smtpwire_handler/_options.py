@@ -142,8 +142,7 @@ class ServerOptions:
 
     def trusts_proxy(self, peer: object) -> bool:
         """Whether ``peer`` (a socket address) is in ``proxy_protocol_from``: its connections start with PROXY."""
-        address = _ip_address(peer) if self.proxy_protocol_from else None
-        return address is not None and any(address in network for network in self.proxy_protocol_from)
+        return bool(self.proxy_protocol_from) and _within(_ip_address(peer), self.proxy_protocol_from)
 
     def forwarding_extensions(self, peer: object) -> tuple[smtpwire.Extension, ...]:
         """XCLIENT and XFORWARD where configured, each allowed only to a ``peer`` in its networks."""
@@ -167,7 +166,7 @@ class ServerOptions:
         if address is None:
             return client_key(peer)
         networks = (*self.client_limit_exceptions, *self.proxy_protocol_from)
-        return None if any(address in network for network in networks) else _client_of(address)
+        return None if _within(address, networks) else _client_of(address)
 
     def new_connection(self, *, implicit_tls: bool = False) -> smtpwire.ServerConnection:
         """A core connection for a new client; STARTTLS is registered when a TLS context is set."""

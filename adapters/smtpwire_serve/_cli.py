@@ -24,7 +24,7 @@ import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_handler import AsyncComposite, AsyncHandler, Envelope, Handler, Maildir, ServerOptions, Session
 from smtpwire_handler._around import Around
-from smtpwire_handler.filters import MilterSpec, PolicyService
+from smtpwire_handler.filters import AsyncMilterHandler, AsyncPolicyHandler, MilterSpec, PolicyService
 from smtpwire_handler.kit import DEFAULT_MODE
 
 if TYPE_CHECKING:
@@ -359,8 +359,6 @@ def logged_spool_store(spool: Any) -> AsyncHandler:
 def checked(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
     """``handler`` behind what the options put around it, outermost first: the policy server (at RCPT),
     sender authentication (so milters see its Authentication-Results), the milters; as it is without them."""
-    from smtpwire_handler.filters import AsyncMilterHandler, AsyncPolicyHandler  # anyio, as the rest of serve
-
     if settings.milters:
         handler = AsyncMilterHandler(handler, milter_specs(settings), hostname=settings.hostname)
     if settings.verify:
