@@ -185,6 +185,16 @@ def test_the_payload_has_tls_and_the_sender_authentication_results() -> None:
     assert body["envelope"]["mail_from"] == "" and body["headers"] == [] and body["raw"] == ""
 
 
+def test_the_payload_carries_the_authentication_field_written_on_the_message() -> None:
+    """With --authserv-id the field on the message names it, not the hostname: the payload says the same."""
+    session = Session(smtpwire.ServerConnection(smtpwire.ServerConfig(hostname="mx.test")), peer=("192.0.2.1", 2525))
+    envelope = Envelope("a@example.org", {}, [TO])
+    envelope.authentication = Verdict(spf=SPFResult("pass", "mailfrom", "a@example.org", "example.org"))
+    envelope.authentication_field = envelope.authentication.header("auth.example")
+    body = json.loads(delivery_payload(session, envelope, b"", "msg_1"))
+    assert body["authentication"]["header"].startswith("Authentication-Results: auth.example;\r\n")
+
+
 def test_headers_are_unfolded_and_decoded_and_what_does_not_decode_is_kept() -> None:
     message = (
         b"A: =?utf-8?q?one?=\r\n =?utf-8?q?_two?= three =?utf-8?q?four?=\r\n"

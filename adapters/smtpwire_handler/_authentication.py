@@ -131,7 +131,8 @@ class _Checks(Around):
             if dmarc.disposition == "quarantine":
                 envelope.folder = self.verification.quarantine_folder
         authserv_id = self.authserv_id(session)
-        return verdict.header(authserv_id) + remove_claims(message, authserv_id)
+        envelope.authentication_field = verdict.header(authserv_id)
+        return envelope.authentication_field + remove_claims(message, authserv_id)
 
     def _now(self) -> int:
         return int(self.verification.clock())

@@ -84,6 +84,8 @@ class Envelope:
         #: What sender authentication found (a ``smtpwire_verify.Verdict``), once a ``SenderAuthentication``
         #: handler checked, at the end of data (MAIL's SPF verdict is in ``session.state`` until then).
         self.authentication: Verdict | None = None
+        #: The Authentication-Results field that handler wrote on top of the message (its authserv-id's).
+        self.authentication_field: bytes | None = None
         #: What milters changed in the envelope (sender, recipients, quarantine), once a milter handler ran.
         self.milter_changes: EnvelopeChanges | None = None
         self._handler_values: dict[TransactionSlot[Any], Any] | None = None  # TransactionSlot's, made on first use
