@@ -174,13 +174,19 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
 
 
 def verify_methods(params: Mapping[str, Any]) -> tuple[str, ...]:
-    """--verify's methods, in their usual order, and the policies' need of them, or a usage error."""
-    from smtpwire_verify import METHODS, methods_from
+    """--verify's methods, in their usual order, and the policies' need of them, or a usage error.
 
-    try:
-        methods = methods_from(name for value in params["verify"] for name in value.split(","))
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--verify") from None
+    Without --verify the checks' package (and dkimpy, dnspython) is not even imported.
+    """
+    named = [name for value in params["verify"] for name in value.split(",")]
+    methods: frozenset[str] = frozenset()
+    if named:
+        from smtpwire_verify import methods_from
+
+        try:
+            methods = methods_from(named)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--verify") from None
     for flag, method in (("--enforce-dmarc", "dmarc"), ("--reject-spf-fail", "spf")):
         if params[flag[2:].replace("-", "_")] and method not in methods:
             raise click.UsageError(f"{flag} needs --verify {method} (or --verify all)")
@@ -189,6 +195,10 @@ def verify_methods(params: Mapping[str, Any]) -> tuple[str, ...]:
         raise click.BadParameter(
             f"{authserv_id!r} is not a host name (letters, digits, dots and hyphens)", param_hint="--authserv-id"
         )
+    if not methods:
+        return ()
+    from smtpwire_verify import METHODS
+
     return tuple(method for method in METHODS if method in methods)
 
 
