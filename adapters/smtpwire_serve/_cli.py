@@ -24,11 +24,11 @@ import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_handler import AsyncComposite, AsyncHandler, Envelope, Handler, Maildir, ServerOptions, Session
 from smtpwire_handler._around import Around
-from smtpwire_handler.filters import AsyncMilterHandler, AsyncPolicyHandler, MilterSpec, PolicyService
 from smtpwire_handler.kit import DEFAULT_MODE
 
 if TYPE_CHECKING:
     from smtpwire_handler._metrics import Metrics
+    from smtpwire_handler.filters import MilterSpec, PolicyService
 
 from . import _authfile, _authlimit, _observe, _recipients, _run, _tls, _workers
 from ._devcert import make_self_signed
@@ -160,7 +160,8 @@ def settings_from(params: Mapping[str, Any], file_limit: int) -> Settings:
         "accept_domains": accept_domains(params),
     }
     settings = Settings(**{name: value for name, value in params.items() if name in FIELDS} | made)
-    milter_specs(settings)  # a bad --milter or --policy-service address is said now, once
+    if settings.milters:  # a bad --milter or --policy-service address is said now, once
+        milter_specs(settings)
     if settings.policy_service is not None:
         policy_service(settings)
     tls = settings.tls_cert is not None or params["self_signed"]
@@ -370,16 +371,22 @@ def checked(settings: Settings, handler: AsyncHandler) -> AsyncHandler:
     """``handler`` behind what the options put around it, outermost first: the policy server (at RCPT),
     sender authentication (so milters see its Authentication-Results), the milters; as it is without them."""
     if settings.milters:
+        from smtpwire_handler.filters import AsyncMilterHandler  # imported only when used, as the checks below
+
         handler = AsyncMilterHandler(handler, milter_specs(settings), hostname=settings.hostname)
     if settings.verify:
         handler = verified(settings, handler)
     if settings.policy_service is not None:
+        from smtpwire_handler.filters import AsyncPolicyHandler
+
         handler = AsyncPolicyHandler(handler, policy_service(settings))
     return handler
 
 
 def milter_specs(settings: Settings) -> list[MilterSpec]:
     """One ``MilterSpec`` per --milter, in order; a bad address is the option's error."""
+    from smtpwire_handler.filters import MilterSpec
+
     timeout = settings.milter_timeout
     try:
         return [
@@ -391,6 +398,8 @@ def milter_specs(settings: Settings) -> list[MilterSpec]:
 
 
 def policy_service(settings: Settings) -> PolicyService:
+    from smtpwire_handler.filters import PolicyService
+
     try:
         return PolicyService(str(settings.policy_service))
     except ValueError as error:

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import idna
-
 from smtpwire import Reply
 from smtpwire_handler import Handler, Params, Session
 
@@ -47,6 +45,8 @@ def a_label_domain(domain: str) -> str:
     if domain.startswith("[") and domain.endswith("]") and len(domain) > 2:
         return domain.lower()  # RFC 5321 4.1.3; compared as written, hexadecimal digits without case
     if not domain.isascii():
+        import idna  # its tables take 2 MiB: loaded only by a server that meets a non-ASCII domain
+
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except (idna.IDNAError, UnicodeError) as error:
