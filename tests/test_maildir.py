@@ -20,7 +20,16 @@ import anyio.to_thread
 import pytest
 
 from smtpwire import Reply
-from smtpwire_handler import STORAGE_FAILED, STORAGE_FULL, Delivery, Maildir, Reject, Session
+from smtpwire_handler import (
+    STORAGE_FAILED,
+    STORAGE_FULL,
+    AsyncMaildirStore,
+    Delivery,
+    Maildir,
+    Reject,
+    Session,
+    _group_commit,
+)
 from smtpwire_serve._store import MaildirHandler
 from tests.driver import Driver
 from tests.test_interop import MESSAGE, TIMEOUT
@@ -151,16 +160,17 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
 
 @pytest.fixture
 def committed(monkeypatch: pytest.MonkeyPatch, disk: Disk) -> dict[str, int]:
-    """File name -> when ``Delivery.commit`` returned, which is when the handler may answer 250."""
+    """File name -> when the group commit handed its result to the event loop, after which the handler may say 250."""
     returned: dict[str, int] = {}
-    commit = Delivery.commit
+    settle_all = _group_commit.settle_all
 
-    def watched_commit(self: Delivery, data: bytes = b"", folder: str | None = None) -> Path:
-        path = commit(self, data, folder)
-        returned[path.name] = disk.now()
-        return path
+    def watched(batch: list[_group_commit.Commit]) -> None:
+        for commit in batch:
+            if isinstance(commit.result, Path):
+                returned[commit.result.name] = disk.now()
+        settle_all(batch)
 
-    monkeypatch.setattr(Delivery, "commit", watched_commit)
+    monkeypatch.setattr(_group_commit, "settle_all", watched)
     return returned
 
 
@@ -206,9 +216,10 @@ async def test_a_big_message_is_written_as_it_arrives(handler: MaildirHandler, m
     assert bodies(maildir) == [BIG]
 
 
-async def test_a_small_message_costs_one_trip_to_a_worker_thread(
+async def test_a_small_message_costs_no_trip_to_a_worker_thread(
     handler: MaildirHandler, maildir: Maildir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Its end goes to the group commit's thread; anyio's worker threads only check a Maildir in doubt."""
     trips: list[str] = []
     run_sync = anyio.to_thread.run_sync
 
@@ -218,12 +229,18 @@ async def test_a_small_message_costs_one_trip_to_a_worker_thread(
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
     assert await deliver(handler, MESSAGE, chunk=10) is None
-    assert trips == ["create", "commit"]  # the first DATA checks the Maildir at once (see the last test)
+    assert trips == ["create"]  # the first DATA checks the Maildir at once (see the last test)
     trips.clear()
     assert await deliver(handler, MESSAGE, chunk=10) is None
     await start_and_abort(handler, MESSAGE)
-    assert trips == ["commit"]  # nothing for DATA, the chunks, or the abort of a message never written
+    assert trips == []  # nothing for DATA, the chunks, the end, or the abort of a message never written
     assert bodies(maildir) == [MESSAGE, MESSAGE]
+    assert store_of(handler).group_commit.batches == 2
+
+
+def store_of(handler: MaildirHandler) -> AsyncMaildirStore:
+    (store,) = [part for part in handler.parts if isinstance(part, AsyncMaildirStore)]
+    return store
 
 
 async def test_concurrent_deliveries_share_fsyncs_of_new(
@@ -265,7 +282,7 @@ async def test_a_failed_fsync_of_new_fails_its_whole_group_and_only_it(
             raise OSError(error, os.strerror(error))
 
     disk.directory_hook = directory_hook
-    waiting = watch_waiters(maildir)
+    batches = store_of(handler).group_commit
     replies: dict[int, Reply | None] = {}
 
     async def one(number: int) -> None:
@@ -276,39 +293,71 @@ async def test_a_failed_fsync_of_new_fails_its_whole_group_and_only_it(
         assert await anyio.to_thread.run_sync(first_started.wait, TIMEOUT)
         for number in range(1, 10):
             group.start_soon(one, number)
-        await anyio.to_thread.run_sync(waiting(9), TIMEOUT)  # all nine wait for the next fsync
+        await wait_until(lambda: batches.queued == 9)  # all nine wait for the next batch
         release.set()
 
     assert replies == {0: None, **{number: reply for number in range(1, 10)}}
-    assert len(disk.directory_fsyncs) == 2  # one for the first, one (failed) for the nine
+    assert len(disk.directory_fsyncs) == 2  # one for the first, one (failed) for the batch of nine
     # As documented: the nine are in new/ (not acknowledged; their clients will retry), none in tmp/.
     assert len(stored(maildir)) == 10
 
 
-def watch_waiters(maildir: Maildir) -> Callable[[int], Callable[[float], None]]:
-    """``waiting(n)``: a blocking wait until ``n`` deliveries wait for the next fsync of new/."""
-    sync = maildir.new_sync
-    count = 0
-    counted = threading.Condition()
+async def test_a_failure_in_a_batch_fails_only_the_delivery_it_hit(
+    handler: MaildirHandler, maildir: Maildir, disk: Disk
+) -> None:
+    """Five deliveries wait while the first batch is on disk; the fsync of one of their files fails."""
+    first_started, release = threading.Event(), threading.Event()
+    file_fsyncs = itertools.count()
 
-    class Counting(threading.Condition):
-        def wait(self, timeout: float | None = None) -> bool:
-            nonlocal count
-            with counted:
-                count += 1
-                counted.notify_all()
-            return super().wait(timeout)
+    def directory_hook(number: int) -> None:
+        if number == 0:
+            first_started.set()
+            assert release.wait(TIMEOUT)
 
-    sync._changed = Counting(sync._lock)
+    def file_hook() -> None:
+        if next(file_fsyncs) == 3:  # the third file of the second batch
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    def waiting(wanted: int) -> Callable[[float], None]:
-        def wait(timeout: float) -> None:
-            with counted:
-                assert counted.wait_for(lambda: count >= wanted, timeout)
+    disk.directory_hook, disk.file_hook = directory_hook, file_hook
+    batches = store_of(handler).group_commit
+    replies: list[Reply | None] = []
 
-        return wait
+    async def one(number: int) -> None:
+        replies.append(await deliver(handler, MESSAGE + b"message %d\r\n" % number))
 
-    return waiting
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(one, 0)
+        assert await anyio.to_thread.run_sync(first_started.wait, TIMEOUT)
+        for number in range(1, 6):
+            tasks.start_soon(one, number)
+        await wait_until(lambda: batches.queued == 5)
+        release.set()
+
+    assert sorted(replies, key=repr) == sorted([None] * 5 + [STORAGE_FAILED], key=repr)
+    assert batches.batches == 2 and len(disk.directory_fsyncs) == 2  # the batch of five: one fsync of new/
+    assert len(stored(maildir)) == 5  # and nothing left in tmp/
+
+
+async def test_a_bug_in_the_commit_fails_its_batch_rather_than_hang(
+    handler: MaildirHandler, maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Delivery, folder: str | None = None) -> tuple[Maildir, Path]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Delivery, "publish", broken)
+    with anyio.fail_after(TIMEOUT):
+        assert await deliver(handler, MESSAGE) == STORAGE_FAILED
+    monkeypatch.undo()
+    assert await deliver(handler, MESSAGE) is None  # the commit thread lives on
+    assert bodies(maildir) == [MESSAGE]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(int(TIMEOUT / 0.01)):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("the condition never held")
 
 
 async def test_aborted_deliveries_leave_nothing_behind(handler: MaildirHandler, maildir: Maildir) -> None:

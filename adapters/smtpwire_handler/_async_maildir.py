@@ -1,15 +1,18 @@
 """``MaildirStore``'s durability without making an event loop wait for the disk (asyncio or trio).
 
-The disk work runs in anyio's worker threads (``anyio.to_thread``), imported
-when a store is made, so the handler package itself never needs anyio.  Not
-the running loop's executor: anyio's threads serve asyncio and trio alike,
-and its limiter (40 threads) is what bounds the deliveries parked in the
-group commit of new/ (``DirectorySync``), where asyncio's default executor
-would allow ``cpu_count() + 4`` and trio has none.
+The end of each message goes to the Maildir's group commit (``GroupCommit``:
+one thread committing the deliveries that arrive together as one batch).
+The rarer disk work (the file made early while the store is in doubt, the
+writes of a message past 256 KiB, removing an aborted one) runs in anyio's
+worker threads (``anyio.to_thread``), whose limiter (40 threads) bounds it,
+on asyncio and trio alike; anyio is imported when a store is made, so the
+handler package itself never needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from typing import TypeVar
 
 from smtpwire import Reply
 
+from ._group_commit import Commit, GroupCommit
 from ._handler import AsyncHandler, MaybeAwaitable, Reject
 from ._maildir import Delivery, Maildir, storage_reply
 from ._session import Envelope, Session, TransactionSlot
@@ -54,8 +58,10 @@ class AsyncMaildirStore(AsyncHandler):
     in a hundred thousand tiny BDAT chunks costs no more memory than one sent
     whole; a message smaller than that (most are) costs one trip, at the end
     of data, which creates the file in tmp/, writes it, fsyncs it, renames it
-    into new/ and waits for an fsync of new/ that it shares with the
-    deliveries renamed meanwhile (``DirectorySync``).
+    into new/ and waits for an fsync of new/ that it shares with the other
+    deliveries renamed meanwhile: the store's ``GroupCommit`` does it for
+    every message that ends while the previous batch is on disk, in one
+    thread (why: ``_group_commit``).
 
     Whether DATA is refused at once (451/452 before the client sends the
     message) when the Maildir cannot take a file: that check is a trip of its
@@ -77,6 +83,7 @@ class AsyncMaildirStore(AsyncHandler):
         self.maildir = maildir if isinstance(maildir, Maildir) else Maildir(maildir)
         self.hostname = hostname
         self.proven = False  # the last delivery attempt stored its message
+        self.group_commit = GroupCommit()
         self._arriving = TransactionSlot[_Arriving]("the AsyncMaildirStore delivery")
 
     def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:
@@ -110,10 +117,12 @@ class AsyncMaildirStore(AsyncHandler):
             raise Reject(storage_reply(error)) from error
 
     async def message(self, session: Session, envelope: Envelope) -> Reply | None:
-        delivery, rest = self.unwritten(session)
+        arriving = self._arriving.pop(session)  # the commit thread's from here: message_aborted must not touch it
+        assert arriving is not None
+        delivery = arriving.delivery
         try:
-            path = await in_thread(delivery.commit, rest, envelope.folder)
-        except OSError as error:  # commit() removed the file from tmp/
+            path = await committed(self.group_commit, delivery, arriving.take(), envelope.folder)
+        except OSError as error:  # the file was removed from tmp/
             self.proven = False
             log.error("session %s: storing the message failed: %s", session.id, error)
             return storage_reply(error)
@@ -135,6 +144,48 @@ class AsyncMaildirStore(AsyncHandler):
         """The transaction's delivery and the data not yet written, which the end of data finishes it with."""
         arriving = self._arriving.get(session)
         return arriving.delivery, arriving.take()
+
+
+async def committed(group: GroupCommit, delivery: Delivery, data: bytearray, folder: str | None) -> Path:
+    """Where ``group`` put the delivery once it is durable in new/; its OSError if it failed.
+
+    Cancelling the wait does not stop the commit (a file may then reach new/
+    with no 250 sent: the client retries, a duplicate, the safe side).
+    """
+    import sniffio  # anyio's: there whenever a store could be made
+
+    if sniffio.current_async_library() == "trio":
+        return await _committed_on_trio(group, delivery, data, folder)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Path] = loop.create_future()
+    group.submit(Commit(delivery, data, folder, loop.call_soon_threadsafe, functools.partial(_settle, future)))
+    return await future
+
+
+def _settle(future: asyncio.Future[Path], result: Path | OSError) -> None:
+    if future.cancelled():
+        return
+    if isinstance(result, OSError):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+async def _committed_on_trio(group: GroupCommit, delivery: Delivery, data: bytearray, folder: str | None) -> Path:
+    import trio
+
+    done = trio.Event()
+    outcome: list[Path | OSError] = []
+
+    def settle(result: Path | OSError) -> None:
+        outcome.append(result)
+        done.set()
+
+    group.submit(Commit(delivery, data, folder, trio.lowlevel.current_trio_token().run_sync_soon, settle))
+    await done.wait()
+    if isinstance(outcome[0], OSError):
+        raise outcome[0]
+    return outcome[0]
 
 
 async def in_thread(function: Callable[..., R], *args: object) -> R:

@@ -270,14 +270,22 @@ class Delivery:
         """
         try:
             self.seal(data)
-            target = self.maildir if folder is None else self.maildir.folder(folder)
-            new = target.path / "new" / self.name
-            os.rename(self.tmp, new)
+            target, new = self.publish(folder)
             target.new_sync.sync()
         except BaseException:
             self.abort()
             raise
         return new
+
+    def publish(self, folder: str | None = None) -> tuple[Maildir, Path]:
+        """Rename the sealed file into new/ (``folder``'s, if given): the Maildir it went to, and its path.
+
+        Durable only once that new/ is fsynced (``commit`` does it; a group commit does it once for many).
+        """
+        target = self.maildir if folder is None else self.maildir.folder(folder)
+        new = target.path / "new" / self.name
+        os.rename(self.tmp, new)
+        return target, new
 
     def seal(self, data: bytes | bytearray = b"") -> None:
         """Write ``data`` (the rest of the message), fsync the file and close it; it stays in tmp/.

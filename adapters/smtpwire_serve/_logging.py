@@ -7,12 +7,15 @@ import json
 import logging
 import re
 import time
+from typing import TextIO
 
 from smtpwire_handler._escaping import UNSAFE, escaped
 from smtpwire_handler._transcript import folded, readable
 
-#: The record attribute (``extra=``) holding fields of its own for the JSON log.
+#: The record attribute (``extra=``) holding fields of its own for the JSON log: a dict, or a function making one.
 JSON_FIELDS = "json_fields"
+#: serve's text line: time, level, logger, message.
+TEXT_LAYOUT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class TextFormatter(logging.Formatter):
@@ -30,11 +33,25 @@ class TextFormatter(logging.Formatter):
     _second = -1
     _stamp = ""
 
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._layout_is_serves = fmt == TEXT_LAYOUT  # then made by an f-string, not logging's %-style machinery
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created, int(record.msecs))
+
+    def stamp(self, created: float, msecs: int) -> str:
+        """logging's default time stamp (``default_msec_format``), the strftime part made once a second."""
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime(self.default_time_format, self.converter(second))
-        return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format
+        return f"{self._stamp},{msecs:03d}"
+
+    def line(self, level: str, logger: str, message: str) -> str:
+        """The line of a record without traceback, made from its parts (``info_line``'s way, no record)."""
+        now = time.time()
+        text = f"{self.stamp(now, int(now * 1000) % 1000)} {level} {logger}: {message}"
+        return text if text.isprintable() else self.escape(text)
 
     def format(self, record: logging.LogRecord) -> str:
         """The record's line escaped (a ``-v`` transcript record: its readable lines); any traceback indented."""
@@ -44,6 +61,9 @@ class TextFormatter(logging.Formatter):
 
     def _format_one(self, record: logging.LogRecord) -> str:
         """The record's line escaped; then logging's own newline and the traceback, if any, indented."""
+        if self._layout_is_serves and not (record.exc_info or record.exc_text or record.stack_info):
+            text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+            return text if text.isprintable() else self.escape(text)
         text = super().format(record)
         if text.isprintable():  # nearly every record: one line, no Cc, Cf, Zl, Zp or Cs (a C-speed check)
             return text
@@ -85,7 +105,8 @@ class JsonFormatter(logging.Formatter):
         if session is not None:
             fields["session"] = session
         fields["message"] = message
-        fields |= {key: value for key, value in getattr(record, JSON_FIELDS, {}).items() if key not in fields}
+        own = getattr(record, JSON_FIELDS, {})
+        fields |= {key: value for key, value in (own() if callable(own) else own).items() if key not in fields}
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         text = json.dumps(fields, ensure_ascii=False)
@@ -143,14 +164,58 @@ def readable_records(record: logging.LogRecord) -> list[logging.LogRecord]:
 LOG_FORMATS = ("text", "json")
 
 
+#: serve's text handler, while it is the root logger's: ``info_line`` writes through it.
+_text_handler: logging.StreamHandler[TextIO] | None = None
+
+
 def configure_logging(verbose: bool, log_format: str = "text") -> None:
     """One line per record on stderr; what the format does not show is not gathered (logging's own advice)."""
+    global _text_handler
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no stack walk for a file name nobody prints
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(TEXT_LAYOUT))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    _text_handler = handler if log_format == "text" else None
     logging.getLogger("smtpwire.transcript").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def info_line(logger: logging.Logger, message: str) -> bool:
+    """Write ``message`` as an INFO line of ``logger`` straight through serve's text handler; False if it cannot.
+
+    For the lines written per message (the accepted line), where logging's
+    per-record work (a ``LogRecord``, the walk up the loggers, the handler's
+    filters) cost more than everything else the line does.  It writes only
+    while what the record would reach is exactly serve's text handler: the
+    root logger's only one, with no filters, and ``logger`` without handlers
+    or filters of its own, propagating, at INFO.  Otherwise (a JSON log, a
+    library user's logging, a test's capture) the caller logs the record.
+    """
+    handler = _text_handler
+    if handler is None or logging.root.handlers != [handler] or handler.filters or logger.filters:
+        return False
+    if not logger.isEnabledFor(logging.INFO) or not _only_root_handles(logger):
+        return False
+    formatter, lock = handler.formatter, handler.lock
+    assert isinstance(formatter, TextFormatter) and lock is not None
+    text = formatter.line("INFO", logger.name, message)
+    with lock:
+        try:
+            handler.stream.write(text + handler.terminator)
+            handler.stream.flush()
+        except Exception:  # as logging does: a broken stderr must not fail the delivery
+            handler.handleError(logging.makeLogRecord({"msg": message}))
+    return True
+
+
+def _only_root_handles(logger: logging.Logger) -> bool:
+    """Whether the records of ``logger`` reach the root logger and no other handler on the way."""
+    current: logging.Logger | None = logger
+    while current is not None and current is not logging.root:
+        if current.handlers or not current.propagate:
+            return False
+        current = current.parent
+    return current is logging.root

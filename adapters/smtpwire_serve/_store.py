@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 from smtpwire_handler import AsyncComposite, AsyncMaildirStore, Envelope, Maildir, PrintHandler, Session
 
 from ._authfile import Accounts, AuthFileHandler
-from ._logging import JSON_FIELDS
+from ._logging import JSON_FIELDS, info_line
 from ._recipients import Recipients, recipient_parts
 
 log = logging.getLogger("smtpwire.serve")
@@ -21,38 +22,46 @@ def log_accepted(
 
     ``where`` is ``stored=NAME`` or one word (``discarded``, ``printed``).  The
     values are JSON fields of their own too (see ``JsonFormatter``), so
-    nobody parses them out of the message.
+    nobody parses them out of the message; they are gathered only when a
+    JSON log asks for them, as this line is written for every message.
     """
-    tls = f"{session.tls.version}/{session.tls.cipher}" if session.tls else "none"
+    if not log.isEnabledFor(logging.INFO):
+        return
+    tls = session.tls
+    authenticated = session.authenticated
+    to = envelope.rcpt_tos if recipients is None else recipients
+    verdict = envelope.authentication
+    recipients_shown = ",".join([f"<{recipient}>" for recipient in to])
+    rest = (
+        f"from=<{envelope.mail_from}> to={recipients_shown} size={size}"
+        f" tls={'none' if tls is None else f'{tls.version}/{tls.cipher}'}"
+        f"{'' if authenticated is None else f' auth={authenticated.username}'}"
+        f" peer={session.peer_host} {where}"
+    )
+    if verdict is not None:
+        rest += f" {verdict.summary()}" + (f" folder={envelope.folder}" if envelope.folder else "")
+    if not info_line(log, f"accepted id={session.id} {rest}"):
+        fields = functools.partial(accepted_fields, session, envelope, size, where, list(to))
+        log.info("accepted id=%s %s", session.id, rest, extra={JSON_FIELDS: fields})
+
+
+def accepted_fields(session: Session, envelope: Envelope, size: int, where: str, to: list[str]) -> dict[str, object]:
+    """The accepted line's values as JSON fields: ``stored`` (the file) or ``discarded``/``printed`` (true)."""
+    tls = session.tls
     username = session.authenticated.username if session.authenticated else None
-    to = list(envelope.rcpt_tos if recipients is None else recipients)
     outcome, _, name = where.partition("=")
     fields: dict[str, object] = {"from": envelope.mail_from, "to": to, "size": size}
-    fields |= {"tls": None if session.tls is None else tls, "auth": username, "peer": session.peer_host}
-    fields[outcome] = name or True  # "stored": the file; "discarded" or "printed": true
+    fields |= {"tls": None if tls is None else f"{tls.version}/{tls.cipher}", "auth": username}
+    fields |= {"peer": session.peer_host, outcome: name or True}
     verdict = envelope.authentication
-    checked = ""
     if verdict is not None:  # serve --verify: each method's result, and the folder a quarantine went to
         verified: dict[str, object] = {result.method: result.result for result in verdict.results}
         if verdict.dkim:  # a result per signature
             verified["dkim"] = [result.result for result in verdict.dkim]
         fields["verified"] = verified
-        checked = f" {verdict.summary()}" + (f" folder={envelope.folder}" if envelope.folder else "")
         if envelope.folder:
             fields["folder"] = envelope.folder
-    log.info(
-        "accepted id=%s from=<%s> to=%s size=%d tls=%s%s peer=%s %s%s",
-        session.id,
-        envelope.mail_from,
-        ",".join(f"<{r}>" for r in to),
-        size,
-        tls,
-        "" if username is None else f" auth={username}",
-        session.peer_host,
-        where,
-        checked,
-        extra={JSON_FIELDS: fields},
-    )
+    return fields
 
 
 class LoggedMaildirStore(AsyncMaildirStore):

@@ -1,11 +1,16 @@
-"""End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, bare loops over the core and Postfix's smtp-sink.
+"""End-to-end benchmark: ``smtpwire serve`` against aiosmtpd, other servers, bare loops and Postfix's smtp-sink.
 
     python tests/benchmarks/bench_servers.py [--rounds 3] [--quick] [--only LOAD,...] [--servers NAME,...]
                                              [--maildir-parent DIR] [--baseline-tree DIR]
 
 Needs Postfix's ``smtp-source`` and ``smtp-sink`` (searched on PATH, then in
 the usual sbin directories), the ``bench`` extra (aiosmtpd), uvloop and trio.
-Only 127.0.0.1 is used.  Everything goes over sockets.
+Only 127.0.0.1 is used.  Everything goes over sockets.  The reference servers
+in other languages (nodemailer, haraka, go-smtp below) are optional: run
+``tests/benchmarks/peers/install.sh`` once, as root on Debian with Node 20 and
+npm (it installs go-smtp from apt, smtp-server and Haraka as the lockfile in
+that folder pins them, and builds the Go sink there); until then they are
+listed as unavailable.
 
 Servers, each a subprocess started fresh, on a free port, for every run (so
 its CPU time is read from /proc/PID/stat, utime + stime, just around the
@@ -22,6 +27,16 @@ summed over the serve process and every process under it):
   whose ``handle_DATA`` returns "250 OK" and discards; for Maildir it does
   what smtpwire's Maildir does (trace headers, write to tmp/, fsync, rename
   into new/, fsync new/) in ``loop.run_in_executor(None, ...)``.
+- ``nodemailer``, ``haraka``, ``go-smtp``: the sinks in ``peers/``
+  (``nodemailer_sink.js``, ``haraka_sink.js``, ``gosmtp_sink``), each the
+  server process itself (no launcher in between), on nodemailer's
+  ``smtp-server`` (Node; its 100 ms pause before every greeting patched out
+  and reverse DNS off, see the sink), Haraka (Node, one process, log level
+  warn, only its tls plugin and a sink plugin that answers the reverse-DNS
+  hook) and go-smtp (``GOMAXPROCS=1``).  Any sender and recipient, no AUTH,
+  messages up to 32 MiB, STARTTLS with this script's certificate; each
+  message read fully and dropped, or for Maildir stored as aiosmtpd's handler
+  below does it, a message at a time.  They report their count at SIGTERM.
 - ``bare-asyncio``, ``bare-uvloop``: the ceiling of the core on a loop: an
   ``asyncio.Protocol`` feeding ``smtpwire.ServerConnection`` directly, every
   decision accepted, message data dropped (and ``loop.start_tls`` for
@@ -55,11 +70,12 @@ The aiosmtpd, anyio and bare servers are this script itself, run as
   each sending message after message); messages/s and server CPU µs/message.
 - ``per-connection``: the same without ``-d``, 5,000 messages, one
   connection each.
-- ``starttls``: 1,000 sessions of smtplib (2 processes x 4 threads): EHLO,
-  STARTTLS (certificate not verified), EHLO, MAIL, RCPT, DATA of 1 KiB, QUIT;
+- ``starttls``: 1,000 sessions of smtplib (2 processes x 4 threads, with
+  TCP_NODELAY): EHLO, STARTTLS (certificate not verified), EHLO, MAIL, RCPT,
+  DATA of 1 KiB, QUIT;
   sessions/s and server CPU µs/session.  smtpwire uses its own
-  ``--self-signed`` certificate, aiosmtpd and the bare Protocol one of the
-  same kind (P-256) made by this script.
+  ``--self-signed`` certificate, the others one of the same kind (P-256)
+  made by this script.
 - ``big``: ``smtp-source -s 2 -m 10 -l 20971520``: MiB/s, CPU ms/message
   and the server's peak RSS.
 - ``idle``: 1,020 connections held open, each after its 220 greeting and a
@@ -86,11 +102,12 @@ A failed run makes its cell FAILED, never a figure; the reasons are listed
 under the table.  Rounds are interleaved (every load and server once per
 round, servers in rotating order; for ``workers`` the two counts back to
 back, in alternating order) so drift hits all alike.  Tables give the median
-[min-max] over the rounds, the ratios to aiosmtpd of the medians, and the CPU
+[min-max] over the rounds, the ratios to aiosmtpd of the medians, the CPU
 ratios of each server to its bare ceiling: ``smtpwire serve`` (asyncio,
 uvloop) to the bare Protocol on the same loop, the anyio adapter (trio) to
 the bare anyio loop (trio), and ``smtpwire serve`` (trio) to the anyio
-adapter (trio).  Warnings and errors found in the servers' logs are
+adapter (trio), and the rate and CPU of ``smtpwire-uvloop`` over nodemailer's
+and go-smtp's (issue 23's targets).  Warnings and errors found in the servers' logs are
 summarised at the end.  The tables (Markdown) go to stdout, progress to stderr.
 """
 
@@ -105,6 +122,7 @@ import email.utils
 import functools
 import importlib.util
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -151,6 +169,16 @@ STARTTLS_PROCESSES, STARTTLS_THREADS = 2, 4
 IDLE_CONCURRENCY = 50  # connections being set up at once (aiosmtpd's listen backlog is 100)
 ANYIO_MAX_SESSIONS = 100_000  # the anyio-trio server's limit: never reached (the idle load holds 1,020)
 WORKER_COUNTS = (1, 2)  # serve --workers N for the workers load
+PEERS = Path(__file__).resolve().parent / "peers"  # the reference servers peers/install.sh puts there
+#: Each peer: its program under PEERS, run with ``node`` or not, and the files install.sh makes that it needs.
+PEER_PROGRAMS = {
+    "nodemailer": ("nodemailer_sink.js", True, ("node_modules/smtp-server/package.json",)),
+    "haraka": ("haraka_sink.js", True, ("node_modules/Haraka/package.json", "dhparams.pem")),
+    "go-smtp": ("gosmtp_sink/gosmtp_sink", False, ()),  # the program is the binary install.sh builds
+}
+PEER_ENVIRON = {"go-smtp": {"GOMAXPROCS": "1"}}  # go-smtp on one core, as the Python servers run
+#: Issue 23's targets: ratios of this server to each peer, printed under the tables.
+PEER_RATIOS = (("smtpwire-uvloop", "nodemailer"), ("smtpwire-uvloop", "go-smtp"))
 
 LOADS = ("persistent", "per-connection", "starttls", "big", "idle", "maildir", "workers")
 SERVERS = (
@@ -158,6 +186,9 @@ SERVERS = (
     "smtpwire-uvloop",
     "smtpwire-trio",
     "aiosmtpd",
+    "nodemailer",
+    "haraka",
+    "go-smtp",
     "bare-asyncio",
     "bare-uvloop",
     "anyio-trio",
@@ -628,6 +659,8 @@ class Env:
             return "aiosmtpd not importable (pip install -e '.[bench]')"
         if server == "smtp-sink" and self.smtp_sink is None:
             return "smtp-sink not found"
+        if server in PEER_PROGRAMS:
+            return peer_unavailable(server)
         return None
 
     def skipped(self, server: str, load: str) -> str | None:
@@ -647,7 +680,41 @@ class Env:
 
     def environ(self, server: str) -> dict[str, str] | None:
         """The environment ``server`` starts with: the baseline tree's for smtpwire-base-*, else this one's."""
+        if server in PEER_ENVIRON:
+            return dict(os.environ, **PEER_ENVIRON[server])
         return self.baseline_environ if server in BASELINE_OF.values() else None
+
+
+def peer_unavailable(server: str) -> str | None:
+    """Why a peer cannot run here (peers/install.sh not run, or no ``node``), or None."""
+    program, on_node, needs = PEER_PROGRAMS[server]
+    missing = [name for name in (program, *needs) if not (PEERS / name).exists()]
+    if missing:
+        return f"{', '.join(missing)} missing in {PEERS.name}/ (run tests/benchmarks/peers/install.sh)"
+    if on_node and shutil.which("node") is None:
+        return "node not found"
+    return None
+
+
+def peer_versions() -> str:
+    """The peers' versions, as installed (for the header)."""
+
+    def npm(package: str) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            text = (PEERS / "node_modules" / package / "package.json").read_text()
+            return str(json.loads(text)["version"])
+        return "not installed"
+
+    def run(*command: str) -> str:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.strip() or "unknown"
+        return "unknown"
+
+    go_smtp = run("dpkg-query", "-W", "-f=${Version}", "golang-github-emersion-go-smtp-dev")
+    return (
+        f"smtp-server {npm('smtp-server')} and Haraka {npm('Haraka')} on Node {run('node', '--version')}, "
+        f"go-smtp {go_smtp} (Debian; GOMAXPROCS=1); "
+    )
 
 
 def serve_help(environ: dict[str, str] | None = None) -> str:
@@ -754,6 +821,13 @@ def server_command(env: Env, server: str, load: str, port: int, maildir: Path | 
         assert env.smtp_sink is not None
         user = ["-u", pwd.getpwuid(os.geteuid()).pw_name] if os.geteuid() == 0 else []  # required as root
         return [env.smtp_sink, *user, "-c", "-m", str(max(256, env.counts.idle * 2)), address, "1024"]
+    if server in PEER_PROGRAMS:
+        program, on_node, _ = PEER_PROGRAMS[server]
+        command = ["node"] if on_node else []  # the server itself, no launcher process: its pid is the one measured
+        command += [str(PEERS / program), "--port", str(port)]
+        command += ["--cert", env.cert, "--key", env.key] if tls else []
+        command += ["--maildir", str(maildir)] if maildir else []
+        return command
     kind, _, loop = server.rpartition("-") if "-" in server else (server, "", "asyncio")  # bare-anyio-trio, aiosmtpd
     command = [sys.executable, SCRIPT, "_serve", kind, "--port", str(port), "--loop", loop]
     command += ["--tls", env.cert, env.key] if tls else []
@@ -762,8 +836,8 @@ def server_command(env: Env, server: str, load: str, port: int, maildir: Path | 
 
 
 def kind_of(server: str) -> str:
-    """smtpwire, aiosmtpd, bare (on asyncio or anyio), anyio or smtp-sink."""
-    return server if server == "smtp-sink" else server.partition("-")[0]
+    """smtpwire, aiosmtpd, bare (on asyncio or anyio), anyio, smtp-sink or a peer's name."""
+    return server if server == "smtp-sink" or server in PEER_PROGRAMS else server.partition("-")[0]
 
 
 SMTPWIRE_ACCEPTED = " accepted id="  # smtpwire serve's log line for each message it accepted (counted)
@@ -772,6 +846,7 @@ READY = {
     "aiosmtpd": re.compile(r"bench server listening on (\S+?):(\d+)"),
     "bare": re.compile(r"bench server listening on (\S+?):(\d+)"),
     "anyio": re.compile(r"bench server listening on (\S+?):(\d+)"),
+    **{peer: re.compile(r"bench server listening on (\S+?):(\d+)") for peer in PEER_PROGRAMS},
 }
 
 
@@ -842,8 +917,11 @@ def server_count(running: Running, load: str) -> int:
     return int(match[1])
 
 
-NOTEWORTHY = re.compile(r"\b(WARNING|ERROR|CRITICAL|fatal|warning|panic)\b")
-EXPECTED_NOTES = ("self-signed certificate made just now",)  # serve --self-signed's own warning
+NOTEWORTHY = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL|CRIT|fatal|warning|panic)\b")  # WARN, CRIT: Haraka
+EXPECTED_NOTES = (
+    "self-signed certificate made just now",  # serve --self-signed's own warning
+    "loglevel: WARN",  # Haraka saying which level haraka_sink.js set
+)
 
 
 def collect_notes(env: Env, running: Running) -> None:
@@ -916,6 +994,10 @@ def starttls_sessions(port: int, sessions: int, threads: int, deadline: float) -
 
     def session() -> None:
         with smtplib.SMTP(LOCALHOST, port, local_hostname="client.example", timeout=SOCKET_TIMEOUT) as client:
+            # Without it the EHLO after the handshake waits for the ACK of the client's Finished, 40 ms of
+            # delayed ACK against a server that sends nothing after it (Go's TLS 1.3): the client's delay, not its.
+            assert client.sock is not None  # connected by the constructor
+            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if client.ehlo()[0] != 250 or not client.has_extn("starttls"):
                 raise Failed("EHLO did not offer STARTTLS")
             client.starttls(context=context)
@@ -1267,6 +1349,12 @@ def report(env: Env, load: str, servers: Sequence[str], results: Results, rounds
                 f"{table.cpu_unit} {versus(new, base, lambda r: r.cpu)}, "
                 f"peak RSS {versus(new, base, lambda r: r.peak_kib)}"
             )
+    lines += [  # issue 23's targets: at or above the rate, at or below the CPU
+        f"{ours} ÷ {peer}: {table.unit} {versus(ours, peer, lambda r: r.rate)}, "
+        f"{table.cpu_unit} {versus(ours, peer, lambda r: r.cpu)}"
+        for ours, peer in PEER_RATIOS
+        if ours in good and peer in good and load != "idle"
+    ]
     if lines:
         print("\n" + "  \n".join(lines))
     for failure in failures:
@@ -1331,7 +1419,7 @@ def report_workers(env: Env, results: Results) -> None:
     sys.stdout.flush()
 
 
-def header(env: Env, rounds: int) -> str:
+def header(env: Env, rounds: int, servers: Sequence[str]) -> str:
     postfix = "unknown"
     postconf = find_tool("postconf")
     if postconf:
@@ -1346,6 +1434,7 @@ def header(env: Env, rounds: int) -> str:
     return (
         f"Python {sys.version.split()[0]} ({platform.python_implementation()}) on {platform.system()} "
         f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs; {versions}, Postfix {postfix}; "
+        f"{peer_versions() if set(servers) & set(PEER_PROGRAMS) else ''}"
         f"serve {options if env.serve_help else 'not run'}; {env.baseline}"
         f"Maildir on {filesystem(env.maildir_parent)}; {rounds} rounds: median [min-max]; "
         "ratios of the medians; CPU is the server's utime+stime during the load (summed over its processes)"
@@ -1431,7 +1520,7 @@ def main() -> None:
     try:
         if {"starttls"} & set(loads):
             env.cert, env.key = write_certificate(work)
-        print(header(env, args.rounds), flush=True)
+        print(header(env, args.rounds, servers), flush=True)
         runnable = [server for server in servers if env.unavailable(server) is None]
         if "starttls" in loads and any(env.skipped(server, "starttls") is None for server in runnable):
             env.starttls_pool()  # its client processes start now, not in a timed run
