@@ -652,6 +652,9 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("docs/performance.md", "python tests/benchmarks/bench_servers.py"): Command(skip="a benchmark of 3 to 15 minutes"),
     ("docs/performance.md", "pip install -e '.[bench]'"): INSTALL,
     ("docs/performance.md", "python tests/benchmarks/bench_core.py"): Command(skip="a benchmark of about 3 minutes"),
+    ("docs/performance.md", "tests/benchmarks/peers/install.sh"): Command(
+        skip="a system package and npm install (root, network), for the benchmark only"
+    ),
     ("docs/proxy.md", "smtpwire serve --listen 0.0.0.0:25 --proxy-protocol"): Command(proxy_untrusted_client),
     ("docs/serve.md", "smtpwire serve --listen 0.0.0.0:25 --listen '[::]:25'"): Command(
         skip="needs a real certificate in /etc/ssl (--tls-cert /etc/ssl/mx.pem)"
