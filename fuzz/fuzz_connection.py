@@ -513,7 +513,7 @@ class ByteSource:
 
 def buffered(conn: smtpwire.ServerConnection) -> bytes:
     """The bytes received but not yet consumed."""
-    return bytes(conn._buffer._data)
+    return bytes(conn._buffer)
 
 
 def held_by_dot_reader(conn: smtpwire.ServerConnection) -> int:
@@ -541,7 +541,7 @@ def next_command_line(conn: smtpwire.ServerConnection, skip: int) -> bytes | Non
 
     ``skip`` octets go first: what is left of refused BDAT chunks, as the harness counts them.
     """
-    data = conn._buffer._data[skip:]
+    data = bytes(conn._buffer[skip:])
     start = 0
     if conn._discarding_line:  # the rest of an over-long line goes first
         start = data.find(b"\n") + 1

@@ -102,6 +102,8 @@ class Happening(enum.Enum):
     FAILED = "an unexpected error: the session ends without the core"
     CLOSING_HOOKS_QUEUED = "the closing hooks were queued"
 
+    __hash__ = object.__hash__  # identity, as for Phase: ``_PHASES`` is looked up by (phase, happening)
+
 
 P, H = Phase, Happening
 _PHASES: dict[tuple[Phase, Happening], Phase] = {
@@ -260,12 +262,12 @@ class SessionDriver:
     @property
     def closed(self) -> bool:
         """True once the closing hooks are queued: the next steps run them, then ``CLOSED``."""
-        return self.phase is Phase.CLOSED
+        return self.phase is _CLOSED_PHASE
 
     @property
     def timeout(self) -> float:
         """Seconds to wait for the step at hand (the handshake, or the client's next bytes)."""
-        if self.phase is Phase.HANDSHAKE:
+        if self.phase is _HANDSHAKE:
             return self.options.tls_handshake_timeout
         return max(self._deadline - self._clock(), 0.0)
 
@@ -851,8 +853,12 @@ _COMMAND_NAMES: dict[type[smtpwire.Event], str] = {
 }
 
 _READING_MESSAGE = frozenset({smtpwire.State.DATA, smtpwire.State.CHUNK})
+#: States and phases compared for every step or read, as constants: in Python 3.11, looking up an Enum's
+#: member (``Phase.CLOSED``) goes through its metaclass's ``__getattr__`` hook, as slow as a Python call.
 _DATA = smtpwire.State.DATA
 _CONVERSATION = Phase.CONVERSATION
+_HANDSHAKE = Phase.HANDSHAKE
+_CLOSED_PHASE = Phase.CLOSED
 #: Phases in which the conversation is over.
 _ENDED = frozenset({Phase.CLOSING, Phase.CLOSED})
 

@@ -146,6 +146,8 @@ class ServerOptions:
 
     def forwarding_extensions(self, peer: object) -> tuple[smtpwire.Extension, ...]:
         """XCLIENT and XFORWARD where configured, each allowed only to a ``peer`` in its networks."""
+        if not (self.xclient_from or self.xforward_from):  # nearly every server: no address to parse per connection
+            return ()
         address = _ip_address(peer)
         extensions: list[smtpwire.Extension] = []
         if self.xclient_from:

@@ -20,9 +20,10 @@ _IN_TRANSACTION = frozenset(
 )
 
 
-class PacedSession(smtpwire_asyncio.AsyncioSession):
+class PacedSession(smtpwire_asyncio.BufferedAsyncioSession):
     """A session whose reads a throttle paces: at most a twentieth of a second's bytes a read, then reading pauses
-    for as long as those bytes take at the rate (the client's writes back up, as over a slow link)."""
+    for as long as those bytes take at the rate (the client's writes back up, as over a slow link).  Buffered on
+    every loop, uvloop included: the size of the buffer it offers is what paces the reads."""
 
     __slots__ = ("_faults",)
 

@@ -220,17 +220,22 @@ class Extensions:
         self._verbs: dict[str, tuple[Extension, Verb]] = {}
         self._line_allowance = 0
         for extension in extensions:
-            self.add(extension)
+            self._register(extension)
+        self._changed()  # once, not once per extension: a registry is made for every connection
 
     def add(self, extension: Extension) -> None:
         """Register (or replace) the extension with this keyword; ``ValueError`` if another owns one of its verbs."""
+        self._register(extension)
+        self._changed()
+
+    def _register(self, extension: Extension) -> None:
+        """Register the extension, its verbs checked against the other registered extensions'; tables left stale."""
         keyword = extension.keyword.upper()
         for verb in extension.verbs:
-            owner = self._verbs.get(verb.name)
-            if owner is not None and owner[0].keyword.upper() != keyword:
-                raise ValueError(f"{verb.name} is already a verb of {owner[0]!r}")
+            for other_keyword, other in self._by_keyword.items():
+                if other_keyword != keyword and any(declared.name == verb.name for declared in other.verbs):
+                    raise ValueError(f"{verb.name} is already a verb of {other!r}")
         self._by_keyword[keyword] = extension
-        self._changed()
 
     def remove(self, keyword: str) -> None:
         """Stop offering an extension; unknown keywords are ignored."""

@@ -12,7 +12,7 @@ import functools
 import ipaddress
 import re
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._reply import MAX_TEXT_OCTETS
 
@@ -78,9 +78,8 @@ class GrammarError(ValueError):
         self.what = what
 
 
-@dataclass(frozen=True)
-class PathArgument:
-    """A parsed ``FROM:<path> params`` or ``TO:<path> params`` argument."""
+class PathArgument(NamedTuple):
+    """A parsed ``FROM:<path> params`` or ``TO:<path> params`` argument (a tuple: made quicker than a dataclass)."""
 
     address: str
     params: dict[str, str | None]
@@ -147,7 +146,7 @@ def parse_path_argument(argument: str, prefix: str, *, null_ok: bool, postmaster
     rest = argument[end:]
     if rest and rest[0] != " ":
         raise GrammarError("address")
-    return PathArgument(address, parse_parameters(rest))
+    return PathArgument(address, parse_parameters(rest) if rest else {})  # most paths have no parameters
 
 
 def check_lengths(path: str, mailbox: str) -> None:

@@ -7,44 +7,47 @@ search for LF resumes where the last one stopped.
 from __future__ import annotations
 
 
-class ReceiveBuffer:
+class ReceiveBuffer(bytearray):
+    """The received bytes not yet read, with where the search for the next LF resumes.
+
+    A bytearray itself, so that feeding it (``extend``) and asking whether
+    anything is buffered (or how much) cost no Python call: the connection
+    does both for every read.
+    """
+
+    __slots__ = ("_scanned",)
+
     def __init__(self) -> None:
-        self._data = bytearray()
+        super().__init__()
         self._scanned = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._data += data
 
     def extract_line(self) -> bytes | None:
         """The next line including its LF, or ``None`` while it is incomplete."""
-        end = self._data.find(b"\n", self._scanned)
+        end = self.find(b"\n", self._scanned)
         if end < 0:
-            self._scanned = len(self._data)
+            self._scanned = len(self)
             return None
-        line = bytes(self._data[: end + 1])
-        del self._data[: end + 1]
+        line = bytes(self[: end + 1])
+        del self[: end + 1]
         self._scanned = 0
         return line
 
     def peek(self, size: int) -> bytes:
         """The first ``size`` bytes, left in place."""
-        return bytes(self._data[:size])
+        return bytes(self[:size])
 
     def take(self, limit: int) -> bytes:
         """Up to ``limit`` bytes from the front (a BDAT chunk's octets: no line ends looked for)."""
-        data = bytes(self._data[:limit])
-        del self._data[:limit]
+        data = bytes(self[:limit])
+        del self[:limit]
         self._scanned = 0
         return data
 
     def take_all(self) -> bytes:
-        data = bytes(self._data)
+        data = bytes(self)
         self.clear()
         return data
 
     def clear(self) -> None:
-        self._data.clear()
+        super().clear()
         self._scanned = 0
