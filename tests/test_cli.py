@@ -27,6 +27,7 @@ import scramp
 import smtpwire
 from smtpwire_anyio import TLSInfo
 from smtpwire_handler import ServerOptions
+from smtpwire_handler._group_commit import filesystem_sync_available
 from smtpwire_handler._trace import protocol_name
 from smtpwire_serve import _authfile, _cli
 from smtpwire_serve._settings import Settings, build_options
@@ -270,6 +271,36 @@ def test_bad_options_give_one_clear_line(args: list[str], message: str) -> None:
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
+def test_maildir_sync_stores_each_message_durably_either_way(tmp_path: pathlib.Path, sync: str) -> None:
+    if sync == "filesystem" and not filesystem_sync_available():
+        pytest.skip("syncfs that reports errors needs Linux 5.8 or later")
+    maildir = tmp_path / "maildir"
+    with serve("--maildir", str(maildir), "--maildir-sync", sync) as server:
+        said = ", fsync per file" if sync == "file" else ", syncfs per batch"
+        assert any("smtpwire serving on" in line and said in line for line in server.log)
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            for _ in range(3):
+                client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        assert server.stop() == 0
+    assert [split_trace(message)[1] for message in stored(maildir)] == [MESSAGE] * 3
+
+
+@pytest.mark.parametrize("store", [["--sink"], ["--lmtp"], ["--print"]])
+def test_maildir_sync_is_for_the_maildir_store(store: list[str]) -> None:
+    result = run_cli("serve", "--maildir-sync", "file", *store)
+    assert result.returncode == 2 and "--maildir-sync is for the Maildir store" in result.stderr
+
+
+def test_maildir_sync_filesystem_is_refused_where_syncfs_hides_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_cli, "filesystem_sync_available", lambda: False)
+    with (
+        _cli.serve.make_context("serve", ["--maildir-sync", "filesystem"]) as ctx,
+        pytest.raises(click.UsageError, match=r"needs Linux 5\.8 or later"),
+    ):
+        _cli.refuse_maildir_sync_conflicts(ctx.params)
 
 
 def test_a_port_in_use_gives_one_clear_line(tmp_path: pathlib.Path) -> None:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from smtpwire_handler._group_commit import filesystem_sync_available
 from smtpwire_handler._server import listeners_text
 from smtpwire_handler._transcript import folded, readable
 from smtpwire_serve import _cli, _logging
@@ -42,9 +43,11 @@ def test_one_start_up_line_names_listeners_protocol_and_store(tmp_path: pathlib.
 
 
 def test_the_start_up_line_says_where_mail_goes() -> None:
-    assert _cli.about(_cli_settings()) == "SMTP; store maildir ./maildir"
-    assert _cli.about(_cli_settings("--maildir", "/var/mail/x")) == "SMTP; store maildir /var/mail/x"
-    assert _cli.about(_cli_settings("--maildir", "../md")) == "SMTP; store maildir ../md"
+    by_default = ", syncfs per batch" if filesystem_sync_available() else ", fsync per file"
+    assert _cli.about(_cli_settings()) == f"SMTP; store maildir ./maildir{by_default}"
+    assert _cli.about(_cli_settings("--maildir", "/var/mail/x")) == f"SMTP; store maildir /var/mail/x{by_default}"
+    fsyncs = _cli_settings("--maildir", "../md", "--maildir-sync", "file")
+    assert _cli.about(fsyncs) == "SMTP; store maildir ../md, fsync per file"
     assert _cli.about(_cli_settings("--sink")) == "SMTP; store sink (discards)"
     assert _cli.about(_cli_settings("--print", "--lmtp")) == "LMTP; store print (standard output)"
     assert _cli.about(_cli_settings("--lmtp"), (2, 4)) == "LMTP; store lmtp root ./maildir; worker 2 of 4"

@@ -70,10 +70,18 @@ class AsyncMaildirStore(AsyncHandler):
     store is in doubt: until a delivery has succeeded, and again after a
     storage error, until the next success.  While deliveries succeed, the file
     is created lazily and a Maildir that breaks is first noticed at the end of
-    the data (still 451/452, never 250).  ``hostname`` is as for ``MaildirStore``.
+    the data (still 451/452, never 250).  ``hostname`` is as for ``MaildirStore``;
+    ``sync_filesystem`` as for ``GroupCommit`` (a syncfs per batch, by
+    default where it reports errors; ``False``: an fsync per file).
     """
 
-    def __init__(self, maildir: Maildir | str | os.PathLike[str], hostname: str | None = None) -> None:
+    def __init__(
+        self,
+        maildir: Maildir | str | os.PathLike[str],
+        hostname: str | None = None,
+        *,
+        sync_filesystem: bool | None = None,
+    ) -> None:
         try:
             import anyio.to_thread  # noqa: F401  (said now, not at the first message)
         except ModuleNotFoundError as error:
@@ -83,7 +91,7 @@ class AsyncMaildirStore(AsyncHandler):
         self.maildir = maildir if isinstance(maildir, Maildir) else Maildir(maildir)
         self.hostname = hostname
         self.proven = False  # the last delivery attempt stored its message
-        self.group_commit = GroupCommit()
+        self.group_commit = GroupCommit(sync_filesystem=sync_filesystem)
         self._arriving = TransactionSlot[_Arriving]("the AsyncMaildirStore delivery")
 
     def data_start(self, session: Session) -> MaybeAwaitable[Reply | None]:

@@ -287,14 +287,17 @@ class Delivery:
         os.rename(self.tmp, new)
         return target, new
 
-    def seal(self, data: bytes | bytearray = b"") -> None:
+    def seal(self, data: bytes | bytearray = b"", *, fsync: bool = True) -> None:
         """Write ``data`` (the rest of the message), fsync the file and close it; it stays in tmp/.
 
         What LMTP links into each recipient's Maildir; ``abort`` removes it.
+        ``fsync=False`` leaves the fsync to the caller's sync of the whole
+        file system (``GroupCommit``'s ``syncfs``).
         """
         self.write(data)
         assert self._fd is not None
-        os.fsync(self._fd)
+        if fsync:
+            os.fsync(self._fd)
         fd, self._fd = self._fd, -1  # closed from here on, even if close() fails
         os.close(fd)
 

@@ -24,6 +24,7 @@ import smtpwire_anyio
 import smtpwire_asyncio
 from smtpwire_handler import AsyncComposite, AsyncHandler, Envelope, Handler, Maildir, ServerOptions, Session
 from smtpwire_handler._around import Around
+from smtpwire_handler._group_commit import filesystem_sync_available
 from smtpwire_handler.kit import DEFAULT_MODE
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ DELIVERY_OPTIONS = (
     "deliver_timeout",
     "deliver_concurrency",
 )
+#: The choices of --maildir-sync.
+MAILDIR_SYNCS = ("auto", "filesystem", "file")
 SPOOL_OPTIONS = ("deliver_spool", "deliver_retry_delay", "deliver_max_age")
 
 
@@ -127,6 +130,16 @@ def refuse_delivery_conflicts(params: Mapping[str, Any]) -> None:
             "--deliver-spool, --deliver-retry-delay and --deliver-max-age are for --deliver-mode spool"
         )
     http_endpoint(params["deliver_http"], None, params["deliver_timeout"], params["deliver_concurrency"])  # the URL
+
+
+def refuse_maildir_sync_conflicts(params: Mapping[str, Any]) -> None:
+    """--maildir-sync is for serve's Maildir store; filesystem only where syncfs reports errors."""
+    if click.get_current_context().get_parameter_source("maildir_sync") == ParameterSource.DEFAULT:
+        return
+    if params["lmtp"] or params["sink"] or params["print_messages"] or params["deliver_http"]:
+        raise click.UsageError("--maildir-sync is for the Maildir store (not --lmtp, --sink, --print, --deliver-http)")
+    if params["maildir_sync"] == "filesystem" and not filesystem_sync_available():
+        raise click.UsageError("--maildir-sync filesystem needs Linux 5.8 or later (syncfs that reports errors)")
 
 
 def option_name(parameter: str) -> str:
@@ -280,7 +293,9 @@ def build_handler(settings: Settings, recipients: _recipients.Recipients | None 
     try:
         if settings.lmtp:
             return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts, recipients)
-        return checked(settings, MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts, recipients))
+        sync_filesystem = None if settings.maildir_sync == "auto" else settings.maildir_sync == "filesystem"
+        store = MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts, recipients, sync_filesystem)
+        return checked(settings, store)
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
 
@@ -438,6 +453,11 @@ def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
         path = settings.maildir
         shown = path if os.path.isabs(path) or path.startswith(".") else os.path.join(".", path)
         store = f"store {'lmtp root' if settings.lmtp else 'maildir'} {shown}"
+        if not settings.lmtp:
+            by_batch = settings.maildir_sync == "filesystem" or (
+                settings.maildir_sync == "auto" and filesystem_sync_available()
+            )
+            store += ", syncfs per batch" if by_batch else ", fsync per file"
     said = f"{'LMTP' if settings.lmtp else 'SMTP'}; {store}"
     if settings.verify:
         said += f"; verify {','.join(settings.verify)}" + ("; enforce DMARC" if settings.enforce_dmarc else "")
@@ -609,6 +629,15 @@ def main() -> None:
     default="maildir",
     show_default=True,
     help="Store messages in this Maildir (created if missing); with --lmtp, a folder of one Maildir per recipient.",
+)
+@click.option(
+    "--maildir-sync",
+    type=click.Choice(MAILDIR_SYNCS),
+    default="auto",
+    show_default=True,
+    help="How each batch of messages is made durable before its 250s: one syncfs of the Maildir's file system"
+    " (filesystem; auto on Linux 5.8+, where it reports errors), or an fsync per file (file; for a file system"
+    " shared with other busy writers). Not with --lmtp.",
 )
 @click.option("--sink", is_flag=True, help="Accept and discard every message (for testing clients and benchmarks).")
 @click.option(
@@ -968,6 +997,7 @@ def serve(**params: Any) -> None:
     """
     refuse_conflicts(params)
     refuse_delivery_conflicts(params)
+    refuse_maildir_sync_conflicts(params)
     file_limit = _run.raise_file_limit()
     settings = settings_from(params, file_limit)
     configure_logging(settings.verbose, settings.log_format)  # start-up warnings in the format of the rest of the log

@@ -77,6 +77,7 @@ class Settings:
     milter_timeout: float = 30.0  # connect and each command; the message content gets at least 300 s
     policy_service: str | None = None  # --policy-service address, asked at RCPT
     metrics_listen: tuple[str, int] | None = None  # --metrics HOST:PORT: /metrics, /livez, /readyz
+    maildir_sync: str = "auto"  # --maildir-sync: a syncfs per batch (filesystem), an fsync per file, or auto
     deliver_http: str | None = None  # --deliver-http URL: each message POSTed there, instead of a Maildir
     deliver_mode: str = "spool"  # spool: 250 once fsynced in the spool, posted after; sync: 250 after the 2xx
     deliver_secret_file: str | None = None  # the Standard Webhooks secret (whsec_...); None: unsigned

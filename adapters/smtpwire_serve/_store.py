@@ -81,11 +81,17 @@ class MaildirHandler(AuthFileHandler, AsyncComposite):
     """
 
     def __init__(
-        self, maildir: Maildir, hostname: str, accounts: Accounts | None = None, recipients: Recipients | None = None
+        self,
+        maildir: Maildir,
+        hostname: str,
+        accounts: Accounts | None = None,
+        recipients: Recipients | None = None,
+        sync_filesystem: bool | None = None,
     ) -> None:
         self.accounts = accounts
         warn_if_open(maildir)
-        super().__init__(LoggedMaildirStore(maildir, hostname), *recipient_parts(recipients))
+        store = LoggedMaildirStore(maildir, hostname, sync_filesystem=sync_filesystem)
+        super().__init__(store, *recipient_parts(recipients))
 
 
 def warn_if_open(maildir: Maildir) -> None:
