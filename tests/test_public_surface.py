@@ -10,7 +10,7 @@ import smtpwire_handler.kit
 
 #: What each adapter exports beside the handler API: a server, its session class named after it, serve().
 SURFACES = {
-    "smtpwire_asyncio": ("Server", "AsyncioSession", "BufferedAsyncioSession", "serve"),
+    "smtpwire_asyncio": ("Server", "AsyncioSession", "serve"),
     "smtpwire_anyio": ("Server", "AnyioSession", "serve"),
     "smtpwire_blocking": ("Server", "BlockingSession", "serve"),
     "smtpwire_memorybio": ("MemoryBIOSession",),  # bytes in, bytes out: the application's loop is the server

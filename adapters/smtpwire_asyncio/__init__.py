@@ -12,7 +12,7 @@ from smtpwire_handler.api import __all__ as _handler_api
 
 from ._loop import LOOPS, loop_factory, loop_name, run, uvloop_available
 from ._server import Server, serve
-from ._session import AsyncioSession, BufferedAsyncioSession
+from ._session import AsyncioSession
 
 __all__ = [
     *_handler_api,
@@ -21,7 +21,6 @@ __all__ = [
     "AsyncMaildirStore",
     "LOOPS",
     "AsyncioSession",
-    "BufferedAsyncioSession",
     "Server",
     "loop_factory",
     "loop_name",

@@ -21,8 +21,7 @@ from smtpwire_handler.kit import (
     too_many_connections,
 )
 
-from ._loop import loop_name
-from ._session import AsyncioSession, BufferedAsyncioSession, log
+from ._session import AsyncioSession, log
 
 _RECEIVE_SIZE = 64 * 1024
 
@@ -109,10 +108,8 @@ class Server(ServerBase[AsyncioSession]):
     # -- internals ---------------------------------------------------------------------
 
     def _new_session(self, implicit_tls: bool = False) -> AsyncioSession:
-        """The protocol of one connection (a subclass may serve its own kind): buffered but on uvloop."""
-        if loop_name(asyncio.get_running_loop()) == "uvloop":
-            return AsyncioSession(self, implicit_tls=implicit_tls)
-        return BufferedAsyncioSession(self, implicit_tls=implicit_tls)
+        """The protocol of one connection (a subclass may serve its own kind)."""
+        return AsyncioSession(self, implicit_tls=implicit_tls)
 
     def _drop_connections(self) -> None:
         for protocol in self._open_sessions():

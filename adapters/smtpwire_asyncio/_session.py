@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpwire.asyncio")
 
 
-class AsyncioSession(asyncio.Protocol):
+class AsyncioSession(asyncio.BufferedProtocol):
     """The transport's bytes go to the driver; what it queues goes back out.
 
-    On uvloop each read arrives as a bytes of its own size (uvloop makes it
-    from its buffer); on the stdlib loop ``BufferedAsyncioSession`` is served.
+    Bytes are received into one buffer the server's sessions share (the
+    loop runs one callback at a time), not a fresh 256 KiB allocation per
+    read: on CPython that allocation is an mmap, mremap and munmap per read
+    once malloc's threshold sits below it.
 
     Reading pauses while a hook or the TLS upgrade runs and while the client
     does not take its replies (``pause_writing``), so neither input nor
@@ -101,6 +103,12 @@ class AsyncioSession(asyncio.Protocol):
             assert self.driver.next_step() is START_TLS
             self.driver.tls_started(tls_info(transport.get_extra_info("ssl_object")))
         self._advance()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server.receive_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._server.receive_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         driver = self.driver
@@ -290,23 +298,3 @@ class AsyncioSession(asyncio.Protocol):
         self._server.release(self)  # admitted before an implicit-TLS handshake, then shut down during it
         transport.write(too_many_connections(self._server.options))
         transport.close()
-
-
-class BufferedAsyncioSession(AsyncioSession, asyncio.BufferedProtocol):
-    """``AsyncioSession`` for the stdlib loop: bytes received into one buffer the server's sessions share.
-
-    The stdlib loop would otherwise make a fresh 256 KiB bytes per read and
-    shrink it: on CPython an mmap, mremap and munmap per read once malloc's
-    threshold sits below that size.  The loop runs one callback at a time,
-    so one buffer serves every session.  On uvloop the plain ``AsyncioSession``
-    costs less: uvloop already hands over a bytes of the read's own size, and
-    this way would add a call and a copy to every read.
-    """
-
-    __slots__ = ()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._server.receive_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._server.receive_buffer[:nbytes]))

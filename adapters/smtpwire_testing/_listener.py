@@ -20,10 +20,9 @@ _IN_TRANSACTION = frozenset(
 )
 
 
-class PacedSession(smtpwire_asyncio.BufferedAsyncioSession):
+class PacedSession(smtpwire_asyncio.AsyncioSession):
     """A session whose reads a throttle paces: at most a twentieth of a second's bytes a read, then reading pauses
-    for as long as those bytes take at the rate (the client's writes back up, as over a slow link).  Buffered on
-    every loop, uvloop included: the size of the buffer it offers is what paces the reads."""
+    for as long as those bytes take at the rate (the client's writes back up, as over a slow link)."""
 
     __slots__ = ("_faults",)
 
