@@ -138,7 +138,7 @@ def commit_batch(batch: list[Commit], *, sync_filesystem: bool = False) -> None:
             target.new_sync.sync()
         except OSError as error:  # the files are in new/ and stay there (see Delivery.commit)
             for commit in renamed:
-                commit.result = OSError(error.errno, error.strerror, error.filename)
+                commit.result = _copied(error)
 
 
 def _written_and_synced(batch: list[Commit]) -> list[Commit]:
@@ -156,7 +156,7 @@ def _written_and_synced(batch: list[Commit]) -> list[Commit]:
             directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             for commit in commits:
-                _fail(commit, OSError(error.errno, error.strerror, error.filename))
+                _fail(commit, _copied(error))
             continue
         try:
             written = [c for c in commits if _step(c, functools.partial(c.delivery.seal, c.data, fsync=False))]
@@ -164,7 +164,7 @@ def _written_and_synced(batch: list[Commit]) -> list[Commit]:
                 sync_file_system(directory)
             except OSError as error:  # which file it hit is not said: none of them is durable
                 for commit in written:
-                    _fail(commit, OSError(error.errno, error.strerror, str(root)))
+                    _fail(commit, _copied(error, str(root)))
             else:
                 live += written
         finally:
@@ -184,6 +184,11 @@ def _step(commit: Commit, step: Callable[[], object]) -> bool:
         _fail(commit, error)
         return False
     return True
+
+
+def _copied(error: OSError, filename: str | None = None) -> OSError:
+    """An error of its own for each delivery it fails: each is raised in its own waiting session."""
+    return OSError(error.errno, error.strerror, error.filename if filename is None else filename)
 
 
 def _fail(commit: Commit, error: OSError) -> None:
@@ -209,6 +214,7 @@ def _call_each(functions: list[Callable[[], None]]) -> None:
         function()
 
 
+@functools.cache
 def filesystem_sync_available() -> bool:
     """Whether ``syncfs`` is there and reports write-back errors: Linux 5.8 and later."""
     if sys.platform != "linux" or _libc_syncfs() is None:

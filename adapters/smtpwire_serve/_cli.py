@@ -142,6 +142,13 @@ def refuse_maildir_sync_conflicts(params: Mapping[str, Any]) -> None:
         raise click.UsageError("--maildir-sync filesystem needs Linux 5.8 or later (syncfs that reports errors)")
 
 
+def syncs_file_system(settings: Settings) -> bool:
+    """--maildir-sync resolved: a syncfs per batch (``filesystem``, or ``auto`` where syncfs reports errors)."""
+    if settings.maildir_sync == "auto":
+        return filesystem_sync_available()
+    return settings.maildir_sync == "filesystem"
+
+
 def option_name(parameter: str) -> str:
     return "--" + parameter.replace("_", "-")
 
@@ -293,8 +300,8 @@ def build_handler(settings: Settings, recipients: _recipients.Recipients | None 
     try:
         if settings.lmtp:
             return LmtpMaildirHandler(Mailboxes(settings.maildir), settings.hostname, accounts, recipients)
-        sync_filesystem = None if settings.maildir_sync == "auto" else settings.maildir_sync == "filesystem"
-        store = MaildirHandler(Maildir(settings.maildir), settings.hostname, accounts, recipients, sync_filesystem)
+        maildir = Maildir(settings.maildir)
+        store = MaildirHandler(maildir, settings.hostname, accounts, recipients, syncs_file_system(settings))
         return checked(settings, store)
     except OSError as error:
         raise click.ClickException(f"cannot use the Maildir {settings.maildir}: {error}") from None
@@ -454,10 +461,7 @@ def about(settings: Settings, worker: tuple[int, int] | None = None) -> str:
         shown = path if os.path.isabs(path) or path.startswith(".") else os.path.join(".", path)
         store = f"store {'lmtp root' if settings.lmtp else 'maildir'} {shown}"
         if not settings.lmtp:
-            by_batch = settings.maildir_sync == "filesystem" or (
-                settings.maildir_sync == "auto" and filesystem_sync_available()
-            )
-            store += ", syncfs per batch" if by_batch else ", fsync per file"
+            store += ", syncfs per batch" if syncs_file_system(settings) else ", fsync per file"
     said = f"{'LMTP' if settings.lmtp else 'SMTP'}; {store}"
     if settings.verify:
         said += f"; verify {','.join(settings.verify)}" + ("; enforce DMARC" if settings.enforce_dmarc else "")

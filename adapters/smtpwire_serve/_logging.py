@@ -35,7 +35,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, fmt: str | None = None) -> None:
         super().__init__(fmt)
-        self._layout_is_serves = fmt == TEXT_LAYOUT  # then made by an f-string, not logging's %-style machinery
+        self._layout_is_serves = fmt == TEXT_LAYOUT  # then made by ``_escaped_line``
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self.stamp(record.created, int(record.msecs))
@@ -50,7 +50,11 @@ class TextFormatter(logging.Formatter):
     def line(self, level: str, logger: str, message: str) -> str:
         """The line of a record without traceback, made from its parts (``info_line``'s way, no record)."""
         now = time.time()
-        text = f"{self.stamp(now, int(now * 1000) % 1000)} {level} {logger}: {message}"
+        return self._escaped_line(self.stamp(now, int(now * 1000) % 1000), level, logger, message)
+
+    def _escaped_line(self, stamp: str, level: str, logger: str, message: str) -> str:
+        """serve's layout made by an f-string, not logging's %-style machinery; escaped if it must be."""
+        text = f"{stamp} {level} {logger}: {message}"
         return text if text.isprintable() else self.escape(text)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -62,8 +66,7 @@ class TextFormatter(logging.Formatter):
     def _format_one(self, record: logging.LogRecord) -> str:
         """The record's line escaped; then logging's own newline and the traceback, if any, indented."""
         if self._layout_is_serves and not (record.exc_info or record.exc_text or record.stack_info):
-            text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
-            return text if text.isprintable() else self.escape(text)
+            return self._escaped_line(self.formatTime(record), record.levelname, record.name, record.getMessage())
         text = super().format(record)
         if text.isprintable():  # nearly every record: one line, no Cc, Cf, Zl, Zp or Cs (a C-speed check)
             return text
