@@ -334,10 +334,14 @@ def bare_protocol(stats: Stats, tls: ssl.SSLContext | None) -> Callable[[], asyn
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
             self.conn = smtpwire.ServerConnection(config)
+            self.decrypted_early: list[bytes] | None = None  # handshaking: what TLS gave before start_tls returned
             stats.sessions += 1
             self.pump()
 
         def data_received(self, data: bytes) -> None:
+            if self.decrypted_early is not None:  # the client's EHLO can beat start_tls()'s return (TCP_NODELAY)
+                self.decrypted_early.append(data)
+                return
             self.conn.receive_data(data)
             self.pump()
 
@@ -355,6 +359,7 @@ def bare_protocol(stats: Stats, tls: ssl.SSLContext | None) -> Callable[[], asyn
                 elif event is smtpwire.NEED_DATA or event is smtpwire.PAUSED:
                     break
                 elif isinstance(event, smtpwire.StartTLSRequested):
+                    self.decrypted_early = []
                     self.transport.write(conn.data_to_send())
                     task = asyncio.ensure_future(self.start_tls())
                     handshakes.add(task)
@@ -374,9 +379,12 @@ def bare_protocol(stats: Stats, tls: ssl.SSLContext | None) -> Callable[[], asyn
                 self.conn.tls_failed()
                 self.transport.close()
                 return
-            assert transport is not None
+            assert transport is not None and self.decrypted_early is not None
             self.transport = transport
             self.conn.tls_established()
+            early, self.decrypted_early = self.decrypted_early, None
+            for data in early:
+                self.conn.receive_data(data)
             self.pump()
 
     return Bare
